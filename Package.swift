@@ -1,0 +1,37 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Modules depend one way: formats <- models <- surgery <- CLI.
+let package = Package(
+    name: "vffn-convert",
+    products: [
+        .executable(name: "vffn-convert", targets: ["vffn-convert"]),
+        .library(name: "VFFN", targets: ["VFFNFormats", "VFFNModels", "VFFNSurgery"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        // zlib and json-c back the native .vffn container (see issue 5); declared here so the
+        // toolchain and CI install them once.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c",
+                       providers: [.apt(["libjson-c-dev"])]),
+        .target(name: "VFFNFormats"),
+        .target(name: "VFFNModels", dependencies: ["VFFNFormats", "COpenBLAS"]),
+        .target(name: "VFFNSurgery", dependencies: ["VFFNFormats", "VFFNModels"]),
+        .executableTarget(
+            name: "vffn-convert",
+            dependencies: [
+                "VFFNFormats", "VFFNModels", "VFFNSurgery",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(name: "VFFNFormatsTests", dependencies: ["VFFNFormats"]),
+        .testTarget(name: "VFFNModelsTests", dependencies: ["VFFNModels"]),
+        .testTarget(name: "VFFNSurgeryTests", dependencies: ["VFFNSurgery", "VFFNModels"]),
+        .testTarget(name: "VFFNCLITests", dependencies: ["vffn-convert"]),
+    ]
+)

@@ -1,0 +1,114 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Where a tensor's bytes come from when it is written: straight out of a mapped source file
+/// (dense tensors, never decoded) or from memory (new gate tensors).
+public enum TensorBytes: @unchecked Sendable {
+    case mapped(UnsafeRawBufferPointer)
+    case owned([UInt8])
+
+    public var count: Int {
+        switch self {
+        case let .mapped(b): return b.count
+        case let .owned(a): return a.count
+        }
+    }
+}
+
+public struct TensorRecord: Sendable {
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+    public let bytes: TensorBytes
+
+    public init(name: String, dtype: DType, shape: [Int], bytes: TensorBytes) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.bytes = bytes
+    }
+}
+
+public enum SafeTensorsWriter {
+    /// Writes one safetensors file: the header (padded with spaces to a multiple of 8 so data
+    /// starts aligned), then every tensor's bytes in header order. Tensors are laid out by
+    /// decreasing element size, then name, as the reference writer does, so that each tensor is
+    /// naturally aligned without padding (the format forbids gaps).
+    public static func write(_ tensors: [TensorRecord], metadata: [(String, String)]?, to path: String) throws(VFFNError) {
+        let ordered = tensors.sorted { ($0.dtype.bitSize, $1.name) > ($1.dtype.bitSize, $0.name) }
+        var members: [(String, JSON)] = []
+        if let metadata { members.append(("__metadata__", .object(metadata.map { ($0, .string($1)) }))) }
+        var offset = 0
+        for t in ordered {
+            let expected = t.shape.reduce(1, *) * t.dtype.bitSize / 8
+            precondition(expected == t.bytes.count, "tensor \(t.name): \(t.bytes.count) bytes for shape \(t.shape) \(t.dtype)")
+            members.append((t.name, .object([
+                ("dtype", .string(t.dtype.rawValue)),
+                ("shape", .array(t.shape.map { .int($0) })),
+                ("data_offsets", .array([.int(offset), .int(offset + t.bytes.count)])),
+            ])))
+            offset += t.bytes.count
+        }
+        var header = Array(JSON.object(members).compact.utf8)
+        header.append(contentsOf: repeatElement(0x20, count: (8 - header.count % 8) % 8))
+
+        let file = try OutputFile(path: path)
+        let length = UInt64(header.count)
+        try file.write((0..<8).map { UInt8(truncatingIfNeeded: length >> (8 * $0)) })
+        try file.write(header)
+        for t in ordered {
+            switch t.bytes {
+            case let .mapped(b): try file.write(b)
+            case let .owned(a): try file.write(a)
+            }
+        }
+        try file.finish()
+    }
+}
+
+/// A file being written: every write is checked and completed, and `finish` flushes it to disk
+/// before closing so a rename after it publishes only complete data.
+public final class OutputFile {
+    public let path: String
+    private var fd: Int32
+
+    public init(path: String) throws(VFFNError) {
+        self.path = path
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .io(path, "cannot create: \(String(cString: strerror(errno)))") }
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(VFFNError) {
+        var done = 0
+        while done < bytes.count {
+            // Chunked so that a huge mapped tensor never asks the kernel for one giant write.
+            let n = Glibc.write(fd, bytes.baseAddress! + done, min(bytes.count - done, 1 << 26))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io(path, "write failed: \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+    }
+
+    public func write(_ bytes: [UInt8]) throws(VFFNError) {
+        let result = bytes.withUnsafeBytes { b in Result { () throws(VFFNError) in try write(b) } }
+        try result.get()
+    }
+
+    public func write(_ text: String) throws(VFFNError) {
+        try write(Array(text.utf8))
+    }
+
+    public func finish() throws(VFFNError) {
+        guard fsync(fd) == 0 else { throw .io(path, "fsync failed: \(String(cString: strerror(errno)))") }
+        let r = close(fd)
+        fd = -1
+        guard r == 0 else { throw .io(path, "close failed: \(String(cString: strerror(errno)))") }
+    }
+}

@@ -1,0 +1,84 @@
+/// A position-wise feed-forward function `f` with `intermediateSize` hidden neurons, which can
+/// be restricted to a contiguous block of those neurons (a sub-expert).
+public protocol FeedForward: Sendable {
+    var intermediateSize: Int { get }
+    /// The bias added after the output projection, if any: it is not split among sub-experts,
+    /// so the partition identity is `sum_e f_e(h) = f(h) + (N-1) * outputBias`.
+    var outputBias: [Float]? { get }
+    func callAsFunction(_ h: Matrix) -> Matrix
+    /// `f` restricted to intermediate neurons `neurons`.
+    func restricted(to neurons: Range<Int>) -> Self
+}
+
+extension FeedForward {
+    /// Sub-expert `e` of `n`: the e-th of n equal contiguous neuron slices.
+    public func subExpert(_ e: Int, of n: Int) -> Self {
+        precondition(intermediateSize % n == 0 && e < n)
+        let width = intermediateSize / n
+        return restricted(to: e * width..<(e + 1) * width)
+    }
+}
+
+/// `down(silu(gate(h)) * up(h))`: the SwiGLU FFN of Llama, Mistral and Qwen2.
+public struct GatedFeedForward: FeedForward {
+    public let gate: Linear   // [I, d]
+    public let up: Linear     // [I, d]
+    public let down: Linear   // [d, I]
+
+    public init(gate: Linear, up: Linear, down: Linear) {
+        precondition(gate.outFeatures == up.outFeatures && down.inFeatures == gate.outFeatures)
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
+
+    public var intermediateSize: Int { gate.outFeatures }
+    public var outputBias: [Float]? { down.bias }
+
+    public func callAsFunction(_ h: Matrix) -> Matrix {
+        var a = gate(h)
+        let b = up(h)
+        for i in a.data.indices { a.data[i] = silu(a.data[i]) * b.data[i] }
+        return down(a)
+    }
+
+    public func restricted(to neurons: Range<Int>) -> GatedFeedForward {
+        GatedFeedForward(gate: gate.rows(neurons), up: up.rows(neurons), down: down.columns(neurons))
+    }
+}
+
+/// The FFN sub-layer `S`: the FFN with its normalization and residual connection.
+public struct FFNSublayer: Sendable {
+    public enum Placement: Sendable {
+        /// `S(x) = x + f(norm(x))` (Llama, Mistral, Qwen2, GPT-2)
+        case preNorm
+        /// `S(x) = norm(x + f(x))` (BERT)
+        case postNorm
+    }
+
+    public let placement: Placement
+    public let norm: Norm
+    public let ffn: any FeedForward
+
+    public init(placement: Placement, norm: Norm, ffn: any FeedForward) {
+        self.placement = placement
+        self.norm = norm
+        self.ffn = ffn
+    }
+
+    /// `S(x)` with the whole FFN.
+    public func callAsFunction(_ x: Matrix) -> Matrix { apply(ffn, to: x) }
+
+    /// `S_e(x)`: the sub-layer with `f` replaced by one of its sub-experts.
+    public func apply(_ f: any FeedForward, to x: Matrix) -> Matrix {
+        switch placement {
+        case .preNorm: return x + f(norm(x))
+        case .postNorm: return norm(x + f(x))
+        }
+    }
+
+    /// What the FFN itself reads: `norm(x)` before a pre-norm FFN, `x` before a post-norm one.
+    public func ffnInput(_ x: Matrix) -> Matrix {
+        placement == .preNorm ? norm(x) : x
+    }
+}

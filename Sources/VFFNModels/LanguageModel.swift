@@ -1,0 +1,133 @@
+import VFFNFormats
+
+/// What a forward pass returns: logits for causal LMs, last hidden states for encoders.
+public enum OutputKind: String, Sendable {
+    case logits
+    case hiddenStates = "hidden states"
+}
+
+public struct ForwardResult: Sendable {
+    /// `[T, vocab]` logits or `[T, hidden]` hidden states.
+    public let output: Matrix
+    /// The residual stream after each layer, when traced.
+    public let layerOutputs: [Matrix]
+    /// Per layer, where tokens went (empty in dense mode).
+    public let routing: [RoutingStats]
+}
+
+/// A loaded model that can run dense or as VersatileFFN.
+public protocol LanguageModel: Sendable {
+    var modelType: String { get }
+    var outputKind: OutputKind { get }
+    var vocabSize: Int { get }
+    var hiddenSize: Int { get }
+    /// The dense FFN sub-layer of every layer.
+    var ffnSublayers: [FFNSublayer] { get }
+    /// The VersatileFFN block of every layer, or nil for a dense checkpoint.
+    var versatileLayers: [VersatileFFNLayer]? { get }
+    func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult
+}
+
+extension LanguageModel {
+    func checkTokens(_ tokens: [Int]) throws(VFFNError) {
+        guard !tokens.isEmpty else { throw .usage("no tokens to run") }
+        if let bad = tokens.first(where: { $0 < 0 || $0 >= vocabSize }) {
+            throw .usage("token id \(bad) is outside the vocabulary [0, \(vocabSize))")
+        }
+    }
+
+    /// Runs one layer's FFN sub-layer in the requested mode.
+    func ffnStep(_ layer: Int, _ x: Matrix, mode: FFNMode, routing: inout [RoutingStats]) throws(VFFNError) -> Matrix {
+        switch mode {
+        case .dense:
+            return ffnSublayers[layer](x)
+        case let .versatile(limit):
+            guard let v = versatileLayers else {
+                throw .usage("this is a dense checkpoint (no \"versatile_ffn\" in config.json); run it with --dense")
+            }
+            let (y, stats) = v[layer](x, depthLimit: limit)
+            routing.append(stats)
+            return y
+        }
+    }
+}
+
+/// The FFN tensors of one layer, as surgery needs them.
+public struct FFNSite: Sendable {
+    public let layer: Int
+    /// Key prefix of the FFN module, e.g. `model.layers.3.mlp`; gates are named under it.
+    public let prefix: String
+    /// The FFN's weight tensors; the first one's dtype is the dtype the gates are stored in.
+    public let tensors: [String]
+}
+
+public struct FFNLayout: Sendable {
+    public let hiddenSize: Int
+    public let intermediateSize: Int
+    public let sites: [FFNSite]
+}
+
+/// One model family: how to find its FFNs for surgery and how to load it for a forward pass.
+/// Adding an architecture is one file with one of these, listed in `Architectures.all`.
+public protocol Architecture: Sendable {
+    static var modelTypes: [String] { get }
+    static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout
+    static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel
+}
+
+public enum Architectures {
+    public static let all: [any Architecture.Type] = [Llama.self]
+
+    public static var supportedModelTypes: [String] { all.flatMap { $0.modelTypes } }
+
+    public static func lookup(_ checkpoint: Checkpoint) throws(VFFNError) -> any Architecture.Type {
+        let configPath = checkpoint.directory + "/config.json"
+        guard let type = checkpoint.config["model_type"]?.stringValue else {
+            throw .badInput(configPath, "has no \"model_type\"")
+        }
+        guard let arch = all.first(where: { $0.modelTypes.contains(type) }) else {
+            throw .badInput(configPath, "model_type \"\(type)\" is not supported (supported: \(supportedModelTypes.joined(separator: ", ")))")
+        }
+        return arch
+    }
+
+    /// Loads the model a checkpoint directory holds, with its VersatileFFN gates if converted.
+    public static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel {
+        try lookup(checkpoint).load(checkpoint)
+    }
+}
+
+/// Typed reads from config.json with one clear error per missing or mistyped key.
+public struct ConfigReader {
+    public let json: JSON
+    public let path: String
+
+    public init(_ json: JSON, path: String) {
+        self.json = json
+        self.path = path
+    }
+
+    public func int(_ key: String) throws(VFFNError) -> Int {
+        guard let v = json[key] else { throw .badInput(path, "missing \"\(key)\"") }
+        guard let i = v.intValue else { throw .badInput(path, "\"\(key)\" is \(v.compact), expected an integer") }
+        guard i > 0 else { throw .badInput(path, "\"\(key)\" is \(i), expected a positive integer") }
+        return i
+    }
+
+    public func int(_ key: String, default value: Int) throws(VFFNError) -> Int {
+        if json[key] == nil || json[key]!.isNull { return value }
+        return try int(key)
+    }
+
+    public func double(_ key: String, default value: Double) throws(VFFNError) -> Double {
+        guard let v = json[key], !v.isNull else { return value }
+        guard let d = v.doubleValue else { throw .badInput(path, "\"\(key)\" is \(v.compact), expected a number") }
+        return d
+    }
+
+    public func bool(_ key: String, default value: Bool) throws(VFFNError) -> Bool {
+        guard let v = json[key], !v.isNull else { return value }
+        guard let b = v.boolValue else { throw .badInput(path, "\"\(key)\" is \(v.compact), expected true or false") }
+        return b
+    }
+}

@@ -1,0 +1,325 @@
+import COpenBLAS
+import Foundation
+import VFFNFormats
+
+/// Llama, Mistral and Qwen2: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU FFN.
+/// They differ only in config flags (q/k/v biases, sliding windows), read into `Llama.Config`.
+public enum Llama: Architecture {
+    public static let modelTypes = ["llama", "mistral", "qwen2"]
+
+    public struct Config: Sendable {
+        public var modelType: String
+        public var vocabSize: Int
+        public var hiddenSize: Int
+        public var intermediateSize: Int
+        public var numLayers: Int
+        public var numHeads: Int
+        public var numKVHeads: Int
+        public var headDim: Int
+        public var rmsNormEps: Float
+        public var tieWordEmbeddings: Bool
+        /// Biases on q, k and v (Qwen2 always; Llama when `attention_bias`).
+        public var qkvBias: Bool
+        /// Bias on o_proj (Llama's `attention_bias` covers it; Qwen2 has none).
+        public var outputBias: Bool
+        public var mlpBias: Bool
+        /// Per layer, the attention window (nil: full causal attention).
+        public var slidingWindows: [Int?]
+        /// Rotary inverse frequencies, `headDim / 2` of them.
+        public var inverseFrequencies: [Float]
+
+        public init(_ json: JSON, path: String) throws(VFFNError) {
+            let r = ConfigReader(json, path: path)
+            modelType = json["model_type"]?.stringValue ?? "llama"
+            vocabSize = try r.int("vocab_size")
+            hiddenSize = try r.int("hidden_size")
+            intermediateSize = try r.int("intermediate_size")
+            numLayers = try r.int("num_hidden_layers")
+            numHeads = try r.int("num_attention_heads")
+            numKVHeads = try r.int("num_key_value_heads", default: numHeads)
+            guard numHeads % numKVHeads == 0 else {
+                throw .badInput(path, "num_attention_heads \(numHeads) is not a multiple of num_key_value_heads \(numKVHeads)")
+            }
+            if json["head_dim"] != nil, json["head_dim"]!.isNull == false {
+                headDim = try r.int("head_dim")
+            } else {
+                guard hiddenSize % numHeads == 0 else {
+                    throw .badInput(path, "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(numHeads)")
+                }
+                headDim = hiddenSize / numHeads
+            }
+            guard headDim % 2 == 0 else { throw .badInput(path, "head dimension \(headDim) is odd; rotary embeddings need it even") }
+            rmsNormEps = Float(try r.double("rms_norm_eps", default: 1e-6))
+            tieWordEmbeddings = try r.bool("tie_word_embeddings", default: false)
+            let attentionBias = try r.bool("attention_bias", default: false)
+            qkvBias = modelType == "qwen2" ? true : attentionBias
+            outputBias = modelType == "qwen2" ? false : attentionBias
+            mlpBias = try r.bool("mlp_bias", default: false)
+            slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
+            inverseFrequencies = try Self.inverseFrequencies(r, headDim: headDim)
+        }
+
+        /// Which layers attend within a window. transformers 5 lists `layer_types`; older configs
+        /// say it with `sliding_window` (Mistral) or `use_sliding_window` + `max_window_layers` (Qwen2).
+        static func slidingWindows(_ r: ConfigReader, modelType: String, layers: Int) throws(VFFNError) -> [Int?] {
+            let window: Int? = (r.json["sliding_window"]?.isNull ?? true) ? nil : try r.int("sliding_window")
+            if let types = r.json["layer_types"]?.arrayValue {
+                guard types.count == layers else { throw .badInput(r.path, "layer_types has \(types.count) entries for \(layers) layers") }
+                var out: [Int?] = []
+                for t in types {
+                    switch t.stringValue {
+                    case "full_attention": out.append(nil)
+                    case "sliding_attention":
+                        guard let window else { throw .badInput(r.path, "layer_types asks for sliding_attention but sliding_window is null") }
+                        out.append(window)
+                    default: throw .badInput(r.path, "layer type \(t.compact) is not supported")
+                    }
+                }
+                return out
+            }
+            switch modelType {
+            case "mistral":
+                return Array(repeating: window, count: layers)
+            case "qwen2":
+                guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
+                let from = try r.int("max_window_layers", default: layers)
+                return (0..<layers).map { $0 >= from ? window : nil }
+            default:
+                return Array(repeating: nil, count: layers)
+            }
+        }
+
+        /// `1 / theta^(2i/dim)` in f32 as transformers computes it, adjusted by `rope_scaling`
+        /// (transformers 4) or `rope_parameters` (transformers 5) for the types we implement.
+        static func inverseFrequencies(_ r: ConfigReader, headDim: Int) throws(VFFNError) -> [Float] {
+            let params = r.json["rope_parameters"].flatMap { $0.isNull ? nil : $0 } ?? r.json["rope_scaling"].flatMap { $0.isNull ? nil : $0 }
+            var theta = try r.double("rope_theta", default: .nan)
+            if theta.isNaN { theta = params?["rope_theta"]?.doubleValue ?? 10000 }
+            let base = Float(theta)
+            var inv = (0..<headDim / 2).map { i in 1 / powf(base, Float(2 * i) / Float(headDim)) }
+            let type = params?["rope_type"]?.stringValue ?? params?["type"]?.stringValue ?? "default"
+            switch type {
+            case "default":
+                break
+            case "linear":
+                guard let factor = params?["factor"]?.doubleValue else { throw .badInput(r.path, "linear rope scaling without a factor") }
+                inv = inv.map { $0 / Float(factor) }
+            case "llama3":
+                guard let p = params, let factor = p["factor"]?.doubleValue, let low = p["low_freq_factor"]?.doubleValue,
+                      let high = p["high_freq_factor"]?.doubleValue, let original = p["original_max_position_embeddings"]?.doubleValue
+                else { throw .badInput(r.path, "llama3 rope scaling needs factor, low_freq_factor, high_freq_factor and original_max_position_embeddings") }
+                let lowWavelen = Float(original / low), highWavelen = Float(original / high)
+                inv = inv.map { f in
+                    let wavelen = 2 * Float.pi / f
+                    if wavelen < highWavelen { return f }
+                    if wavelen > lowWavelen { return f / Float(factor) }
+                    let smooth = (Float(original) / wavelen - Float(low)) / Float(high - low)
+                    return (1 - smooth) * f / Float(factor) + smooth * f
+                }
+            default:
+                throw .badInput(r.path, "rope type \"\(type)\" is not supported (default, linear, llama3)")
+            }
+            return inv
+        }
+    }
+
+    struct Layer: Sendable {
+        let inputNorm: Norm
+        let q, k, v, o: Linear
+        let slidingWindow: Int?
+    }
+
+    public struct Model: LanguageModel {
+        public let config: Config
+        let embedding: [Float]   // [vocab, hidden]
+        let layers: [Layer]
+        public let ffnSublayers: [FFNSublayer]
+        public let versatileLayers: [VersatileFFNLayer]?
+        let finalNorm: Norm
+        let lmHead: Linear       // [vocab, hidden]
+
+        public var modelType: String { config.modelType }
+        public var outputKind: OutputKind { .logits }
+        public var vocabSize: Int { config.vocabSize }
+        public var hiddenSize: Int { config.hiddenSize }
+
+        public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
+            try checkTokens(tokens)
+            let d = config.hiddenSize
+            var x = Matrix(zeros: tokens.count, d)
+            for (t, id) in tokens.enumerated() {
+                x.data.replaceSubrange(t * d..<(t + 1) * d, with: embedding[id * d..<(id + 1) * d])
+            }
+            var traced: [Matrix] = []
+            var routing: [RoutingStats] = []
+            for (i, layer) in layers.enumerated() {
+                x = x + attention(layer, layer.inputNorm(x))
+                x = try ffnStep(i, x, mode: mode, routing: &routing)
+                if trace { traced.append(x) }
+            }
+            return ForwardResult(output: lmHead(finalNorm(x)), layerOutputs: traced, routing: routing)
+        }
+
+        /// Causal grouped-query attention over positions 0..<T with rotary embeddings.
+        func attention(_ layer: Layer, _ h: Matrix) -> Matrix {
+            let T = h.rows, hd = config.headDim, H = config.numHeads, KV = config.numKVHeads
+            var q = layer.q(h), k = layer.k(h)
+            let v = layer.v(h)
+            applyRotary(&q, heads: H)
+            applyRotary(&k, heads: KV)
+            var out = [Float](repeating: 0, count: T * H * hd)
+            var scores = [Float](repeating: 0, count: T * T)
+            let scale = 1 / Float(hd).squareRoot()
+            for head in 0..<H {
+                let kvHead = head / (H / KV)
+                q.data.withUnsafeBufferPointer { qp in
+                    k.data.withUnsafeBufferPointer { kp in
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(hd), scale,
+                                    qp.baseAddress! + head * hd, Int32(H * hd), kp.baseAddress! + kvHead * hd, Int32(KV * hd),
+                                    0, &scores, Int32(T))
+                    }
+                }
+                for i in 0..<T {
+                    // Token i sees j <= i, and with a window w only i - j < w.
+                    let first = layer.slidingWindow.map { max(0, i - $0 + 1) } ?? 0
+                    var top = -Float.infinity
+                    for j in first...i { top = max(top, scores[i * T + j]) }
+                    var sum: Float = 0
+                    for j in 0..<T {
+                        let p: Float = (j >= first && j <= i) ? expf(scores[i * T + j] - top) : 0
+                        scores[i * T + j] = p
+                        sum += p
+                    }
+                    for j in 0..<T { scores[i * T + j] /= sum }
+                }
+                v.data.withUnsafeBufferPointer { vp in
+                    out.withUnsafeMutableBufferPointer { op in
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(hd), Int32(T), 1,
+                                    scores, Int32(T), vp.baseAddress! + kvHead * hd, Int32(KV * hd),
+                                    0, op.baseAddress! + head * hd, Int32(H * hd))
+                    }
+                }
+            }
+            return layer.o(Matrix(rows: T, cols: H * hd, data: out))
+        }
+
+        /// Rotate-half RoPE (transformers' layout): pairs (i, i + hd/2) rotate by pos * inv_freq[i].
+        func applyRotary(_ m: inout Matrix, heads: Int) {
+            let hd = config.headDim, half = hd / 2
+            for t in 0..<m.rows {
+                for i in 0..<half {
+                    let angle = Float(t) * config.inverseFrequencies[i]
+                    let c = cosf(angle), s = sinf(angle)
+                    for h in 0..<heads {
+                        let a = t * m.cols + h * hd + i
+                        let x1 = m.data[a], x2 = m.data[a + half]
+                        m.data[a] = x1 * c - x2 * s
+                        m.data[a + half] = x2 * c + x1 * s
+                    }
+                }
+            }
+        }
+    }
+
+    static func config(_ checkpoint: Checkpoint) throws(VFFNError) -> Config {
+        try Config(checkpoint.config, path: checkpoint.directory + "/config.json")
+    }
+
+    public static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout {
+        let c = try config(checkpoint)
+        let sites = (0..<c.numLayers).map { i in
+            let p = "model.layers.\(i).mlp"
+            return FFNSite(layer: i, prefix: p, tensors: ["\(p).gate_proj.weight", "\(p).up_proj.weight", "\(p).down_proj.weight"])
+        }
+        let shapes = [[c.intermediateSize, c.hiddenSize], [c.intermediateSize, c.hiddenSize], [c.hiddenSize, c.intermediateSize]]
+        try checkSites(sites, shapes: shapes, in: checkpoint)
+        return FFNLayout(hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, sites: sites)
+    }
+
+    public static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel {
+        let c = try config(checkpoint)
+        let store = WeightStore(checkpoint)
+        let root = store.scope("model")
+        let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim
+        let embedding = try root.scope("embed_tokens").vector("weight", count: c.vocabSize * d, shape: [c.vocabSize, d])
+        var layers: [Layer] = []
+        var sublayers: [FFNSublayer] = []
+        for i in 0..<c.numLayers {
+            let l = root.scope("layers.\(i)")
+            let attn = l.scope("self_attn")
+            layers.append(Layer(
+                inputNorm: .rms(weight: try l.scope("input_layernorm").vector("weight", count: d), eps: c.rmsNormEps),
+                q: try attn.scope("q_proj").linear(out: c.numHeads * hd, in: d, bias: c.qkvBias),
+                k: try attn.scope("k_proj").linear(out: c.numKVHeads * hd, in: d, bias: c.qkvBias),
+                v: try attn.scope("v_proj").linear(out: c.numKVHeads * hd, in: d, bias: c.qkvBias),
+                o: try attn.scope("o_proj").linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
+                slidingWindow: c.slidingWindows[i]))
+            let mlp = l.scope("mlp")
+            let ffn = GatedFeedForward(
+                gate: try mlp.scope("gate_proj").linear(out: I, in: d, bias: c.mlpBias),
+                up: try mlp.scope("up_proj").linear(out: I, in: d, bias: c.mlpBias),
+                down: try mlp.scope("down_proj").linear(out: d, in: I, bias: c.mlpBias))
+            sublayers.append(FFNSublayer(
+                placement: .preNorm,
+                norm: .rms(weight: try l.scope("post_attention_layernorm").vector("weight", count: d), eps: c.rmsNormEps),
+                ffn: ffn))
+        }
+        let finalNorm = Norm.rms(weight: try root.scope("norm").vector("weight", count: d), eps: c.rmsNormEps)
+        let lmHead: Linear
+        if c.tieWordEmbeddings || !store.contains("lm_head.weight") {
+            // Some tied checkpoints still store lm_head (equal to the embedding); it is not read.
+            if store.contains("lm_head.weight") { store.ignore("lm_head.weight") }
+            lmHead = Linear(weight: embedding, outFeatures: c.vocabSize, inFeatures: d)
+        } else {
+            lmHead = try store.scope("lm_head").linear(out: c.vocabSize, in: d, bias: false)
+        }
+        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I)
+        try store.requireAllUsed()
+        return Model(config: c, embedding: embedding, layers: layers, ffnSublayers: sublayers,
+                     versatileLayers: versatile, finalNorm: finalNorm, lmHead: lmHead)
+    }
+}
+
+extension WeightScope {
+    /// A tensor of any rank read as a flat vector, shape-checked.
+    func vector(_ leaf: String, count: Int, shape: [Int]) throws(VFFNError) -> [Float] {
+        precondition(shape.reduce(1, *) == count)
+        return try store.floats(name(leaf), shape: shape)
+    }
+}
+
+/// Checks that every FFN tensor surgery will slice exists with the shape the config implies.
+func checkSites(_ sites: [FFNSite], shapes: [[Int]], in checkpoint: Checkpoint) throws(VFFNError) {
+    for site in sites {
+        for (name, shape) in zip(site.tensors, shapes) {
+            guard let info = checkpoint.info(name) else {
+                throw .badInput(checkpoint.directory, "missing FFN tensor \"\(name)\" (expected shape \(shape))")
+            }
+            guard info.shape == shape else {
+                throw .badInput(checkpoint.shard(of: name)!.path, "tensor \"\(name)\" has shape \(info.shape), expected \(shape)")
+            }
+            guard info.dtype.isComputeFloat else {
+                throw .badInput(checkpoint.shard(of: name)!.path, "tensor \"\(name)\" has dtype \(info.dtype); FFN weights must be F32, F16 or BF16")
+            }
+        }
+    }
+}
+
+/// The gates named in config.json's `versatile_ffn`, wrapped around each layer's sub-layer.
+func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int) throws(VFFNError) -> [VersatileFFNLayer]? {
+    let path = store.checkpoint.directory + "/config.json"
+    guard let s = try VersatileFFNSettings.read(from: store.checkpoint.config, path: path) else { return nil }
+    guard I % s.numExperts == 0 else {
+        throw .badInput(path, "versatile_ffn.num_experts \(s.numExperts) does not divide the intermediate size \(I)")
+    }
+    guard s.gateTensors.map(\.layer) == Array(sublayers.indices) else {
+        throw .badInput(path, "versatile_ffn.gate_tensors must list layers 0..<\(sublayers.count) in order")
+    }
+    return try s.gateTensors.map { (g) throws(VFFNError) in
+        VersatileFFNLayer(
+            sublayer: sublayers[g.layer],
+            expertGate: Linear(weight: try store.floats(g.expertGate, shape: [s.numExperts, d]), outFeatures: s.numExperts, inFeatures: d),
+            depthPredictor: Linear(weight: try store.floats(g.depthPredictor, shape: [s.maxDepth, d]), outFeatures: s.maxDepth, inFeatures: d),
+            topK: s.topK)
+    }
+}

@@ -1,0 +1,191 @@
+import Foundation
+import VFFNFormats
+
+/// The `versatile_ffn` object of a converted checkpoint's config.json (SPEC section 2).
+public struct VersatileFFNSettings: Equatable, Sendable {
+    public struct GateTensors: Equatable, Sendable {
+        public let layer: Int
+        public let expertGate: String
+        public let depthPredictor: String
+
+        public init(layer: Int, expertGate: String, depthPredictor: String) {
+            self.layer = layer
+            self.expertGate = expertGate
+            self.depthPredictor = depthPredictor
+        }
+    }
+
+    public static let key = "versatile_ffn"
+
+    public let numExperts: Int
+    public let topK: Int
+    public let maxDepth: Int
+    public let expertSlicing: String
+    public let gateTensors: [GateTensors]
+
+    public init(numExperts: Int, topK: Int, maxDepth: Int, expertSlicing: String = "contiguous", gateTensors: [GateTensors]) {
+        self.numExperts = numExperts
+        self.topK = topK
+        self.maxDepth = maxDepth
+        self.expertSlicing = expertSlicing
+        self.gateTensors = gateTensors
+    }
+
+    /// Checks the settings against each other and an FFN of intermediate width `I`.
+    public static func validate(experts: Int, topK: Int, maxDepth: Int, intermediateSize: Int) throws(VFFNError) {
+        guard experts >= 1 else { throw .usage("--experts must be at least 1 (got \(experts))") }
+        guard topK >= 1 else { throw .usage("--top-k must be at least 1 (got \(topK))") }
+        guard topK <= experts else { throw .usage("--top-k \(topK) exceeds --experts \(experts)") }
+        guard maxDepth >= 1 else { throw .usage("--max-depth must be at least 1 (got \(maxDepth))") }
+        guard intermediateSize % experts == 0 else {
+            throw .usage("--experts \(experts) does not divide the FFN intermediate size \(intermediateSize)")
+        }
+    }
+
+    /// Reads the section from a config; nil when the checkpoint is a dense one.
+    public static func read(from config: JSON, path: String) throws(VFFNError) -> VersatileFFNSettings? {
+        guard let v = config[key] else { return nil }
+        func int(_ k: String) throws(VFFNError) -> Int {
+            guard let i = v[k]?.intValue else { throw .badInput(path, "\(key).\(k) is missing or not an integer") }
+            return i
+        }
+        let n = try int("num_experts"), k = try int("top_k"), d = try int("max_depth")
+        guard n >= 1, k >= 1, k <= n, d >= 1 else {
+            throw .badInput(path, "\(key) has num_experts \(n), top_k \(k), max_depth \(d); need 1 <= top_k <= num_experts and max_depth >= 1")
+        }
+        let slicing = v["expert_slicing"]?.stringValue ?? "contiguous"
+        guard slicing == "contiguous" else { throw .badInput(path, "\(key).expert_slicing \"\(slicing)\" is not supported (only \"contiguous\")") }
+        guard let entries = v["gate_tensors"]?.arrayValue else { throw .badInput(path, "\(key).gate_tensors is missing or not an array") }
+        var gates: [GateTensors] = []
+        for e in entries {
+            guard let layer = e["layer"]?.intValue, let g = e["expert_gate"]?.stringValue, let p = e["depth_predictor"]?.stringValue else {
+                throw .badInput(path, "\(key).gate_tensors entry \(e.compact) needs layer, expert_gate and depth_predictor")
+            }
+            gates.append(GateTensors(layer: layer, expertGate: g, depthPredictor: p))
+        }
+        return VersatileFFNSettings(numExperts: n, topK: k, maxDepth: d, expertSlicing: slicing, gateTensors: gates)
+    }
+
+    public var json: JSON {
+        .object([
+            ("num_experts", .int(numExperts)), ("top_k", .int(topK)), ("max_depth", .int(maxDepth)),
+            ("expert_slicing", .string(expertSlicing)),
+            ("gate_tensors", .array(gateTensors.map {
+                .object([("layer", .int($0.layer)), ("expert_gate", .string($0.expertGate)), ("depth_predictor", .string($0.depthPredictor))])
+            })),
+        ])
+    }
+}
+
+/// Where each token went in one VersatileFFN layer.
+public struct RoutingStats: Equatable, Sendable {
+    /// Tokens per chosen loop count, index 0 for L = 1.
+    public var depthCounts: [Int]
+    /// Times each sub-expert was among a token's top-k.
+    public var expertLoad: [Int]
+}
+
+/// How the FFN sub-layers run in a forward pass.
+public enum FFNMode: Sendable, Equatable {
+    /// The dense model: gates ignored.
+    case dense
+    /// SPEC section 1. `depthLimit` restricts the depth predictor to its first rows (loop counts
+    /// 1...limit), which with 1 must reproduce the dense model exactly.
+    case versatile(depthLimit: Int? = nil)
+}
+
+/// One layer's VersatileFFN block around a dense FFN sub-layer.
+public struct VersatileFFNLayer: Sendable {
+    public let sublayer: FFNSublayer
+    public let expertGate: Linear       // [N, d]
+    public let depthPredictor: Linear   // [D, d]
+    public let topK: Int
+    let experts: [any FeedForward]
+
+    public init(sublayer: FFNSublayer, expertGate: Linear, depthPredictor: Linear, topK: Int) {
+        precondition(topK >= 1 && topK <= expertGate.outFeatures)
+        self.sublayer = sublayer
+        self.expertGate = expertGate
+        self.depthPredictor = depthPredictor
+        self.topK = topK
+        let n = expertGate.outFeatures
+        experts = (0..<n).map { sublayer.ffn.subExpert($0, of: n) }
+    }
+
+    public var numExperts: Int { expertGate.outFeatures }
+    public var maxDepth: Int { depthPredictor.outFeatures }
+
+    /// Top-k of one token's router logits, ties to the lower index, and the softmax over them.
+    static func route(_ logits: ArraySlice<Float>, k: Int) -> [(expert: Int, weight: Float)] {
+        let base = logits.startIndex
+        let chosen = logits.indices.sorted { (logits[$0], base - $0) > (logits[$1], base - $1) }.prefix(k).map { $0 - base }
+        let top = chosen.map { logits[base + $0] }.max()!
+        let exps = chosen.map { expf(logits[base + $0] - top) }
+        let sum = exps.reduce(0, +)
+        return zip(chosen, exps).map { ($0, $1 / sum) }
+    }
+
+    /// `L = argmax + 1` over the first `limit` depth logits, ties to the lower index.
+    static func depth(_ logits: ArraySlice<Float>, limit: Int) -> Int {
+        var best = logits.startIndex
+        for i in logits.startIndex..<logits.startIndex + limit where logits[i] > logits[best] { best = i }
+        return best - logits.startIndex + 1
+    }
+
+    public func callAsFunction(_ x: Matrix, depthLimit: Int? = nil) -> (Matrix, RoutingStats) {
+        let T = x.rows, d = x.cols
+        let D = min(depthLimit ?? maxDepth, maxDepth)
+        let gateLogits = expertGate(x)
+        let depthLogits = depthPredictor(x)
+        var stats = RoutingStats(depthCounts: [Int](repeating: 0, count: maxDepth), expertLoad: [Int](repeating: 0, count: numExperts))
+
+        // Width path: gather every token routed to a sub-expert and run that expert once.
+        var routes: [[(expert: Int, weight: Float)]] = []
+        var members = [[(token: Int, slot: Int)]](repeating: [], count: numExperts)
+        for t in 0..<T {
+            let r = Self.route(gateLogits.row(t), k: topK)
+            for (slot, choice) in r.enumerated() {
+                members[choice.expert].append((t, slot))
+                stats.expertLoad[choice.expert] += 1
+            }
+            routes.append(r)
+        }
+        // Each token's k sub-layer outputs, kept by slot so they are summed in top-k order.
+        var expertOutputs = [Matrix](repeating: Matrix(zeros: T, d), count: topK)
+        for e in 0..<numExperts where !members[e].isEmpty {
+            let y = sublayer.apply(experts[e], to: x.gather(members[e].map(\.token)))
+            for (row, m) in members[e].enumerated() {
+                expertOutputs[m.slot].data.replaceSubrange(m.token * d..<(m.token + 1) * d, with: y.row(row))
+            }
+        }
+        var width = Matrix(zeros: T, d)
+        for t in 0..<T {
+            for (slot, choice) in routes[t].enumerated() {
+                for c in 0..<d { width.data[t * d + c] += choice.weight * expertOutputs[slot].data[t * d + c] }
+            }
+        }
+
+        // Depth path: loop l runs only on the tokens that chose at least l loops.
+        let loops = (0..<T).map { Self.depth(depthLogits.row($0), limit: D) }
+        for L in loops { stats.depthCounts[L - 1] += 1 }
+        var current = x
+        var active = Array(0..<T)
+        for l in 1...max(1, loops.max() ?? 1) {
+            active = active.filter { loops[$0] >= l }
+            if active.isEmpty { break }
+            let y = sublayer(current.gather(active))
+            for (row, t) in active.enumerated() {
+                current.data.replaceSubrange(t * d..<(t + 1) * d, with: y.row(row))
+            }
+        }
+
+        var out = Matrix(zeros: T, d)
+        for t in 0..<T {
+            let m = Float(D - loops[t]) / Float(D)
+            for c in 0..<d {
+                out.data[t * d + c] = (1 - m) * current.data[t * d + c] + m * width.data[t * d + c]
+            }
+        }
+        return (out, stats)
+    }
+}

@@ -1,0 +1,73 @@
+import VFFNFormats
+
+/// Shape-checked access to a checkpoint's tensors by name, scoped like the checkpoint's key
+/// tree (`weights.scope("model.layers.3")`), that remembers what was read so a loader can
+/// refuse tensors it does not understand.
+public final class WeightStore: @unchecked Sendable {
+    public let checkpoint: Checkpoint
+    private(set) var used = Set<String>()
+
+    public init(_ checkpoint: Checkpoint) { self.checkpoint = checkpoint }
+
+    public func scope(_ prefix: String) -> WeightScope { WeightScope(store: self, prefix: prefix) }
+
+    public func contains(_ name: String) -> Bool { checkpoint.contains(name) }
+
+    /// Decodes a float tensor to f32 after checking its shape.
+    public func floats(_ name: String, shape: [Int]) throws(VFFNError) -> [Float] {
+        guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name) else {
+            throw .badInput(checkpoint.directory, "missing tensor \"\(name)\" (expected shape \(shape))")
+        }
+        guard info.shape == shape else {
+            throw .badInput(shard.path, "tensor \"\(name)\" has shape \(info.shape), expected \(shape)")
+        }
+        guard info.dtype.isComputeFloat else {
+            throw .badInput(shard.path, "tensor \"\(name)\" has dtype \(info.dtype); weights must be F32, F16 or BF16")
+        }
+        used.insert(name)
+        let values = FloatCodec.decode(shard.bytes(info), as: info.dtype)
+        return values
+    }
+
+    /// Marks tensors that are present but deliberately not read (e.g. gates in a dense run).
+    public func ignore(_ name: String) { used.insert(name) }
+
+    /// Tensors no loader asked for. Buffers that transformers itself recomputes are ignored.
+    public func unusedTensors() -> [String] {
+        checkpoint.tensorNames.filter { !used.contains($0) && !$0.hasSuffix("rotary_emb.inv_freq") }
+    }
+
+    /// Fails if the checkpoint holds tensors the model did not read: a sign that it is not the
+    /// architecture config.json claims.
+    public func requireAllUsed() throws(VFFNError) {
+        let unused = unusedTensors()
+        guard unused.isEmpty else {
+            let list = unused.prefix(3).map { "\"\($0)\"" }.joined(separator: ", ")
+            throw .badInput(checkpoint.directory, "\(unused.count) tensor(s) not part of the \(checkpoint.config["model_type"]?.stringValue ?? "?") model: \(list)\(unused.count > 3 ? ", ..." : "")")
+        }
+    }
+}
+
+public struct WeightScope: Sendable {
+    let store: WeightStore
+    public let prefix: String
+
+    public func scope(_ name: String) -> WeightScope {
+        WeightScope(store: store, prefix: prefix.isEmpty ? name : prefix + "." + name)
+    }
+
+    public func name(_ leaf: String) -> String { prefix.isEmpty ? leaf : prefix + "." + leaf }
+
+    public func contains(_ leaf: String) -> Bool { store.contains(name(leaf)) }
+
+    public func vector(_ leaf: String, count: Int) throws(VFFNError) -> [Float] {
+        try store.floats(name(leaf), shape: [count])
+    }
+
+    /// An `nn.Linear` under this scope: `weight` `[out, in]` and, if asked, `bias` `[out]`.
+    public func linear(out: Int, in inFeatures: Int, bias: Bool) throws(VFFNError) -> Linear {
+        let w = try store.floats(name("weight"), shape: [out, inFeatures])
+        let b = bias ? try store.floats(name("bias"), shape: [out]) : nil
+        return Linear(weight: w, outFeatures: out, inFeatures: inFeatures, bias: b)
+    }
+}

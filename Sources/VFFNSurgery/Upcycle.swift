@@ -1,0 +1,148 @@
+import Foundation
+import VFFNFormats
+import VFFNModels
+
+/// The gates one layer gets: f32 values, stored in `dtype` when written.
+public struct LayerGates: Sendable {
+    public let site: FFNSite
+    public let dtype: DType
+    /// `[numExperts, hidden]`, row-major.
+    public var expertGate: [Float]
+    /// `[maxDepth, hidden]`, row-major.
+    public var depthPredictor: [Float]
+
+    public var expertGateName: String { site.prefix + ".expert_gate.weight" }
+    public var depthPredictorName: String { site.prefix + ".depth_predictor.weight" }
+}
+
+/// A conversion before it is written: the source, the settings, and every layer's gates. The
+/// library's unit of custom surgery: build a plan, replace any gate values, then `write` it.
+///
+///     let plan = try UpcyclePlan(source: Checkpoint(directory: "llama"), experts: 8, topK: 2, maxDepth: 4)
+///     plan.layers[0].depthPredictor = myInit
+///     try plan.write(to: "llama-vffn")
+public struct UpcyclePlan: @unchecked Sendable {
+    public let source: Checkpoint
+    public let layout: FFNLayout
+    public let numExperts: Int
+    public let topK: Int
+    public let maxDepth: Int
+    public let seed: UInt64
+    public var layers: [LayerGates]
+
+    public static let toolVersion = "vffn-convert 0.1.0"
+
+    public init(source: Checkpoint, experts: Int, topK: Int, maxDepth: Int, seed: UInt64 = 0) throws(VFFNError) {
+        let configPath = source.directory + "/config.json"
+        if source.config[VersatileFFNSettings.key] != nil {
+            throw .badInput(configPath, "is already a VersatileFFN checkpoint (config.json has \"versatile_ffn\")")
+        }
+        let layout = try Architectures.lookup(source).ffnLayout(source)
+        try VersatileFFNSettings.validate(experts: experts, topK: topK, maxDepth: maxDepth, intermediateSize: layout.intermediateSize)
+        for site in layout.sites {
+            for name in [site.prefix + ".expert_gate.weight", site.prefix + ".depth_predictor.weight"] where source.contains(name) {
+                throw .badInput(source.directory, "already holds a tensor named \"\(name)\"")
+            }
+        }
+        let initializer = GateInitializer(seed: seed)
+        let d = layout.hiddenSize
+        self.source = source
+        self.layout = layout
+        self.numExperts = experts
+        self.topK = topK
+        self.maxDepth = maxDepth
+        self.seed = seed
+        self.layers = layout.sites.map { site in
+            LayerGates(site: site, dtype: source.info(site.tensors[0])!.dtype,
+                       expertGate: initializer.values(layer: site.layer, tensor: .expertGate, count: experts * d),
+                       depthPredictor: initializer.values(layer: site.layer, tensor: .depthPredictor, count: maxDepth * d))
+        }
+    }
+
+    public var settings: VersatileFFNSettings {
+        VersatileFFNSettings(numExperts: numExperts, topK: topK, maxDepth: maxDepth, gateTensors: layers.map {
+            .init(layer: $0.site.layer, expertGate: $0.expertGateName, depthPredictor: $0.depthPredictorName)
+        })
+    }
+
+    /// SRC's config plus the `versatile_ffn` object, and how the gates were made.
+    public var convertedConfig: JSON {
+        var section = settings.json
+        if case var .object(members) = section {
+            members += [("gate_init", .string(GateInitializer.description)), ("seed", .number(String(seed))),
+                        ("tool", .string(Self.toolVersion))]
+            section = .object(members)
+        }
+        return source.config.setting(VersatileFFNSettings.key, to: section)
+    }
+
+    /// Writes the converted checkpoint to `destination`, atomically. Returns a summary.
+    @discardableResult
+    public func write(to destination: String, force: Bool = false, progress: (String) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
+        let d = layout.hiddenSize
+        for g in layers {
+            guard g.expertGate.count == numExperts * d, g.depthPredictor.count == maxDepth * d else {
+                throw .usage("layer \(g.site.layer): gate sizes \(g.expertGate.count), \(g.depthPredictor.count) do not match [\(numExperts), \(d)] and [\(maxDepth), \(d)]")
+            }
+        }
+        let output = try AtomicOutput(destination: destination, force: force, directory: true)
+        let dir = output.temporary
+        var weightMap: [(String, String)] = []
+        var totalSize = 0, totalParameters = 0, copied = 0, copiedBytes = 0
+        for (i, shard) in source.shards.enumerated() {
+            let fileName = (shard.path as NSString).lastPathComponent
+            var records = shard.tensors.map { TensorRecord(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: .mapped(shard.bytes($0))) }
+            copied += records.count
+            copiedBytes += records.reduce(0) { $0 + $1.bytes.count }
+            for g in layers where source.shard(of: g.site.tensors[0]) === shard {
+                records.append(TensorRecord(name: g.expertGateName, dtype: g.dtype, shape: [numExperts, d], bytes: .owned(FloatCodec.encode(g.expertGate, as: g.dtype))))
+                records.append(TensorRecord(name: g.depthPredictorName, dtype: g.dtype, shape: [maxDepth, d], bytes: .owned(FloatCodec.encode(g.depthPredictor, as: g.dtype))))
+            }
+            progress("shard \(i + 1)/\(source.shards.count): \(fileName), \(records.count) tensors")
+            try SafeTensorsWriter.write(records, metadata: shard.metadata, to: dir + "/" + fileName)
+            for r in records {
+                weightMap.append((r.name, fileName))
+                totalSize += r.bytes.count
+                totalParameters += r.shape.reduce(1, *)
+            }
+        }
+        if let index = source.index {
+            var metadata: [(String, JSON)] = index["metadata"]?.objectMembers ?? []
+            metadata = metadata.filter { $0.0 != "total_size" && $0.0 != "total_parameters" }
+            if index["metadata"]?["total_parameters"] != nil { metadata.append(("total_parameters", .int(totalParameters))) }
+            metadata.append(("total_size", .int(totalSize)))
+            let newIndex = JSON.object([
+                ("metadata", .object(metadata.sorted { $0.0 < $1.0 })),
+                ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 }.map { ($0.0, .string($0.1)) })),
+            ])
+            try writeText(newIndex.pretty, to: dir + "/" + Checkpoint.indexName)
+        }
+        try writeText(convertedConfig.pretty, to: dir + "/config.json")
+        for name in source.auxiliaryFiles() {
+            do { try FileManager.default.copyItem(atPath: source.directory + "/" + name, toPath: dir + "/" + name) } catch {
+                throw .io(source.directory + "/" + name, "cannot copy: \(error.localizedDescription)")
+            }
+        }
+        try output.commit()
+        return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
+                                 copiedTensors: copied, copiedBytes: copiedBytes, gateTensors: 2 * layers.count,
+                                 totalSize: totalSize, auxiliaryFiles: source.auxiliaryFiles())
+    }
+
+    private func writeText(_ text: String, to path: String) throws(VFFNError) {
+        let f = try OutputFile(path: path)
+        try f.write(text)
+        try f.finish()
+    }
+}
+
+public struct ConversionSummary: Sendable {
+    public let layers: Int
+    public let gateDType: DType?
+    public let shards: Int
+    public let copiedTensors: Int
+    public let copiedBytes: Int
+    public let gateTensors: Int
+    public let totalSize: Int
+    public let auxiliaryFiles: [String]
+}

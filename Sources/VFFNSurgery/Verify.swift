@@ -1,0 +1,158 @@
+import Foundation
+import VFFNFormats
+import VFFNModels
+
+/// The outcome of `verify`: per-layer identities and routing, plus whole-checkpoint checks.
+public struct VerificationReport: Sendable {
+    public struct Check: Sendable {
+        public let name: String
+        public let passed: Bool
+        public let detail: String
+    }
+
+    public struct Layer: Sendable {
+        public let layer: Int
+        /// max |sum_e f_e(h) - (N-1) b_out - f(h)| over the probe inputs.
+        public let partitionMaxAbs: Float
+        /// The same, relative to max |f(h)|.
+        public let partitionRelative: Float
+        /// max |h_versatile(D=1) - h_dense| of this layer's output on the probe tokens.
+        public let denseEquivalenceMaxAbs: Float
+        public let routing: RoutingStats
+        public let finite: Bool
+        public let passed: Bool
+    }
+
+    public let settings: VersatileFFNSettings
+    public let hasOutputBias: Bool
+    public let probeTokens: [Int]
+    public let checks: [Check]
+    public let layers: [Layer]
+
+    public var passed: Bool { checks.allSatisfy(\.passed) && layers.allSatisfy(\.passed) }
+}
+
+public enum Verifier {
+    /// Relative error allowed between the summed sub-experts and the dense FFN: f32 rounding of
+    /// a reordered sum is ~1e-7 relative; anything near 1e-5 means the slices are wrong.
+    public static let partitionTolerance: Float = 1e-5
+    public static let probeRows = 16
+
+    public static func verify(destination: String, source: String? = nil, probeTokens: [Int]? = nil, seed: UInt64 = 0) throws(VFFNError) -> VerificationReport {
+        let dst = try Checkpoint(directory: destination)
+        guard let settings = try VersatileFFNSettings.read(from: dst.config, path: destination + "/config.json") else {
+            throw .badInput(destination + "/config.json", "has no \"versatile_ffn\" section; not a converted checkpoint")
+        }
+        var checks: [VerificationReport.Check] = []
+        if let source {
+            checks.append(try denseTensorsIdentical(source: Checkpoint(directory: source), destination: dst, settings: settings))
+        }
+        let model = try Architectures.load(dst)
+        guard let versatile = model.versatileLayers else { preconditionFailure("settings read but no gates loaded") }
+        let gatesFinite = versatile.allSatisfy { $0.expertGate.isFinite && $0.depthPredictor.isFinite }
+        checks.append(.init(name: "gates finite", passed: gatesFinite,
+                            detail: gatesFinite ? "every expert_gate and depth_predictor value is finite" : "a gate tensor holds NaN or Inf"))
+
+        let tokens = probeTokens ?? defaultProbeTokens(vocabSize: model.vocabSize, seed: seed)
+        let dense = try model.forward(tokens, mode: .dense, trace: true)
+        let depthOne = try model.forward(tokens, mode: .versatile(depthLimit: 1), trace: true)
+        let full = try model.forward(tokens, mode: .versatile(), trace: true)
+        let outputDiff = depthOne.output.maxAbsDifference(dense.output)
+        let denseFinite = dense.output.isFinite
+        checks.append(.init(name: "dense forward finite", passed: denseFinite,
+                            detail: denseFinite ? "dense \(model.outputKind.rawValue) finite on \(tokens.count) probe tokens" : "dense forward produced NaN or Inf: the weights themselves are bad"))
+        checks.append(.init(name: "dense equivalence (max depth 1)", passed: outputDiff == 0 && denseFinite,
+                            detail: "max |\(model.outputKind.rawValue) difference| = \(format(outputDiff))"))
+        let fullFinite = full.output.isFinite
+        checks.append(.init(name: "VersatileFFN forward finite", passed: fullFinite,
+                            detail: fullFinite ? "\(model.outputKind.rawValue) finite, max |value| \(format(full.output.maxAbs))" : "VersatileFFN forward produced NaN or Inf"))
+
+        var rng = Xoshiro256StarStar(seed: seed, stream: 0xFFFF)
+        var layers: [VerificationReport.Layer] = []
+        for (i, sub) in model.ffnSublayers.enumerated() {
+            let h = Matrix(rows: probeRows, cols: model.hiddenSize,
+                           data: (0..<probeRows * model.hiddenSize).map { _ in Float(rng.truncatedNormal(limit: 4)) })
+            let (abs, rel) = partitionError(sub.ffn, experts: settings.numExperts, probe: h)
+            let eqDiff = depthOne.layerOutputs[i].maxAbsDifference(dense.layerOutputs[i])
+            let finite = full.layerOutputs[i].isFinite
+            layers.append(.init(layer: i, partitionMaxAbs: abs, partitionRelative: rel, denseEquivalenceMaxAbs: eqDiff,
+                                routing: full.routing[i], finite: finite,
+                                passed: rel <= partitionTolerance && eqDiff == 0 && finite))
+        }
+        let bias = model.ffnSublayers.first?.ffn.outputBias != nil
+        return VerificationReport(settings: settings, hasOutputBias: bias, probeTokens: tokens, checks: checks, layers: layers)
+    }
+
+    /// The partition identity on probe inputs: returns (max abs error, relative to max |f(h)|).
+    public static func partitionError(_ f: any FeedForward, experts n: Int, probe h: Matrix) -> (Float, Float) {
+        let whole = f(h)
+        var sum = Matrix(zeros: h.rows, whole.cols)
+        for e in 0..<n { sum = sum + f.subExpert(e, of: n)(h) }
+        if let b = f.outputBias {
+            for r in 0..<sum.rows { for c in 0..<sum.cols { sum.data[r * sum.cols + c] -= Float(n - 1) * b[c] } }
+        }
+        let err = sum.maxAbsDifference(whole)
+        let scale = whole.maxAbs
+        return (err, scale > 0 ? err / scale : err)
+    }
+
+    /// Every tensor of SRC is in DST with the same dtype, shape and bytes; DST adds exactly the
+    /// gate tensors its config names.
+    static func denseTensorsIdentical(source: Checkpoint, destination: Checkpoint, settings: VersatileFFNSettings) throws(VFFNError) -> VerificationReport.Check {
+        var mismatches: [String] = []
+        var bytes = 0
+        for name in source.tensorNames {
+            let a = source.info(name)!
+            guard let b = destination.info(name) else { mismatches.append("\(name): missing"); continue }
+            guard a.dtype == b.dtype, a.shape == b.shape else {
+                mismatches.append("\(name): \(a.dtype)\(a.shape) became \(b.dtype)\(b.shape)"); continue
+            }
+            let x = source.bytes(name)!, y = destination.bytes(name)!
+            if x.count > 0, memcmp(x.baseAddress!, y.baseAddress!, x.count) != 0 { mismatches.append("\(name): bytes differ") }
+            bytes += x.count
+        }
+        let gateNames = Set(settings.gateTensors.flatMap { [$0.expertGate, $0.depthPredictor] })
+        for name in destination.tensorNames where !source.contains(name) && !gateNames.contains(name) {
+            mismatches.append("\(name): not in the source and not a gate")
+        }
+        let passed = mismatches.isEmpty
+        let detail = passed
+            ? "\(source.tensorNames.count) tensors, \(bytes) bytes identical to the source"
+            : "\(mismatches.count) differ: " + mismatches.prefix(3).joined(separator: "; ") + (mismatches.count > 3 ? "; ..." : "")
+        return .init(name: "dense tensors bit-identical", passed: passed, detail: detail)
+    }
+
+    /// Deterministic probe token ids spread over the vocabulary.
+    public static func defaultProbeTokens(vocabSize: Int, seed: UInt64, count: Int = 32) -> [Int] {
+        var rng = Xoshiro256StarStar(seed: seed, stream: 0xFFFE)
+        return (0..<count).map { _ in Int(rng.next() % UInt64(vocabSize)) }
+    }
+
+    static func format(_ v: Float) -> String { String(format: "%.2e", Double(v)) }
+}
+
+extension VerificationReport {
+    /// The human-readable report: whole-checkpoint checks, then one row per layer.
+    public var table: String {
+        var out = "VersatileFFN: \(settings.numExperts) sub-experts, top-\(settings.topK), max depth \(settings.maxDepth); \(probeTokens.count) probe tokens\n\n"
+        for c in checks { out += "  [\(c.passed ? "pass" : "FAIL")] \(c.name): \(c.detail)\n" }
+        let identity = hasOutputBias ? "sum f_e = f + (N-1)b" : "sum f_e = f"
+        out += "\n"
+        let header = ["layer", "\(identity) abs", "rel", "D=1 vs dense", "depth histogram L=1..\(settings.maxDepth)", "sub-expert load", "status"]
+        var rows = [header]
+        for l in layers {
+            rows.append([String(l.layer), Verifier.format(l.partitionMaxAbs), Verifier.format(l.partitionRelative),
+                         Verifier.format(l.denseEquivalenceMaxAbs),
+                         l.routing.depthCounts.map(String.init).joined(separator: " "),
+                         l.routing.expertLoad.map(String.init).joined(separator: " "),
+                         l.passed ? "pass" : "FAIL"])
+        }
+        let widths = header.indices.map { c in rows.map { $0[c].count }.max()! }
+        for (i, r) in rows.enumerated() {
+            out += "  " + r.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ") + "\n"
+            if i == 0 { out += "  " + widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ") + "\n" }
+        }
+        out += "\n" + (passed ? "verify: all checks passed\n" : "verify: FAILED\n")
+        return out
+    }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import VFFNFormats
+import VFFNModels
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List a checkpoint's tensors, dtypes, shapes and sizes, its architecture and VersatileFFN settings.")
+
+    @Argument(help: "A checkpoint directory or a single .safetensors file.")
+    var path: String
+
+    func run() throws {
+        try reportingErrors {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
+                let file = try SafeTensorsFile(path: path)
+                print("\(path): safetensors, \(file.tensors.count) tensors, header \(file.headerSize) bytes")
+                if let m = file.metadata { print("metadata: " + m.map { "\($0)=\($1)" }.joined(separator: ", ")) }
+                printTable(file.tensors.map { ($0, nil) })
+                return
+            }
+            let ckpt = try Checkpoint(directory: path)
+            let type = ckpt.config["model_type"]?.stringValue ?? "?"
+            print("\(path): \(ckpt.isSharded ? "\(ckpt.shards.count) safetensors shards" : "safetensors"), \(ckpt.tensorNames.count) tensors")
+            do {
+                let arch = try Architectures.lookup(ckpt)
+                let layout = try arch.ffnLayout(ckpt)
+                print("architecture: \(type) (\(arch)), \(layout.sites.count) layers, hidden \(layout.hiddenSize), FFN intermediate \(layout.intermediateSize)")
+            } catch {
+                print("architecture: \(type) (not convertible: \(error))")
+            }
+            if let s = try VersatileFFNSettings.read(from: ckpt.config, path: path + "/config.json") {
+                print("VersatileFFN: \(s.numExperts) sub-experts, top-\(s.topK), max depth \(s.maxDepth), \(s.expertSlicing) slicing, gates in \(s.gateTensors.count) layers")
+            } else {
+                print("VersatileFFN: none (dense checkpoint)")
+            }
+            printTable(ckpt.tensorNames.map { (ckpt.info($0)!, ckpt.isSharded ? (ckpt.shard(of: $0)!.path as NSString).lastPathComponent : nil) })
+        }
+    }
+
+    func printTable(_ rows: [(TensorInfo, String?)]) {
+        let nameWidth = rows.map { $0.0.name.count }.max() ?? 4
+        var total = 0
+        for (t, shard) in rows {
+            total += t.byteCount
+            let shape = "[" + t.shape.map(String.init).joined(separator: ", ") + "]"
+            print(t.name.padding(toLength: nameWidth, withPad: " ", startingAt: 0) + "  " + t.dtype.rawValue.padding(toLength: 5, withPad: " ", startingAt: 0)
+                  + "  " + shape.padding(toLength: 14, withPad: " ", startingAt: 0) + "  " + String(t.byteCount).leftPadded(10) + (shard.map { "  " + $0 } ?? ""))
+        }
+        print("total: \(rows.count) tensors, \(total) bytes")
+    }
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String { String(repeating: " ", count: max(0, n - count)) + self }
+}

@@ -1,0 +1,50 @@
+import ArgumentParser
+import Foundation
+import VFFNFormats
+
+@main
+struct VFFNConvert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vffn-convert",
+        abstract: "Turn dense transformer checkpoints into VersatileFFN checkpoints, and prove them sound.",
+        discussion: """
+        A dense checkpoint directory (Hugging Face layout: config.json plus model.safetensors or \
+        sharded model-*.safetensors with model.safetensors.index.json) is converted by adding one \
+        expert_gate [N, d] and one depth_predictor [D, d] per layer; every dense tensor is kept \
+        bit-identical. Supported model types: llama, mistral, qwen2.
+
+        Exit codes: 0 success; 1 verification failed; 64 usage error; 65 bad input \
+        (unreadable, malformed or unsupported checkpoint); 74 I/O error.
+        """,
+        subcommands: [Convert.self, Verify.self, Run.self, Inspect.self])
+}
+
+/// Runs a command body, turning the library's errors into one line on stderr and an exit code.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as VFFNError {
+        FileHandle.standardError.write(Data("vffn-convert: error: \(error)\n".utf8))
+        switch error.kind {
+        case .usage: throw ExitCode(64)
+        case .badInput: throw ExitCode(65)
+        case .io: throw ExitCode(74)
+        }
+    }
+}
+
+func note(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+/// Token ids given as `5,17,42`.
+struct TokenList: ExpressibleByArgument {
+    let ids: [Int]
+
+    init?(argument: String) {
+        let parts = argument.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let ids = parts.compactMap { Int($0) }
+        guard !parts.isEmpty, ids.count == parts.count, ids.allSatisfy({ $0 >= 0 }) else { return nil }
+        self.ids = ids
+    }
+}
