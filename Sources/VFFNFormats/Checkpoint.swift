@@ -8,7 +8,7 @@ public final class Checkpoint: @unchecked Sendable {
 
     public let directory: String
     public let config: JSON
-    /// The shard files in the order the index first names them (one entry when unsharded).
+    /// The shard files sorted by name (one entry when unsharded).
     public let shards: [SafeTensorsFile]
     /// The parsed index file, or nil for a single-file checkpoint.
     public let index: JSON?
@@ -48,7 +48,8 @@ public final class Checkpoint: @unchecked Sendable {
             for f in order where !FileManager.default.fileExists(atPath: directory + "/" + f) {
                 throw .badInput(indexPath, "names shard \"\(f)\", which does not exist")
             }
-            files = order
+            // transformers opens `sorted(set(weight_map.values()))`; so do we, for a stable order.
+            files = order.sorted()
         } else if FileManager.default.fileExists(atPath: directory + "/" + Self.singleName) {
             index = nil
             files = [Self.singleName]
