@@ -29,9 +29,11 @@ let package = Package(
                 "VFFNFormats", "VFFNModels", "VFFNSurgery",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .testTarget(name: "VFFNFormatsTests", dependencies: ["VFFNFormats"]),
-        .testTarget(name: "VFFNModelsTests", dependencies: ["VFFNModels"]),
-        .testTarget(name: "VFFNSurgeryTests", dependencies: ["VFFNSurgery", "VFFNModels"]),
-        .testTarget(name: "VFFNCLITests", dependencies: ["vffn-convert"]),
+        // Fixture paths and comparison helpers shared by the test targets.
+        .target(name: "TestSupport", dependencies: ["VFFNFormats"], path: "Tests/TestSupport"),
+        .testTarget(name: "VFFNFormatsTests", dependencies: ["VFFNFormats", "TestSupport"]),
+        .testTarget(name: "VFFNModelsTests", dependencies: ["VFFNModels", "TestSupport"]),
+        .testTarget(name: "VFFNSurgeryTests", dependencies: ["VFFNSurgery", "VFFNModels", "TestSupport"]),
+        .testTarget(name: "VFFNCLITests", dependencies: ["vffn-convert", "TestSupport"]),
     ]
 )

@@ -171,7 +171,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 throw .badInput(path, "tensor \"\(name)\": shape entry \(item.compact) is not a non-negative integer")
             }
             let (p, overflow) = elements.multipliedReportingOverflow(by: d)
-            if overflow { throw .badInput(path, "tensor \"\(name)\": shape \(shapeItems.map(\.compact)) overflows 64 bits") }
+            if overflow { throw .badInput(path, "tensor \"\(name)\": shape [\(shapeItems.map(\.compact).joined(separator: ", "))] overflows 64 bits") }
             elements = p
             shape.append(Int(d))
         }
