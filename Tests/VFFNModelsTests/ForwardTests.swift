@@ -1,0 +1,140 @@
+import Foundation
+import Testing
+import TestSupport
+import VFFNFormats
+import VFFNModels
+
+/// The forward pass against transformers (dense) and the generator's PyTorch transcription of
+/// SPEC section 1 (VersatileFFN), on checkpoints written by transformers and safetensors.
+@Suite struct GoldenTests {
+    static let tolerance: Float = 1e-4
+
+    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16"])
+    func denseLogitsMatchTransformers(fixture: String) throws {
+        let model = try Architectures.load(Checkpoint(directory: Fixtures.path(fixture)))
+        let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
+        let golden = try Fixtures.golden("\(fixture)-dense-logits.npy")
+        #expect([out.rows, out.cols] == golden.shape)
+        let err = relativeError(out.data, golden.values)
+        #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
+    }
+
+    @Test(arguments: ["llama-gqa-vffn", "qwen2-bf16-vffn"])
+    func versatileLogitsMatchPyTorchReference(fixture: String) throws {
+        let model = try Architectures.load(Checkpoint(directory: Fixtures.path(fixture)))
+        let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
+        let golden = try Fixtures.golden("\(fixture)-logits.npy")
+        let err = relativeError(result.output.data, golden.values)
+        #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
+        // The routing is not degenerate: several depths and several experts are in use.
+        for r in result.routing {
+            #expect(r.depthCounts.reduce(0, +) == Fixtures.tokens.count)
+            #expect(r.depthCounts.filter { $0 > 0 }.count >= 2)
+            #expect(r.expertLoad.reduce(0, +) == Fixtures.tokens.count * (fixture.hasPrefix("qwen2") ? 3 : 2))
+        }
+        // And it is not the dense model by accident.
+        let dense = try model.forward(Fixtures.tokens, mode: .dense, trace: false)
+        #expect(relativeError(dense.output.data, golden.values) > 1e-2)
+    }
+
+    @Test func denseModeOfAConvertedCheckpointIsTheSourceModel() throws {
+        let converted = try Architectures.load(Checkpoint(directory: Fixtures.path("qwen2-bf16-vffn")))
+        let source = try Architectures.load(Checkpoint(directory: Fixtures.path("qwen2-bf16-tied")))
+        let a = try converted.forward(Fixtures.tokens, mode: .dense, trace: false).output
+        let b = try source.forward(Fixtures.tokens, mode: .dense, trace: false).output
+        #expect(a.data == b.data)
+    }
+
+    @Test func depthLimitOneIsExactlyDense() throws {
+        let model = try Architectures.load(Checkpoint(directory: Fixtures.path("llama-gqa-vffn")))
+        let a = try model.forward(Fixtures.tokens, mode: .versatile(depthLimit: 1), trace: true)
+        let b = try model.forward(Fixtures.tokens, mode: .dense, trace: true)
+        #expect(a.output.data == b.output.data)
+        #expect(a.routing.allSatisfy { $0.depthCounts[0] == Fixtures.tokens.count })
+    }
+}
+
+@Suite struct ModelErrorTests {
+    func copy(_ fixture: String) throws -> String {
+        let dir = makeTemporaryDirectory() + "/m"
+        try copyDirectory(Fixtures.path(fixture), to: dir)
+        return dir
+    }
+
+    func editConfig(_ dir: String, _ edit: (JSON) -> JSON) throws {
+        let c = try Checkpoint.readJSON(dir + "/config.json", what: "config")
+        writeFile(dir + "/config.json", edit(c).pretty)
+    }
+
+    func expectError(_ dir: String, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        do {
+            _ = try Architectures.load(Checkpoint(directory: dir))
+            Issue.record("loaded", sourceLocation: sourceLocation)
+        } catch {
+            #expect(error.description.contains(message), "\(error)", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test func unknownOrMissingModelType() throws {
+        let dir = try copy("mistral-f16")
+        try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2)")
+        try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
+        expectError(dir, "config.json: has no \"model_type\"")
+    }
+
+    @Test func configValuesThatCannotDescribeTheModel() throws {
+        let dir = try copy("mistral-f16")
+        try editConfig(dir) { $0.setting("hidden_size", to: .string("32")) }
+        expectError(dir, "\"hidden_size\" is \"32\", expected an integer")
+        try editConfig(dir) { $0.setting("hidden_size", to: .int(32)).setting("num_key_value_heads", to: .int(3)) }
+        expectError(dir, "num_attention_heads 4 is not a multiple of num_key_value_heads 3")
+        try editConfig(dir) { $0.setting("num_key_value_heads", to: .int(1)).setting("rope_parameters", to: .object([("rope_type", .string("yarn"))])) }
+        expectError(dir, "rope type \"yarn\" is not supported")
+    }
+
+    @Test func tensorShapeOrPresenceNotMatchingTheConfig() throws {
+        let dir = try copy("mistral-f16")
+        try editConfig(dir) { $0.setting("intermediate_size", to: .int(48)) }
+        expectError(dir, "tensor \"model.layers.0.mlp.gate_proj.weight\" has shape [64, 32], expected [48, 32]")
+        try editConfig(dir) { $0.setting("intermediate_size", to: .int(64)).setting("num_hidden_layers", to: .int(3)) }
+        expectError(dir, "missing tensor \"model.layers.2.input_layernorm.weight\" (expected shape [32])")
+        try editConfig(dir) { $0.setting("num_hidden_layers", to: .int(1)) }
+        expectError(dir, "tensor(s) not part of the mistral model: \"model.layers.1.")
+    }
+
+    @Test func tokensOutsideTheVocabulary() throws {
+        let model = try Architectures.load(Checkpoint(directory: Fixtures.path("mistral-f16")))
+        #expect(throws: VFFNError.self) { try model.forward([1, 256], mode: .dense, trace: false) }
+        #expect(throws: VFFNError.self) { try model.forward([], mode: .dense, trace: false) }
+        // A dense checkpoint has no gates to run.
+        #expect(throws: VFFNError.self) { try model.forward([1], mode: .versatile(), trace: false) }
+    }
+
+    @Test func rotaryParametersFromEitherTransformersGeneration() throws {
+        // transformers 4 puts rope_theta at the top level, transformers 5 in rope_parameters.
+        let v4 = try JSON.parse(#"{"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1,"rope_theta":500000.0,"rope_scaling":null}"#)
+        let v5 = try JSON.parse(#"{"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1,"rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}}"#)
+        let a = try Llama.Config(v4, path: "v4").inverseFrequencies
+        let b = try Llama.Config(v5, path: "v5").inverseFrequencies
+        #expect(a == b)
+        // 1 / 500000^(2i/8) for i = 0..3, by hand.
+        let expected: [Float] = [1, 0.037606030, 0.0014142136, 5.3182959e-05]
+        for (x, y) in zip(a, expected) { #expect(abs(x - y) / y < 1e-6) }
+        let missing = try JSON.parse(#"{"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1}"#)
+        #expect(try Llama.Config(missing, path: "x").inverseFrequencies[1] == 1 / powf(10000, 0.25))
+    }
+
+    @Test func llama3RopeScalingKeepsHighAndScalesLowFrequencies() throws {
+        let json = try JSON.parse(#"{"model_type":"llama","vocab_size":8,"hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1,"rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#)
+        let scaled = try Llama.Config(json, path: "x").inverseFrequencies
+        let plain = (0..<32).map { 1 / powf(500000, Float(2 * $0) / 64) }
+        // Wavelength 2*pi/f below 8192/4 = 2048: unchanged; above 8192: divided by 8.
+        for i in 0..<32 {
+            let wavelen = 2 * Float.pi / plain[i]
+            if wavelen < 2048 { #expect(scaled[i] == plain[i]) }
+            if wavelen > 8192 { #expect(abs(scaled[i] - plain[i] / 8) <= 1e-6 * plain[i]) }
+            if wavelen >= 2048 && wavelen <= 8192 { #expect(scaled[i] < plain[i] && scaled[i] > plain[i] / 8) }
+        }
+    }
+}
