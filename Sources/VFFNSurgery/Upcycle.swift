@@ -18,7 +18,7 @@ public struct LayerGates: Sendable {
 /// A conversion before it is written: the source, the settings, and every layer's gates. The
 /// library's unit of custom surgery: build a plan, replace any gate values, then `write` it.
 ///
-///     let plan = try UpcyclePlan(source: Checkpoint(directory: "llama"), experts: 8, topK: 2, maxDepth: 4)
+///     var plan = try UpcyclePlan(source: Checkpoint(directory: "llama"), experts: 8, topK: 2, maxDepth: 4)
 ///     plan.layers[0].depthPredictor = myInit
 ///     try plan.write(to: "llama-vffn")
 public struct UpcyclePlan: @unchecked Sendable {

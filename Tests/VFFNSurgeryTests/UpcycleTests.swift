@@ -1,0 +1,223 @@
+import Foundation
+import Testing
+import TestSupport
+import VFFNFormats
+import VFFNModels
+import VFFNSurgery
+
+@Suite struct UpcycleTests {
+    func convert(_ fixture: String, experts: Int = 8, topK: Int = 2, maxDepth: Int = 4, seed: UInt64 = 0) throws -> String {
+        let dst = makeTemporaryDirectory() + "/converted"
+        let plan = try UpcyclePlan(source: Checkpoint(directory: Fixtures.path(fixture)), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed)
+        try plan.write(to: dst)
+        return dst
+    }
+
+    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16"])
+    func convertedCheckpointVerifies(fixture: String) throws {
+        let dst = try convert(fixture)
+        let report = try Verifier.verify(destination: dst, source: Fixtures.path(fixture))
+        #expect(report.passed, "\(report.table)")
+        #expect(report.checks.first { $0.name == "dense tensors bit-identical" }?.passed == true)
+        #expect(report.layers.count == 2)
+        for l in report.layers {
+            #expect(l.partitionRelative < 1e-6)
+            #expect(l.denseEquivalenceMaxAbs == 0)
+            #expect(l.routing.depthCounts.reduce(0, +) == report.probeTokens.count)
+            #expect(l.routing.expertLoad.reduce(0, +) == 2 * report.probeTokens.count)
+        }
+    }
+
+    @Test func convertedFileContract() throws {
+        let src = try Checkpoint(directory: Fixtures.path("llama-gqa-sharded"))
+        let dst = try Checkpoint(directory: try convert("llama-gqa-sharded"))
+        // Sharding mirrored, file for file; gates beside their layer's FFN.
+        #expect(dst.shards.map { ($0.path as NSString).lastPathComponent } == src.shards.map { ($0.path as NSString).lastPathComponent })
+        for i in 0..<2 {
+            let p = "model.layers.\(i).mlp"
+            #expect(dst.info("\(p).expert_gate.weight")!.shape == [8, 32])
+            #expect(dst.info("\(p).depth_predictor.weight")!.shape == [4, 32])
+            #expect(dst.info("\(p).expert_gate.weight")!.dtype == .F32)
+            #expect(dst.shard(of: "\(p).expert_gate.weight")!.path.hasSuffix((src.shard(of: "\(p).gate_proj.weight")!.path as NSString).lastPathComponent))
+        }
+        // The index covers every tensor and states the data bytes and parameter count.
+        let index = try #require(dst.index)
+        #expect(index["weight_map"]!.objectMembers!.count == src.tensorNames.count + 4)
+        let dataBytes = dst.tensorNames.reduce(0) { $0 + dst.info($1)!.byteCount }
+        #expect(index["metadata"]!["total_size"]!.intValue == dataBytes)
+        #expect(index["metadata"]!["total_parameters"]!.intValue == 34976 + 2 * (8 + 4) * 32)
+        // config.json is the source's, key for key, plus versatile_ffn.
+        let members = dst.config.objectMembers!
+        #expect(Array(members.dropLast()).map(\.0) == src.config.objectMembers!.map(\.0))
+        #expect(JSON.object(Array(members.dropLast())) == src.config)
+        let v = try #require(try VersatileFFNSettings.read(from: dst.config, path: "config.json"))
+        #expect(v.numExperts == 8 && v.topK == 2 && v.maxDepth == 4 && v.expertSlicing == "contiguous")
+        #expect(v.gateTensors[1] == .init(layer: 1, expertGate: "model.layers.1.mlp.expert_gate.weight", depthPredictor: "model.layers.1.mlp.depth_predictor.weight"))
+        #expect(dst.config["versatile_ffn"]!["seed"]!.intValue == 0)
+        // Other files copied byte for byte.
+        for f in ["README.md", "generation_config.json"] {
+            #expect(FileManager.default.contents(atPath: dst.directory + "/" + f) == FileManager.default.contents(atPath: src.directory + "/" + f))
+        }
+    }
+
+    @Test func gatesAreStoredInTheSourceFloatDtype() throws {
+        let qwen = try Checkpoint(directory: try convert("qwen2-bf16-tied", experts: 12, topK: 3, maxDepth: 2))
+        #expect(qwen.info("model.layers.0.mlp.expert_gate.weight")!.dtype == .BF16)
+        #expect(qwen.info("model.layers.0.mlp.expert_gate.weight")!.shape == [12, 32])
+        #expect(!qwen.isSharded)
+        let mistral = try Checkpoint(directory: try convert("mistral-f16"))
+        #expect(mistral.info("model.layers.1.mlp.depth_predictor.weight")!.dtype == .F16)
+    }
+
+    @Test func conversionIsReproducibleBitForBit() throws {
+        let a = try convert("llama-gqa-sharded", seed: 7)
+        let b = try convert("llama-gqa-sharded", seed: 7)
+        let c = try convert("llama-gqa-sharded", seed: 8)
+        let files = try FileManager.default.contentsOfDirectory(atPath: a).sorted()
+        #expect(files == (try FileManager.default.contentsOfDirectory(atPath: b).sorted()))
+        for f in files {
+            #expect(FileManager.default.contents(atPath: a + "/" + f) == FileManager.default.contents(atPath: b + "/" + f), "\(f)")
+        }
+        let gate = "model.layers.0.mlp.expert_gate.weight"
+        let x = try Checkpoint(directory: a), z = try Checkpoint(directory: c)
+        #expect(Array(x.bytes(gate)!) != Array(z.bytes(gate)!))
+    }
+
+    @Test func gateInitIsTheTruncatedNormalOfThePaper() {
+        let v = GateInitializer(seed: 0).values(layer: 3, tensor: .expertGate, count: 200_000).map(Double.init)
+        let mean = v.reduce(0, +) / Double(v.count)
+        let std = (v.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(v.count)).squareRoot()
+        #expect(abs(mean) < 2e-4)
+        // A normal truncated at 3 std keeps 98.67% of its variance: std 0.02 * 0.98657.
+        #expect(abs(std - 0.019731) < 2e-4, "std \(std)")
+        #expect(v.allSatisfy { abs($0) <= 0.06 + 1e-9 })
+        #expect(v.contains { abs($0) > 0.055 })
+        #expect(GateInitializer(seed: 0).values(layer: 3, tensor: .depthPredictor, count: 8) != GateInitializer(seed: 0).values(layer: 3, tensor: .expertGate, count: 8))
+        #expect(GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8) == GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8))
+    }
+
+    @Test func swiftConvertedCheckpointMatchesPyTorchReference() throws {
+        // fixtures/generate.py --swift-converted ran the PyTorch transcription of SPEC section 1
+        // on this exact conversion (seed 0, N 8, k 2, D 4).
+        let dst = try convert("llama-gqa-sharded", experts: 8, topK: 2, maxDepth: 4, seed: 0)
+        let model = try Architectures.load(Checkpoint(directory: dst))
+        let out = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false).output
+        let golden = try Fixtures.golden("llama-gqa-sharded-seed0-e8k2d4-logits.npy")
+        #expect(relativeError(out.data, golden.values) < 1e-4)
+    }
+
+    @Test func customSurgeryThroughThePlan() throws {
+        var plan = try UpcyclePlan(source: Checkpoint(directory: Fixtures.path("mistral-f16")), experts: 4, topK: 1, maxDepth: 2)
+        // Every token takes depth 1 and expert 2: zero depth predictor, router row 2 large.
+        for i in plan.layers.indices {
+            plan.layers[i].depthPredictor = [Float](repeating: 0, count: 2 * 32)
+            plan.layers[i].expertGate = (0..<4 * 32).map { $0 / 32 == 2 ? 1 : 0 }
+        }
+        let dst = makeTemporaryDirectory() + "/custom"
+        try plan.write(to: dst)
+        let model = try Architectures.load(Checkpoint(directory: dst))
+        let tokens = [1, 2, 3, 4, 5, 6]
+        let result = try model.forward(tokens, mode: .versatile(), trace: false)
+        for r in result.routing { #expect(r.depthCounts == [6, 0]) }
+        // Depth 1 of D = 2 gives m = 1/2: half the dense sub-layer, half expert 2.
+        #expect(result.output.isFinite)
+    }
+}
+
+@Suite struct UpcycleErrorTests {
+    func expectUsage(_ experts: Int, _ topK: Int, _ depth: Int, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let src = try Checkpoint(directory: Fixtures.path("qwen2-bf16-tied"))
+        do {
+            _ = try UpcyclePlan(source: src, experts: experts, topK: topK, maxDepth: depth)
+            Issue.record("accepted", sourceLocation: sourceLocation)
+        } catch {
+            #expect(error.kind == .usage, sourceLocation: sourceLocation)
+            #expect(error.message == message, sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test func refusesSettingsThatCannotWork() throws {
+        try expectUsage(5, 2, 4, "--experts 5 does not divide the FFN intermediate size 96")
+        try expectUsage(8, 9, 4, "--top-k 9 exceeds --experts 8")
+        try expectUsage(8, 2, 0, "--max-depth must be at least 1 (got 0)")
+        try expectUsage(0, 1, 1, "--experts must be at least 1 (got 0)")
+        try expectUsage(8, 0, 1, "--top-k must be at least 1 (got 0)")
+    }
+
+    @Test func refusesToConvertTwice() throws {
+        do {
+            _ = try UpcyclePlan(source: Checkpoint(directory: Fixtures.path("qwen2-bf16-vffn")), experts: 8, topK: 2, maxDepth: 4)
+            Issue.record("accepted")
+        } catch {
+            #expect(error.message == "is already a VersatileFFN checkpoint (config.json has \"versatile_ffn\")")
+        }
+    }
+
+    @Test func existingDestinationIsKeptWithoutForce() throws {
+        let dir = makeTemporaryDirectory()
+        let dst = dir + "/dst"
+        try FileManager.default.createDirectory(atPath: dst, withIntermediateDirectories: false)
+        writeFile(dst + "/keep", "mine")
+        let plan = try UpcyclePlan(source: Checkpoint(directory: Fixtures.path("mistral-f16")), experts: 8, topK: 2, maxDepth: 4)
+        #expect(throws: VFFNError.self) { try plan.write(to: dst) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dst) == ["keep"])
+        try plan.write(to: dst, force: true)
+        #expect(FileManager.default.fileExists(atPath: dst + "/model.safetensors"))
+        #expect(!FileManager.default.fileExists(atPath: dst + "/keep"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["dst"])
+    }
+
+    @Test func failedWriteLeavesNothingBehind() throws {
+        var plan = try UpcyclePlan(source: Checkpoint(directory: Fixtures.path("mistral-f16")), experts: 8, topK: 2, maxDepth: 4)
+        plan.layers[1].expertGate.removeLast()
+        let dir = makeTemporaryDirectory()
+        #expect(throws: VFFNError.self) { try plan.write(to: dir + "/dst") }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+    }
+}
+
+@Suite struct VerifyFailureTests {
+    func converted() throws -> String {
+        let dst = makeTemporaryDirectory() + "/c"
+        try UpcyclePlan(source: Checkpoint(directory: Fixtures.path("mistral-f16")), experts: 8, topK: 2, maxDepth: 4).write(to: dst)
+        return dst
+    }
+
+    /// Overwrites bytes of one tensor in place, keeping the file valid.
+    func patch(_ dir: String, tensor: String, bytes: [UInt8]) throws {
+        let c = try Checkpoint(directory: dir)
+        let shard = c.shard(of: tensor)!
+        let start = 8 + shard.headerSize + shard.info(tensor)!.dataOffsets.lowerBound
+        var data = Array(FileManager.default.contents(atPath: shard.path)!)
+        data.replaceSubrange(start..<start + bytes.count, with: bytes)
+        writeFile(shard.path, data)
+    }
+
+    @Test func detectsAChangedDenseTensor() throws {
+        let dst = try converted()
+        try patch(dst, tensor: "model.layers.1.mlp.up_proj.weight", bytes: [0x00, 0x3C])
+        let report = try Verifier.verify(destination: dst, source: Fixtures.path("mistral-f16"))
+        let check = try #require(report.checks.first { $0.name == "dense tensors bit-identical" })
+        #expect(!check.passed)
+        #expect(check.detail == "1 differ: model.layers.1.mlp.up_proj.weight: bytes differ")
+        #expect(!report.passed)
+    }
+
+    @Test func detectsNaNGatesAndNaNWeights() throws {
+        let dst = try converted()
+        try patch(dst, tensor: "model.layers.0.mlp.depth_predictor.weight", bytes: [0x00, 0x7E])
+        let report = try Verifier.verify(destination: dst)
+        #expect(report.checks.first { $0.name == "gates finite" }?.passed == false)
+        #expect(!report.passed)
+
+        let dst2 = try converted()
+        try patch(dst2, tensor: "model.layers.0.mlp.down_proj.weight", bytes: [0x00, 0x7C])  // +Inf
+        let report2 = try Verifier.verify(destination: dst2)
+        #expect(report2.checks.first { $0.name == "dense forward finite" }?.passed == false)
+        #expect(!report2.passed)
+    }
+
+    @Test func refusesADenseCheckpoint() {
+        #expect(throws: VFFNError.self) { try Verifier.verify(destination: Fixtures.path("mistral-f16")) }
+    }
+}
