@@ -85,6 +85,12 @@ public struct UpcyclePlan: @unchecked Sendable {
                 throw .usage("layer \(g.site.layer): gate sizes \(g.expertGate.count), \(g.depthPredictor.count) do not match [\(numExperts), \(d)] and [\(maxDepth), \(d)]")
             }
         }
+        // With --force, writing over the source (or into it) would destroy what is being read.
+        let src = URL(fileURLWithPath: source.directory).resolvingSymlinksInPath().path
+        let dst = URL(fileURLWithPath: destination).resolvingSymlinksInPath().path
+        if dst == src || dst.hasPrefix(src + "/") || src.hasPrefix(dst + "/") {
+            throw .usage("destination \(destination) overlaps the source \(source.directory)")
+        }
         let output = try AtomicOutput(destination: destination, force: force, directory: true)
         let dir = output.temporary
         var weightMap: [(String, String)] = []

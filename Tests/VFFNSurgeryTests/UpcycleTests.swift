@@ -167,6 +167,16 @@ import VFFNSurgery
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["dst"])
     }
 
+    @Test func refusesToWriteOverOrInsideTheSource() throws {
+        let dir = makeTemporaryDirectory() + "/src"
+        try copyDirectory(Fixtures.path("mistral-f16"), to: dir)
+        let plan = try UpcyclePlan(source: Checkpoint(directory: dir), experts: 8, topK: 2, maxDepth: 4)
+        for dst in [dir, dir + "/", dir + "/inner", (dir as NSString).deletingLastPathComponent] {
+            #expect(throws: VFFNError.self) { try plan.write(to: dst, force: true) }
+        }
+        #expect(try Checkpoint(directory: dir).tensorNames.count == 21)
+    }
+
     @Test func failedWriteLeavesNothingBehind() throws {
         var plan = try UpcyclePlan(source: Checkpoint(directory: Fixtures.path("mistral-f16")), experts: 8, topK: 2, maxDepth: 4)
         plan.layers[1].expertGate.removeLast()

@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+import TestSupport
+import VFFNFormats
+
+/// The executable as users run it: exit codes, one-line errors, files on disk.
+@Suite struct CLITests {
+    struct Outcome {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+    }
+
+    func run(_ args: [String]) throws -> Outcome {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Fixtures.executable)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Outcome(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    @Test func convertThenVerifyPasses() throws {
+        let dir = makeTemporaryDirectory()
+        let src = Fixtures.path("llama-gqa-sharded")
+        let c = try run(["convert", src, dir + "/dst", "--experts", "4", "--top-k", "2", "--max-depth", "3"])
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(c.stdout.contains("4 sub-experts of 16 neurons, top-2, max depth 3, seed 0"))
+        let v = try run(["verify", dir + "/dst", "--source", src])
+        #expect(v.status == 0, "\(v.stdout)\(v.stderr)")
+        #expect(v.stdout.contains("[pass] dense tensors bit-identical: 21 tensors, 139904 bytes identical to the source"))
+        #expect(v.stdout.contains("verify: all checks passed"))
+        #expect(v.stdout.contains("depth histogram L=1..3"))
+        let again = try run(["convert", src, dir + "/dst"])
+        #expect(again.status == 64)
+        #expect(again.stderr == "vffn-convert: error: \(dir)/dst already exists; pass --force to replace it\n")
+    }
+
+    @Test func verifyFailureExitsOne() throws {
+        let dir = makeTemporaryDirectory()
+        #expect(try run(["convert", Fixtures.path("mistral-f16"), dir + "/a", "--quiet"]).status == 0)
+        // Verified against the wrong source: the bytes differ, so verification fails.
+        let v = try run(["verify", dir + "/a", "--source", Fixtures.path("llama-gqa-sharded")])
+        #expect(v.status == 1)
+        #expect(v.stdout.contains("[FAIL] dense tensors bit-identical"))
+        #expect(v.stdout.contains("verify: FAILED"))
+    }
+
+    @Test func runWritesLogitsEqualToTheGolden() throws {
+        let out = makeTemporaryDirectory() + "/logits.npy"
+        let r = try run(["run", Fixtures.path("qwen2-bf16-vffn"), "--tokens", Fixtures.tokens.map(String.init).joined(separator: ","), "--out", out])
+        #expect(r.status == 0, "\(r.stderr)")
+        let (values, shape) = try NPY.decode(Array(FileManager.default.contents(atPath: out)!))
+        #expect(shape == [12, 256])
+        #expect(relativeError(values, try Fixtures.golden("qwen2-bf16-vffn-logits.npy").values) < 1e-4)
+        let dense = try run(["run", Fixtures.path("qwen2-bf16-vffn"), "--tokens", Fixtures.tokens.map(String.init).joined(separator: ","), "--out", out, "--dense"])
+        #expect(dense.status == 0)
+        let (d, _) = try NPY.decode(Array(FileManager.default.contents(atPath: out)!))
+        #expect(relativeError(d, try Fixtures.golden("qwen2-bf16-tied-dense-logits.npy").values) < 1e-4)
+    }
+
+    @Test func inspectDescribesCheckpointsAndFiles() throws {
+        let a = try run(["inspect", Fixtures.path("llama-gqa-vffn")])
+        #expect(a.status == 0)
+        #expect(a.stdout.contains("architecture: llama"))
+        #expect(a.stdout.contains("VersatileFFN: 4 sub-experts, top-2, max depth 3, contiguous slicing, gates in 2 layers"))
+        #expect(a.stdout.contains("model.layers.0.mlp.expert_gate.weight"))
+        let b = try run(["inspect", Fixtures.path("qwen2-bf16-tied/model.safetensors")])
+        #expect(b.status == 0)
+        #expect(b.stdout.contains("model.layers.0.self_attn.q_proj.bias"))
+        #expect(b.stdout.contains("BF16"))
+    }
+
+    @Test(arguments: [
+        (["convert", "/nonexistent/src", "DST"], Int32(65), "vffn-convert: error: /nonexistent/src: no such file or directory"),
+        (["run", "/nonexistent", "--tokens", "1", "--out", "x.npy"], Int32(65), "vffn-convert: error: /nonexistent: no such file or directory"),
+        (["convert", "FIXTURE", "DST", "--experts", "5"], Int32(64), "vffn-convert: error: --experts 5 does not divide the FFN intermediate size 64"),
+        (["convert", "FIXTURE", "DST", "--top-k", "9"], Int32(64), "vffn-convert: error: --top-k 9 exceeds --experts 8"),
+        (["convert", "FIXTURE", "DST", "--max-depth", "0"], Int32(64), "vffn-convert: error: --max-depth must be at least 1 (got 0)"),
+        (["run", "FIXTURE", "--tokens", "1,999", "--out", "DST"], Int32(64), "vffn-convert: error: token id 999 is outside the vocabulary [0, 256)"),
+        (["verify", "FIXTURE"], Int32(65), "has no \"versatile_ffn\" section; not a converted checkpoint"),
+    ])
+    func errorsAreOneLineWithTheirExitCode(args: [String], status: Int32, message: String) throws {
+        let dir = makeTemporaryDirectory()
+        let resolved = args.map { $0 == "FIXTURE" ? Fixtures.path("mistral-f16") : $0 == "DST" ? dir + "/out" : $0 }
+        let r = try run(resolved)
+        #expect(r.status == status)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+        #expect(r.stderr.split(separator: "\n").count == 1)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty, "output left behind")
+    }
+
+    @Test func malformedShardFailsConversionCleanly() throws {
+        let dir = makeTemporaryDirectory()
+        try copyDirectory(Fixtures.path("llama-gqa-sharded"), to: dir + "/src")
+        // Truncate one shard: a half-downloaded checkpoint.
+        let shard = dir + "/src/model-00003-of-00004.safetensors"
+        let data = FileManager.default.contents(atPath: shard)!
+        writeFile(shard, Array(data.prefix(data.count - 100)))
+        let r = try run(["convert", dir + "/src", dir + "/dst"])
+        #expect(r.status == 65)
+        #expect(r.stderr.hasPrefix("vffn-convert: error: \(shard): tensor data covers"))
+        #expect(r.stderr.hasSuffix("(truncated?)\n"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["src"])
+    }
+
+    @Test func argumentErrorsAreUsageErrors() throws {
+        let r = try run(["run", Fixtures.path("mistral-f16"), "--tokens", "1,x", "--out", "/tmp/x.npy"])
+        #expect(r.status == 64)
+        let h = try run(["convert", "--help"])
+        #expect(h.status == 0)
+        #expect(h.stdout.contains("--max-depth"))
+    }
+}
