@@ -32,9 +32,23 @@ public enum Fixtures {
     }
 }
 
-/// A fresh empty directory under the system temporary directory.
+/// One directory per test process holding every test's scratch space, removed at exit.
+private let scratchRoot: String = {
+    var template = Array((NSTemporaryDirectory() + "/vffn-tests-XXXXXX").utf8CString)
+    let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+    precondition(p != nil, "mkdtemp failed")
+    let root = String(cString: p!)
+    atexit { removeScratchRoot() }
+    return root
+}()
+
+private func removeScratchRoot() {
+    try? FileManager.default.removeItem(atPath: scratchRoot)
+}
+
+/// A fresh empty directory for one test.
 public func makeTemporaryDirectory() -> String {
-    var template = Array((NSTemporaryDirectory() + "/vffn-test-XXXXXX").utf8CString)
+    var template = Array((scratchRoot + "/t-XXXXXX").utf8CString)
     let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
     precondition(p != nil, "mkdtemp failed")
     return String(cString: p!)
