@@ -27,6 +27,8 @@ public enum Llama: Architecture {
         public var slidingWindows: [Int?]
         /// Rotary inverse frequencies, `headDim / 2` of them.
         public var inverseFrequencies: [Float]
+        /// Longest sequence the rotary embedding is defined for here (nil: no limit).
+        public var maxPositions: Int?
 
         public init(_ json: JSON, path: String) throws(VFFNError) {
             let r = ConfigReader(json, path: path)
@@ -49,6 +51,10 @@ public enum Llama: Architecture {
                 headDim = hiddenSize / numHeads
             }
             guard headDim % 2 == 0 else { throw .badInput(path, "head dimension \(headDim) is odd; rotary embeddings need it even") }
+            let act = json["hidden_act"]?.stringValue ?? "silu"
+            guard act == "silu" || act == "swish" else {
+                throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (only silu)")
+            }
             rmsNormEps = Float(try r.double("rms_norm_eps", default: 1e-6))
             tieWordEmbeddings = try r.bool("tie_word_embeddings", default: false)
             let attentionBias = try r.bool("attention_bias", default: false)
@@ -57,6 +63,8 @@ public enum Llama: Architecture {
             mlpBias = try r.bool("mlp_bias", default: false)
             slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
             inverseFrequencies = try Self.inverseFrequencies(r, headDim: headDim)
+            let ropeType = (json["rope_parameters"] ?? json["rope_scaling"]).flatMap { $0["rope_type"]?.stringValue ?? $0["type"]?.stringValue }
+            maxPositions = ropeType == "dynamic" ? try r.int("max_position_embeddings") : nil
         }
 
         /// Which layers attend within a window. transformers 5 lists `layer_types`; older configs
@@ -99,7 +107,9 @@ public enum Llama: Architecture {
             var inv = (0..<headDim / 2).map { i in 1 / powf(base, Float(2 * i) / Float(headDim)) }
             let type = params?["rope_type"]?.stringValue ?? params?["type"]?.stringValue ?? "default"
             switch type {
-            case "default":
+            case "default", "dynamic":
+                // Dynamic NTK scaling changes nothing until a sequence outgrows
+                // max_position_embeddings, which `forward` refuses.
                 break
             case "linear":
                 guard let factor = params?["factor"]?.doubleValue else { throw .badInput(r.path, "linear rope scaling without a factor") }
@@ -145,6 +155,9 @@ public enum Llama: Architecture {
 
         public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
             try checkTokens(tokens)
+            if let limit = config.maxPositions, tokens.count > limit {
+                throw .usage("\(tokens.count) tokens exceed max_position_embeddings \(limit), beyond which dynamic rope scaling is not implemented")
+            }
             let d = config.hiddenSize
             var x = Matrix(zeros: tokens.count, d)
             for (t, id) in tokens.enumerated() {

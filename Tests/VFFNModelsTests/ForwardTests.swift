@@ -103,6 +103,29 @@ import VFFNModels
         expectError(dir, "tensor(s) not part of the mistral model: \"model.layers.1.")
     }
 
+    /// The same weights with config.json as transformers 4.x wrote it: `rope_theta` at the top
+    /// level, no `layer_types`, `torch_dtype`, and (Qwen2) an unused sliding window.
+    @Test(arguments: ["mistral-f16", "qwen2-bf16-tied"])
+    func transformers4ConfigGivesTheSameLogits(fixture: String) throws {
+        let dir = try copy(fixture)
+        try editConfig(dir) { c in
+            var v4 = JSON.object(c.objectMembers!.filter { !["rope_parameters", "layer_types", "dtype"].contains($0.0) })
+                .setting("rope_theta", to: c["rope_parameters"]!["rope_theta"]!).setting("rope_scaling", to: .null)
+                .setting("torch_dtype", to: .string("float16")).setting("transformers_version", to: .string("4.44.2"))
+            if fixture.hasPrefix("qwen2") { v4 = v4.setting("sliding_window", to: .int(4)).setting("max_window_layers", to: .int(1)) }
+            return v4
+        }
+        let model = try Architectures.load(Checkpoint(directory: dir))
+        let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
+        #expect(relativeError(out.data, try Fixtures.golden("\(fixture)-dense-logits.npy").values) < 1e-4)
+    }
+
+    @Test func unsupportedActivationIsRefused() throws {
+        let dir = try copy("mistral-f16")
+        try editConfig(dir) { $0.setting("hidden_act", to: .string("gelu")) }
+        expectError(dir, "hidden_act \"gelu\" is not supported for mistral (only silu)")
+    }
+
     @Test func tokensOutsideTheVocabulary() throws {
         let model = try Architectures.load(Checkpoint(directory: Fixtures.path("mistral-f16")))
         #expect(throws: VFFNError.self) { try model.forward([1, 256], mode: .dense, trace: false) }
