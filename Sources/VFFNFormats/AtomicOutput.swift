@@ -13,6 +13,14 @@ public final class AtomicOutput {
     private let force: Bool
     private var committed = false
 
+    /// Temporaries being written right now, so a signal handler can remove them.
+    private static let live = LiveSet()
+
+    /// Removes every temporary still being written. For signal handlers: after it, exit.
+    public static func removeLiveTemporaries() {
+        for path in live.drain() { try? FileManager.default.removeItem(atPath: path) }
+    }
+
     public init(destination: String, force: Bool, directory: Bool) throws(VFFNError) {
         let dest = destination.hasSuffix("/") && destination.count > 1 ? String(destination.dropLast()) : destination
         self.destination = dest
@@ -30,6 +38,7 @@ public final class AtomicOutput {
         Self.removeStaleTemporaries(in: parentDir, base: base)
         temporary = parentDir + "/." + base + ".partial-\(getpid())"
         try? FileManager.default.removeItem(atPath: temporary)
+        Self.live.insert(temporary)
         if directory {
             do { try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false) } catch {
                 throw .io(temporary, "cannot create: \(error.localizedDescription)")
@@ -57,11 +66,13 @@ public final class AtomicOutput {
             throw .io(destination, "cannot rename the finished output into place: \(reason)")
         }
         committed = true
+        Self.live.remove(temporary)
         if let old { try? FileManager.default.removeItem(atPath: old) }
     }
 
     public func abandon() {
         try? FileManager.default.removeItem(atPath: temporary)
+        Self.live.remove(temporary)
     }
 
     /// Temporaries left by runs that were killed: their process id no longer exists.
@@ -73,4 +84,13 @@ public final class AtomicOutput {
             try? FileManager.default.removeItem(atPath: parent + "/" + entry)
         }
     }
+}
+
+private final class LiveSet: @unchecked Sendable {
+    private let lock = NSLock()
+    private var paths = Set<String>()
+
+    func insert(_ p: String) { lock.withLock { _ = paths.insert(p) } }
+    func remove(_ p: String) { lock.withLock { _ = paths.remove(p) } }
+    func drain() -> Set<String> { lock.withLock { defer { paths = [] }; return paths } }
 }

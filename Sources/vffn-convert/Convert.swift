@@ -38,6 +38,7 @@ struct Convert: ParsableCommand {
     var quiet = false
 
     func run() throws {
+        removePartialOutputOnSignals()
         try reportingErrors {
             let started = Date()
             let plan = try UpcyclePlan(source: Checkpoint(directory: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed)

@@ -23,6 +23,7 @@ struct Run: ParsableCommand {
     var dense = false
 
     func run() throws {
+        removePartialOutputOnSignals()
         try reportingErrors {
             let model = try Architectures.load(Checkpoint(directory: directory))
             let mode: FFNMode = dense || model.versatileLayers == nil ? .dense : .versatile()

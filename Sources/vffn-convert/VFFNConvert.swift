@@ -33,6 +33,25 @@ func reportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
+/// On SIGINT, SIGTERM or SIGHUP, removes any half-written output before exiting with
+/// 128 + the signal number, so an interrupted command leaves nothing that looks finished.
+/// (SIGKILL cannot be caught; its leftover temporary is removed by the next run.)
+func removePartialOutputOnSignals() {
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        source.setEventHandler {
+            AtomicOutput.removeLiveTemporaries()
+            note("vffn-convert: interrupted; partial output removed")
+            _exit(128 + sig)
+        }
+        source.resume()
+        signalSources.append(source)
+    }
+}
+
+nonisolated(unsafe) private var signalSources: [any DispatchSourceSignal] = []
+
 func note(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }

@@ -66,7 +66,7 @@ public func relativeError(_ a: [Float], _ b: [Float]) -> Float {
 }
 
 public func writeFile(_ path: String, _ bytes: [UInt8]) {
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    precondition(FileManager.default.createFile(atPath: path, contents: Data(bytes)), "cannot write \(path)")
 }
 
 public func writeFile(_ path: String, _ text: String) {

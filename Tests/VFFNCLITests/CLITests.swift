@@ -109,6 +109,55 @@ import VFFNFormats
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["src"])
     }
 
+    /// A Llama whose embedding is a 512 MB sparse file of zeros: cheap to make, slow enough to
+    /// convert that a signal lands mid-write.
+    func largeCheckpoint(in dir: String) throws -> String {
+        let src = dir + "/large"
+        try FileManager.default.createDirectory(atPath: src, withIntermediateDirectories: false)
+        let vocab = 4 << 20, d = 32
+        writeFile(src + "/config.json", #"{"model_type":"llama","vocab_size":\#(vocab),"hidden_size":\#(d),"intermediate_size":64,"num_hidden_layers":1,"num_attention_heads":4}"#)
+        var entries: [(String, [Int])] = [("model.embed_tokens.weight", [vocab, d]), ("model.norm.weight", [d]), ("lm_head.weight", [vocab, d])]
+        for (name, shape) in [("input_layernorm.weight", [d]), ("post_attention_layernorm.weight", [d]), ("self_attn.q_proj.weight", [d, d]),
+                              ("self_attn.k_proj.weight", [d, d]), ("self_attn.v_proj.weight", [d, d]), ("self_attn.o_proj.weight", [d, d]),
+                              ("mlp.gate_proj.weight", [64, d]), ("mlp.up_proj.weight", [64, d]), ("mlp.down_proj.weight", [d, 64])] {
+            entries.append(("model.layers.0." + name, shape))
+        }
+        var offset = 0
+        var header: [String] = []
+        for (name, shape) in entries {
+            let bytes = shape.reduce(4, *)
+            header.append("\"\(name)\":{\"dtype\":\"F32\",\"shape\":\(shape),\"data_offsets\":[\(offset),\(offset + bytes)]}")
+            offset += bytes
+        }
+        let file = src + "/model.safetensors"
+        writeFile(file, safetensorsBytes(header: "{" + header.joined(separator: ",") + "}"))
+        let size = FileManager.default.contents(atPath: file)!.count + offset
+        #expect(truncate(file, off_t(size)) == 0)
+        return src
+    }
+
+    @Test(arguments: [SIGINT, SIGTERM])
+    func interruptedConversionLeavesNothing(signal: Int32) throws {
+        let dir = makeTemporaryDirectory()
+        let src = try largeCheckpoint(in: dir)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Fixtures.executable)
+        p.arguments = ["convert", src, dir + "/dst", "--quiet"]
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        // Wait until the temporary exists, so the signal arrives mid-conversion.
+        var sawPartial = false
+        for _ in 0..<2000 where !sawPartial {
+            sawPartial = (try FileManager.default.contentsOfDirectory(atPath: dir)).contains { $0.hasPrefix(".dst.partial-") }
+            if !sawPartial { usleep(1000) }
+        }
+        #expect(sawPartial)
+        kill(p.processIdentifier, signal)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 128 + signal)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["large"])
+    }
+
     @Test func argumentErrorsAreUsageErrors() throws {
         let r = try run(["run", Fixtures.path("mistral-f16"), "--tokens", "1,x", "--out", "/tmp/x.npy"])
         #expect(r.status == 64)
