@@ -131,3 +131,40 @@ public struct ConfigReader {
         return b
     }
 }
+
+/// Checks that every FFN tensor surgery will slice exists with the shape the config implies.
+func checkSites(_ sites: [FFNSite], shapes: [[Int]], in checkpoint: Checkpoint) throws(VFFNError) {
+    for site in sites {
+        for (name, shape) in zip(site.tensors, shapes) {
+            guard let info = checkpoint.info(name) else {
+                throw .badInput(checkpoint.directory, "missing FFN tensor \"\(name)\" (expected shape \(shape))")
+            }
+            guard info.shape == shape else {
+                throw .badInput(checkpoint.shard(of: name)!.path, "tensor \"\(name)\" has shape \(info.shape), expected \(shape)")
+            }
+            guard info.dtype.isComputeFloat else {
+                throw .badInput(checkpoint.shard(of: name)!.path, "tensor \"\(name)\" has dtype \(info.dtype); FFN weights must be F32, F16 or BF16")
+            }
+        }
+    }
+}
+
+/// The gates named in config.json's `versatile_ffn`, wrapped around each layer's sub-layer.
+func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int) throws(VFFNError) -> [VersatileFFNLayer]? {
+    let path = store.checkpoint.directory + "/config.json"
+    guard let s = try VersatileFFNSettings.read(from: store.checkpoint.config, path: path) else { return nil }
+    guard I % s.numExperts == 0 else {
+        throw .badInput(path, "versatile_ffn.num_experts \(s.numExperts) does not divide the intermediate size \(I)")
+    }
+    let gates = s.gateTensors.sorted { $0.layer < $1.layer }
+    guard gates.map(\.layer) == Array(sublayers.indices) else {
+        throw .badInput(path, "versatile_ffn.gate_tensors must name each of layers 0..<\(sublayers.count) once")
+    }
+    return try gates.map { (g) throws(VFFNError) in
+        VersatileFFNLayer(
+            sublayer: sublayers[g.layer],
+            expertGate: Linear(weight: try store.floats(g.expertGate, shape: [s.numExperts, d]), outFeatures: s.numExperts, inFeatures: d),
+            depthPredictor: Linear(weight: try store.floats(g.depthPredictor, shape: [s.maxDepth, d]), outFeatures: s.maxDepth, inFeatures: d),
+            topK: s.topK)
+    }
+}

@@ -254,7 +254,7 @@ public enum Llama: Architecture {
         let store = WeightStore(checkpoint)
         let root = store.scope("model")
         let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim
-        let embedding = try root.scope("embed_tokens").vector("weight", count: c.vocabSize * d, shape: [c.vocabSize, d])
+        let embedding = try root.scope("embed_tokens").tensor("weight", shape: [c.vocabSize, d])
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
         for i in 0..<c.numLayers {
@@ -290,49 +290,5 @@ public enum Llama: Architecture {
         try store.requireAllUsed()
         return Model(config: c, embedding: embedding, layers: layers, ffnSublayers: sublayers,
                      versatileLayers: versatile, finalNorm: finalNorm, lmHead: lmHead)
-    }
-}
-
-extension WeightScope {
-    /// A tensor of any rank read as a flat vector, shape-checked.
-    func vector(_ leaf: String, count: Int, shape: [Int]) throws(VFFNError) -> [Float] {
-        precondition(shape.reduce(1, *) == count)
-        return try store.floats(name(leaf), shape: shape)
-    }
-}
-
-/// Checks that every FFN tensor surgery will slice exists with the shape the config implies.
-func checkSites(_ sites: [FFNSite], shapes: [[Int]], in checkpoint: Checkpoint) throws(VFFNError) {
-    for site in sites {
-        for (name, shape) in zip(site.tensors, shapes) {
-            guard let info = checkpoint.info(name) else {
-                throw .badInput(checkpoint.directory, "missing FFN tensor \"\(name)\" (expected shape \(shape))")
-            }
-            guard info.shape == shape else {
-                throw .badInput(checkpoint.shard(of: name)!.path, "tensor \"\(name)\" has shape \(info.shape), expected \(shape)")
-            }
-            guard info.dtype.isComputeFloat else {
-                throw .badInput(checkpoint.shard(of: name)!.path, "tensor \"\(name)\" has dtype \(info.dtype); FFN weights must be F32, F16 or BF16")
-            }
-        }
-    }
-}
-
-/// The gates named in config.json's `versatile_ffn`, wrapped around each layer's sub-layer.
-func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int) throws(VFFNError) -> [VersatileFFNLayer]? {
-    let path = store.checkpoint.directory + "/config.json"
-    guard let s = try VersatileFFNSettings.read(from: store.checkpoint.config, path: path) else { return nil }
-    guard I % s.numExperts == 0 else {
-        throw .badInput(path, "versatile_ffn.num_experts \(s.numExperts) does not divide the intermediate size \(I)")
-    }
-    guard s.gateTensors.map(\.layer) == Array(sublayers.indices) else {
-        throw .badInput(path, "versatile_ffn.gate_tensors must list layers 0..<\(sublayers.count) in order")
-    }
-    return try s.gateTensors.map { (g) throws(VFFNError) in
-        VersatileFFNLayer(
-            sublayer: sublayers[g.layer],
-            expertGate: Linear(weight: try store.floats(g.expertGate, shape: [s.numExperts, d]), outFeatures: s.numExperts, inFeatures: d),
-            depthPredictor: Linear(weight: try store.floats(g.depthPredictor, shape: [s.maxDepth, d]), outFeatures: s.maxDepth, inFeatures: d),
-            topK: s.topK)
     }
 }

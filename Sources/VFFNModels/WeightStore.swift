@@ -61,7 +61,12 @@ public struct WeightScope: Sendable {
     public func contains(_ leaf: String) -> Bool { store.contains(name(leaf)) }
 
     public func vector(_ leaf: String, count: Int) throws(VFFNError) -> [Float] {
-        try store.floats(name(leaf), shape: [count])
+        try tensor(leaf, shape: [count])
+    }
+
+    /// A float tensor of any rank, flattened row-major.
+    public func tensor(_ leaf: String, shape: [Int]) throws(VFFNError) -> [Float] {
+        try store.floats(name(leaf), shape: shape)
     }
 
     /// An `nn.Linear` under this scope: `weight` `[out, in]` and, if asked, `bias` `[out]`.

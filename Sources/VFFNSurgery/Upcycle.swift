@@ -124,7 +124,8 @@ public struct UpcyclePlan: @unchecked Sendable {
             try writeText(newIndex.pretty, to: dir + "/" + Checkpoint.indexName)
         }
         try writeText(convertedConfig.pretty, to: dir + "/config.json")
-        for name in source.auxiliaryFiles() {
+        let auxiliary = source.auxiliaryFiles()
+        for name in auxiliary {
             do { try FileManager.default.copyItem(atPath: source.directory + "/" + name, toPath: dir + "/" + name) } catch {
                 throw .io(source.directory + "/" + name, "cannot copy: \(error.localizedDescription)")
             }
@@ -132,7 +133,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         try output.commit()
         return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
                                  copiedTensors: copied, copiedBytes: copiedBytes, gateTensors: 2 * layers.count,
-                                 totalSize: totalSize, auxiliaryFiles: source.auxiliaryFiles())
+                                 totalSize: totalSize, auxiliaryFiles: auxiliary)
     }
 
     private func writeText(_ text: String, to path: String) throws(VFFNError) {
