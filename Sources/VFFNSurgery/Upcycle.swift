@@ -126,7 +126,10 @@ public struct UpcyclePlan: @unchecked Sendable {
         try writeText(convertedConfig.pretty, to: dir + "/config.json")
         let auxiliary = source.auxiliaryFiles()
         for name in auxiliary {
-            do { try FileManager.default.copyItem(atPath: source.directory + "/" + name, toPath: dir + "/" + name) } catch {
+            // Hugging Face cache snapshots hold relative symlinks into a blob store; copy what
+            // they point at, or DST would be full of dangling links.
+            let path = URL(fileURLWithPath: source.directory + "/" + name).resolvingSymlinksInPath().path
+            do { try FileManager.default.copyItem(atPath: path, toPath: dir + "/" + name) } catch {
                 throw .io(source.directory + "/" + name, "cannot copy: \(error.localizedDescription)")
             }
         }

@@ -60,6 +60,25 @@ import VFFNSurgery
         }
     }
 
+    /// The layout of a Hugging Face cache snapshot: every file a relative symlink into blobs/.
+    @Test func convertsACacheSnapshotOfSymlinks() throws {
+        let root = makeTemporaryDirectory()
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: root + "/blobs", withIntermediateDirectories: false)
+        try fm.createDirectory(atPath: root + "/snapshots/abc", withIntermediateDirectories: true)
+        for (i, f) in try fm.contentsOfDirectory(atPath: Fixtures.path("mistral-f16")).enumerated() {
+            try fm.copyItem(atPath: Fixtures.path("mistral-f16/" + f), toPath: root + "/blobs/\(i)")
+            try fm.createSymbolicLink(atPath: root + "/snapshots/abc/" + f, withDestinationPath: "../../blobs/\(i)")
+        }
+        let dst = root + "/out"
+        try UpcyclePlan(source: Checkpoint(directory: root + "/snapshots/abc"), experts: 8, topK: 2, maxDepth: 4).write(to: dst)
+        for f in try fm.contentsOfDirectory(atPath: dst) {
+            #expect((try? fm.destinationOfSymbolicLink(atPath: dst + "/" + f)) == nil, "\(f) is a link")
+        }
+        #expect(fm.contents(atPath: dst + "/README.md") == fm.contents(atPath: Fixtures.path("mistral-f16/README.md")))
+        #expect(try Verifier.verify(destination: dst, source: root + "/snapshots/abc").passed)
+    }
+
     @Test func gatesAreStoredInTheSourceFloatDtype() throws {
         let qwen = try Checkpoint(directory: try convert("qwen2-bf16-tied", experts: 12, topK: 3, maxDepth: 2))
         #expect(qwen.info("model.layers.0.mlp.expert_gate.weight")!.dtype == .BF16)
