@@ -25,25 +25,25 @@ public enum DType: String, CaseIterable, Sendable {
 public enum FloatCodec {
     /// Decodes little-endian F32, F16 or BF16 bytes to f32. Other dtypes are not float weights.
     public static func decode(_ bytes: UnsafeRawBufferPointer, as dtype: DType) -> [Float] {
+        let n = bytes.count / (dtype.bitSize / 8)
+        return [Float](unsafeUninitializedCapacity: n) { buf, count in
+            decode(bytes, as: dtype, into: UnsafeMutableBufferPointer(rebasing: buf[0..<n]))
+            count = n
+        }
+    }
+
+    /// Decodes into `out`, which holds exactly as many values as `bytes` encodes.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, as dtype: DType, into out: UnsafeMutableBufferPointer<Float>) {
         switch dtype {
         case .F32:
-            let n = bytes.count / 4
-            return [Float](unsafeUninitializedCapacity: n) { buf, count in
-                for i in 0..<n { buf[i] = Float(bitPattern: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
-                count = n
-            }
+            precondition(bytes.count == 4 * out.count)
+            for i in 0..<out.count { out[i] = Float(bitPattern: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
         case .F16:
-            let n = bytes.count / 2
-            return [Float](unsafeUninitializedCapacity: n) { buf, count in
-                for i in 0..<n { buf[i] = Float(Float16(bitPattern: UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
-                count = n
-            }
+            precondition(bytes.count == 2 * out.count)
+            for i in 0..<out.count { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
         case .BF16:
-            let n = bytes.count / 2
-            return [Float](unsafeUninitializedCapacity: n) { buf, count in
-                for i in 0..<n { buf[i] = Float(bitPattern: UInt32(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16) }
-                count = n
-            }
+            precondition(bytes.count == 2 * out.count)
+            for i in 0..<out.count { out[i] = Float(bitPattern: UInt32(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16) }
         default:
             preconditionFailure("decode called on non-float dtype \(dtype)")
         }

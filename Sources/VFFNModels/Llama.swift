@@ -141,7 +141,7 @@ public enum Llama: Architecture {
 
     public struct Model: LanguageModel {
         public let config: Config
-        let embedding: [Float]   // [vocab, hidden]
+        let embedding: Linear    // [vocab, hidden]
         let layers: [Layer]
         public let ffnSublayers: [FFNSublayer]
         public let versatileLayers: [VersatileFFNLayer]?
@@ -161,7 +161,7 @@ public enum Llama: Architecture {
             let d = config.hiddenSize
             var x = Matrix(zeros: tokens.count, d)
             for (t, id) in tokens.enumerated() {
-                x.data.replaceSubrange(t * d..<(t + 1) * d, with: embedding[id * d..<(id + 1) * d])
+                x.data.replaceSubrange(t * d..<(t + 1) * d, with: embedding.row(id))
             }
             var traced: [Matrix] = []
             var routing: [RoutingStats] = []
@@ -254,7 +254,7 @@ public enum Llama: Architecture {
         let store = WeightStore(checkpoint)
         let root = store.scope("model")
         let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim
-        let embedding = try root.scope("embed_tokens").tensor("weight", shape: [c.vocabSize, d])
+        let embedding = try root.scope("embed_tokens").linear(out: c.vocabSize, in: d, bias: false)
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
         for i in 0..<c.numLayers {
@@ -282,7 +282,7 @@ public enum Llama: Architecture {
         if c.tieWordEmbeddings || !store.contains("lm_head.weight") {
             // Some tied checkpoints still store lm_head (equal to the embedding); it is not read.
             if store.contains("lm_head.weight") { store.ignore("lm_head.weight") }
-            lmHead = Linear(weight: embedding, outFeatures: c.vocabSize, inFeatures: d)
+            lmHead = embedding
         } else {
             lmHead = try store.scope("lm_head").linear(out: c.vocabSize, in: d, bias: false)
         }

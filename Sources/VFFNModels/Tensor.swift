@@ -1,5 +1,6 @@
-import Foundation
 import COpenBLAS
+import Foundation
+import VFFNFormats
 
 /// A row-major f32 matrix: one row per token for activations.
 public struct Matrix: Sendable {
@@ -48,68 +49,128 @@ public struct Matrix: Sendable {
     }
 }
 
+/// Where a weight matrix's values live: decoded in memory, or still in the checkpoint's mapped
+/// bytes. Mapped F32 is used in place; F16 and BF16 are decoded a block of rows at a time when
+/// used, so a forward pass never holds the whole model in f32 (a 7B bf16 model would not fit).
+public enum WeightStorage: @unchecked Sendable {
+    case floats([Float])
+    /// Little-endian `dtype` values, row-major; `owner` keeps the mapping alive.
+    case mapped(UnsafeRawBufferPointer, DType, owner: AnyObject)
+}
+
 /// A `[out, in]` weight as Hugging Face `nn.Linear` stores it, optionally restricted to a block
 /// of output rows and input columns without copying: that is how a sub-expert reads its slice
 /// of the dense FFN.
 public struct Linear: Sendable {
-    /// The full stored matrix, `[storedOut, storedIn]` row-major.
-    let weight: [Float]
+    let storage: WeightStorage
+    /// Columns of the stored matrix (its leading dimension).
     let storedIn: Int
     public let outputs: Range<Int>
     public let inputs: Range<Int>
     /// Bias over the selected outputs (already sliced).
     public let bias: [Float]?
 
+    /// Largest block of decoded rows held at once, in floats (4 MiB): small enough to stay in
+    /// cache-friendly territory, large enough that each sgemm still sees hundreds of rows.
+    static let decodeBlock = 1 << 20
+
     public var outFeatures: Int { outputs.count }
     public var inFeatures: Int { inputs.count }
 
     public init(weight: [Float], outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
         precondition(weight.count == outFeatures * inFeatures)
-        precondition(bias == nil || bias!.count == outFeatures)
-        self.weight = weight
-        self.storedIn = inFeatures
-        self.outputs = 0..<outFeatures
-        self.inputs = 0..<inFeatures
-        self.bias = bias
+        self.init(storage: .floats(weight), storedIn: inFeatures, outputs: 0..<outFeatures, inputs: 0..<inFeatures, bias: bias)
     }
 
-    private init(weight: [Float], storedIn: Int, outputs: Range<Int>, inputs: Range<Int>, bias: [Float]?) {
-        self.weight = weight
+    /// A weight read in place from mapped checkpoint bytes of `dtype` (F32, F16 or BF16).
+    public init(mapped bytes: UnsafeRawBufferPointer, dtype: DType, owner: AnyObject, outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
+        precondition(dtype.isComputeFloat && bytes.count == outFeatures * inFeatures * dtype.bitSize / 8)
+        self.init(storage: .mapped(bytes, dtype, owner: owner), storedIn: inFeatures, outputs: 0..<outFeatures, inputs: 0..<inFeatures, bias: bias)
+    }
+
+    private init(storage: WeightStorage, storedIn: Int, outputs: Range<Int>, inputs: Range<Int>, bias: [Float]?) {
+        precondition(bias == nil || bias!.count == outputs.count)
+        self.storage = storage
         self.storedIn = storedIn
         self.outputs = outputs
         self.inputs = inputs
         self.bias = bias
     }
 
-    public var isFinite: Bool { weight.allSatisfy(\.isFinite) && (bias ?? []).allSatisfy(\.isFinite) }
-
     /// Output neurons `r` (relative to this view), with their bias entries.
     public func rows(_ r: Range<Int>) -> Linear {
-        Linear(weight: weight, storedIn: storedIn,
+        Linear(storage: storage, storedIn: storedIn,
                outputs: outputs.lowerBound + r.lowerBound..<outputs.lowerBound + r.upperBound,
                inputs: inputs, bias: bias.map { Array($0[r]) })
     }
 
     /// Input features `c` (relative to this view); the bias stays whole.
     public func columns(_ c: Range<Int>) -> Linear {
-        Linear(weight: weight, storedIn: storedIn, outputs: outputs,
+        Linear(storage: storage, storedIn: storedIn, outputs: outputs,
                inputs: inputs.lowerBound + c.lowerBound..<inputs.lowerBound + c.upperBound, bias: bias)
     }
 
-    /// `y = x W^T + b` for all rows of x at once (one sgemm).
+    /// Calls `body` with consecutive blocks of this view's rows as contiguous f32
+    /// (`pointer`, leading dimension, first row relative to the view, row count).
+    func withRowBlocks(_ body: (UnsafePointer<Float>, Int, Int, Int) -> Void) {
+        guard outFeatures > 0, inFeatures > 0 else { return }
+        switch storage {
+        case let .floats(w):
+            w.withUnsafeBufferPointer { body($0.baseAddress! + outputs.lowerBound * storedIn + inputs.lowerBound, storedIn, 0, outFeatures) }
+        case let .mapped(bytes, .F32, _) where Int(bitPattern: bytes.baseAddress) % MemoryLayout<Float>.alignment == 0:
+            let p = bytes.baseAddress!.assumingMemoryBound(to: Float.self)
+            body(p + outputs.lowerBound * storedIn + inputs.lowerBound, storedIn, 0, outFeatures)
+        case let .mapped(bytes, dtype, _):
+            let size = dtype.bitSize / 8
+            let blockRows = max(1, min(outFeatures, Self.decodeBlock / inFeatures))
+            var scratch = [Float](repeating: 0, count: blockRows * inFeatures)
+            scratch.withUnsafeMutableBufferPointer { buf in
+                for first in stride(from: 0, to: outFeatures, by: blockRows) {
+                    let count = min(blockRows, outFeatures - first)
+                    for r in 0..<count {
+                        let start = ((outputs.lowerBound + first + r) * storedIn + inputs.lowerBound) * size
+                        FloatCodec.decode(UnsafeRawBufferPointer(rebasing: bytes[start..<start + inFeatures * size]), as: dtype,
+                                          into: UnsafeMutableBufferPointer(rebasing: buf[r * inFeatures..<(r + 1) * inFeatures]))
+                    }
+                    body(UnsafePointer(buf.baseAddress!), inFeatures, first, count)
+                }
+            }
+        }
+    }
+
+    /// Row `r` of this view, decoded (an embedding lookup).
+    public func row(_ r: Int) -> [Float] { rows(r..<r + 1).values }
+
+    /// Every value of this view, row-major.
+    public var values: [Float] {
+        var out = [Float]()
+        out.reserveCapacity(outFeatures * inFeatures)
+        withRowBlocks { p, ld, _, count in
+            for r in 0..<count { out.append(contentsOf: UnsafeBufferPointer(start: p + r * ld, count: inFeatures)) }
+        }
+        return out
+    }
+
+    public var isFinite: Bool {
+        var finite = (bias ?? []).allSatisfy(\.isFinite)
+        withRowBlocks { p, ld, _, count in
+            for r in 0..<count where finite { finite = UnsafeBufferPointer(start: p + r * ld, count: inFeatures).allSatisfy(\.isFinite) }
+        }
+        return finite
+    }
+
+    /// `y = x W^T + b` for all rows of x at once (one sgemm per block of decoded rows).
     public func callAsFunction(_ x: Matrix, includeBias: Bool = true) -> Matrix {
         precondition(x.cols == inFeatures, "linear expects \(inFeatures) inputs, got \(x.cols)")
         var y = [Float](repeating: 0, count: x.rows * outFeatures)
-        if x.rows > 0, outFeatures > 0, inFeatures > 0 {
-            let offset = outputs.lowerBound * storedIn + inputs.lowerBound
+        if x.rows > 0 {
             x.data.withUnsafeBufferPointer { xp in
-                weight.withUnsafeBufferPointer { wp in
-                    y.withUnsafeMutableBufferPointer { yp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    withRowBlocks { w, ld, first, count in
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                                    Int32(x.rows), Int32(outFeatures), Int32(inFeatures),
-                                    1, xp.baseAddress, Int32(x.cols),
-                                    wp.baseAddress! + offset, Int32(storedIn),
-                                    0, yp.baseAddress, Int32(outFeatures))
+                                    Int32(x.rows), Int32(count), Int32(inFeatures),
+                                    1, xp.baseAddress, Int32(x.cols), w, Int32(ld),
+                                    0, yp.baseAddress! + first, Int32(outFeatures))
                     }
                 }
             }

@@ -15,6 +15,17 @@ public final class WeightStore: @unchecked Sendable {
 
     /// Decodes a float tensor to f32 after checking its shape.
     public func floats(_ name: String, shape: [Int]) throws(VFFNError) -> [Float] {
+        let (shard, info) = try floatTensor(name, shape: shape)
+        return FloatCodec.decode(shard.bytes(info), as: info.dtype)
+    }
+
+    /// A `[out, in]` float tensor as a weight read in place from the mapped file.
+    public func matrix(_ name: String, out: Int, in inFeatures: Int, bias: [Float]? = nil) throws(VFFNError) -> Linear {
+        let (shard, info) = try floatTensor(name, shape: [out, inFeatures])
+        return Linear(mapped: shard.bytes(info), dtype: info.dtype, owner: shard, outFeatures: out, inFeatures: inFeatures, bias: bias)
+    }
+
+    private func floatTensor(_ name: String, shape: [Int]) throws(VFFNError) -> (SafeTensorsFile, TensorInfo) {
         guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name) else {
             throw .badInput(checkpoint.directory, "missing tensor \"\(name)\" (expected shape \(shape))")
         }
@@ -25,8 +36,7 @@ public final class WeightStore: @unchecked Sendable {
             throw .badInput(shard.path, "tensor \"\(name)\" has dtype \(info.dtype); weights must be F32, F16 or BF16")
         }
         used.insert(name)
-        let values = FloatCodec.decode(shard.bytes(info), as: info.dtype)
-        return values
+        return (shard, info)
     }
 
     /// Marks tensors that are present but deliberately not read (e.g. gates in a dense run).
@@ -61,18 +71,12 @@ public struct WeightScope: Sendable {
     public func contains(_ leaf: String) -> Bool { store.contains(name(leaf)) }
 
     public func vector(_ leaf: String, count: Int) throws(VFFNError) -> [Float] {
-        try tensor(leaf, shape: [count])
-    }
-
-    /// A float tensor of any rank, flattened row-major.
-    public func tensor(_ leaf: String, shape: [Int]) throws(VFFNError) -> [Float] {
-        try store.floats(name(leaf), shape: shape)
+        try store.floats(name(leaf), shape: [count])
     }
 
     /// An `nn.Linear` under this scope: `weight` `[out, in]` and, if asked, `bias` `[out]`.
     public func linear(out: Int, in inFeatures: Int, bias: Bool) throws(VFFNError) -> Linear {
-        let w = try store.floats(name("weight"), shape: [out, inFeatures])
         let b = bias ? try store.floats(name("bias"), shape: [out]) : nil
-        return Linear(weight: w, outFeatures: out, inFeatures: inFeatures, bias: b)
+        return try store.matrix(name("weight"), out: out, in: inFeatures, bias: b)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VFFNFormats
 @testable import VFFNModels
 
 /// Hand-computed cases of the kernels and of SPEC section 1.
@@ -40,6 +41,30 @@ import Testing
         #expect(w(x, includeBias: false).data == [6, 15, 8, 17])
     }
 
+    /// Mapped F16/BF16 weights are decoded in blocks of rows; mapped F32 is read in place when
+    /// aligned and decoded when not. Every path must give what decoded floats give.
+    @Test func mappedWeightsMatchDecodedFloats() {
+        final class Owner { let bytes: [UInt8]; init(_ b: [UInt8]) { bytes = b } }
+        let rows = Linear.decodeBlock / 64 + 3, cols = 64
+        var rng = SystemRandomNumberGenerator()
+        let values = (0..<rows * cols).map { _ in Float.random(in: -1...1, using: &rng) }
+        let x = Matrix(rows: 2, cols: cols, data: (0..<2 * cols).map { Float($0) / 7 - 2 })
+        for (dtype, shift) in [(DType.BF16, 0), (.F16, 0), (.F32, 0), (.F32, 1)] {
+            let owner = Owner([UInt8](repeating: 0, count: shift) + FloatCodec.encode(values, as: dtype))
+            let bytes = owner.bytes.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[shift...]) }
+            let mapped = Linear(mapped: bytes, dtype: dtype, owner: owner, outFeatures: rows, inFeatures: cols, bias: nil)
+            let decoded = Linear(weight: FloatCodec.decode(bytes, as: dtype), outFeatures: rows, inFeatures: cols)
+            #expect(mapped.values == decoded.values)
+            for (a, b) in [(mapped, decoded), (mapped.rows(5..<rows - 1), decoded.rows(5..<rows - 1)),
+                           (mapped.columns(3..<11).rows(rows - 20..<rows), decoded.columns(3..<11).rows(rows - 20..<rows))] {
+                let input = Matrix(rows: 2, cols: a.inFeatures, data: Array(x.data.prefix(2 * a.inFeatures)))
+                let ya = a(input), yb = b(input)
+                #expect(ya.maxAbsDifference(yb) <= 1e-6 * max(1, yb.maxAbs), "\(dtype) shift \(shift)")
+            }
+            #expect(mapped.row(rows - 1) == Array(decoded.values.suffix(cols)))
+        }
+    }
+
     /// A SwiGLU FFN with d = 3, I = 4, biases everywhere, deterministic small values.
     static func ffn(bias: Bool) -> GatedFeedForward {
         func values(_ n: Int, _ k: Float) -> [Float] { (0..<n).map { sinf(Float($0) * k + 0.3) } }
@@ -65,10 +90,10 @@ import Testing
         let x: [Float] = [0.5, -1, 2]
         var expected: [Float] = [0, 0, 0]
         for n in 2..<4 {
-            let g = (0..<3).reduce(Float(0)) { $0 + f.gate.weight[n * 3 + $1] * x[$1] }
-            let u = (0..<3).reduce(Float(0)) { $0 + f.up.weight[n * 3 + $1] * x[$1] }
+            let g = (0..<3).reduce(Float(0)) { $0 + f.gate.values[n * 3 + $1] * x[$1] }
+            let u = (0..<3).reduce(Float(0)) { $0 + f.up.values[n * 3 + $1] * x[$1] }
             let a = g / (1 + expf(-g)) * u
-            for o in 0..<3 { expected[o] += f.down.weight[o * 4 + n] * a }
+            for o in 0..<3 { expected[o] += f.down.values[o * 4 + n] * a }
         }
         let got = f.subExpert(1, of: 2)(Matrix(rows: 1, cols: 3, data: x)).data
         for o in 0..<3 { #expect(abs(got[o] - expected[o]) < 1e-6) }
@@ -88,7 +113,7 @@ import Testing
 
         for t in 0..<2 {
             let xt = Matrix(rows: 1, cols: 3, data: Array(x.row(t)))
-            let gl = [(0..<3).reduce(Float(0)) { $0 + gate.weight[$1] * xt.data[$1] }, (0..<3).reduce(Float(0)) { $0 + gate.weight[3 + $1] * xt.data[$1] }]
+            let gl = [(0..<3).reduce(Float(0)) { $0 + gate.values[$1] * xt.data[$1] }, (0..<3).reduce(Float(0)) { $0 + gate.values[3 + $1] * xt.data[$1] }]
             let e0 = expf(gl[0]), e1 = expf(gl[1])
             let width = sub.apply(sub.ffn.subExpert(0, of: 2), to: xt).data.enumerated().map { $1 * e0 / (e0 + e1) }
             let width1 = sub.apply(sub.ffn.subExpert(1, of: 2), to: xt).data.map { $0 * e1 / (e0 + e1) }
