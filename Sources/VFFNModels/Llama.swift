@@ -62,9 +62,9 @@ public enum Llama: Architecture {
             outputBias = modelType == "qwen2" ? false : attentionBias
             mlpBias = try r.bool("mlp_bias", default: false)
             slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
-            inverseFrequencies = try Self.inverseFrequencies(r, headDim: headDim)
-            let ropeType = (json["rope_parameters"] ?? json["rope_scaling"]).flatMap { $0["rope_type"]?.stringValue ?? $0["type"]?.stringValue }
-            maxPositions = ropeType == "dynamic" ? try r.int("max_position_embeddings") : nil
+            let rope = Self.ropeParameters(json)
+            inverseFrequencies = try Self.inverseFrequencies(r, headDim: headDim, rope: rope)
+            maxPositions = rope.type == "dynamic" ? try r.int("max_position_embeddings") : nil
         }
 
         /// Which layers attend within a window. transformers 5 lists `layer_types`; older configs
@@ -97,15 +97,22 @@ public enum Llama: Architecture {
             }
         }
 
-        /// `1 / theta^(2i/dim)` in f32 as transformers computes it, adjusted by `rope_scaling`
-        /// (transformers 4) or `rope_parameters` (transformers 5) for the types we implement.
-        static func inverseFrequencies(_ r: ConfigReader, headDim: Int) throws(VFFNError) -> [Float] {
-            let params = r.json["rope_parameters"].flatMap { $0.isNull ? nil : $0 } ?? r.json["rope_scaling"].flatMap { $0.isNull ? nil : $0 }
+        /// The rotary settings: `rope_parameters` (transformers 5) or `rope_scaling` (transformers 4),
+        /// whichever is present and not null, and its type (`rope_type`, or 4.x's older `type`).
+        static func ropeParameters(_ json: JSON) -> (params: JSON?, type: String) {
+            let params = [json["rope_parameters"], json["rope_scaling"]].compactMap { $0 }.first { !$0.isNull }
+            return (params, params?["rope_type"]?.stringValue ?? params?["type"]?.stringValue ?? "default")
+        }
+
+        /// `1 / theta^(2i/dim)` in f32 as transformers computes it, adjusted by the rope type for
+        /// the types we implement.
+        static func inverseFrequencies(_ r: ConfigReader, headDim: Int, rope: (params: JSON?, type: String)) throws(VFFNError) -> [Float] {
+            let params = rope.params
             var theta = try r.double("rope_theta", default: .nan)
             if theta.isNaN { theta = params?["rope_theta"]?.doubleValue ?? 10000 }
             let base = Float(theta)
             var inv = (0..<headDim / 2).map { i in 1 / powf(base, Float(2 * i) / Float(headDim)) }
-            let type = params?["rope_type"]?.stringValue ?? params?["type"]?.stringValue ?? "default"
+            let type = rope.type
             switch type {
             case "default", "dynamic":
                 // Dynamic NTK scaling changes nothing until a sequence outgrows

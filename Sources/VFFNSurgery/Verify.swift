@@ -149,8 +149,9 @@ extension VerificationReport {
         }
         let widths = header.indices.map { c in rows.map { $0[c].count }.max()! }
         for (i, r) in rows.enumerated() {
-            let line = r.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
-            out += "  " + line.replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression) + "\n"
+            // The last column is not padded, so no line ends in spaces.
+            let cells = r.enumerated().map { $0 == r.count - 1 ? $1 : $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }
+            out += "  " + cells.joined(separator: "  ") + "\n"
             if i == 0 { out += "  " + widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ") + "\n" }
         }
         out += "\n" + (passed ? "verify: all checks passed\n" : "verify: FAILED\n")

@@ -146,6 +146,12 @@ import VFFNModels
         for (x, y) in zip(a, expected) { #expect(abs(x - y) / y < 1e-6) }
         let missing = try JSON.parse(#"{"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1}"#)
         #expect(try Llama.Config(missing, path: "x").inverseFrequencies[1] == 1 / powf(10000, 0.25))
+        // A null rope_parameters beside 4.x's rope_scaling: the latter is the one that counts.
+        let dynamic = try JSON.parse(#"{"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1,"max_position_embeddings":16,"rope_parameters":null,"rope_scaling":{"type":"dynamic","factor":2.0}}"#)
+        let c = try Llama.Config(dynamic, path: "x")
+        #expect(c.maxPositions == 16)
+        #expect(c.inverseFrequencies == (try Llama.Config(missing, path: "x").inverseFrequencies))
+        #expect(try Llama.Config(missing, path: "x").maxPositions == nil)
     }
 
     @Test func llama3RopeScalingKeepsHighAndScalesLowFrequencies() throws {
