@@ -47,6 +47,34 @@ public struct GatedFeedForward: FeedForward {
     }
 }
 
+/// `output(act(input(h)))`: the two-projection FFN of GPT-2 (`c_fc`, `c_proj`, Conv1D layout)
+/// and BERT (`intermediate.dense`, `output.dense`), each with a bias.
+public struct UngatedFeedForward: FeedForward {
+    public let input: Linear    // I outputs from d inputs
+    public let output: Linear   // d outputs from I inputs
+    public let activation: Activation
+
+    public init(input: Linear, output: Linear, activation: Activation) {
+        precondition(output.inFeatures == input.outFeatures)
+        self.input = input
+        self.output = output
+        self.activation = activation
+    }
+
+    public var intermediateSize: Int { input.outFeatures }
+    public var outputBias: [Float]? { output.bias }
+
+    public func callAsFunction(_ h: Matrix) -> Matrix {
+        var a = input(h)
+        for i in a.data.indices { a.data[i] = activation(a.data[i]) }
+        return output(a)
+    }
+
+    public func restricted(to neurons: Range<Int>) -> UngatedFeedForward {
+        UngatedFeedForward(input: input.rows(neurons), output: output.columns(neurons), activation: activation)
+    }
+}
+
 /// The FFN sub-layer `S`: the FFN with its normalization and residual connection.
 public struct FFNSublayer: Sendable {
     public enum Placement: Sendable {

@@ -1,4 +1,3 @@
-import COpenBLAS
 import Foundation
 import VFFNFormats
 
@@ -182,45 +181,13 @@ public enum Llama: Architecture {
 
         /// Causal grouped-query attention over positions 0..<T with rotary embeddings.
         func attention(_ layer: Layer, _ h: Matrix) -> Matrix {
-            let T = h.rows, hd = config.headDim, H = config.numHeads, KV = config.numKVHeads
             var q = layer.q(h), k = layer.k(h)
-            let v = layer.v(h)
-            applyRotary(&q, heads: H)
-            applyRotary(&k, heads: KV)
-            var out = [Float](repeating: 0, count: T * H * hd)
-            var scores = [Float](repeating: 0, count: T * T)
-            let scale = 1 / Float(hd).squareRoot()
-            for head in 0..<H {
-                let kvHead = head / (H / KV)
-                q.data.withUnsafeBufferPointer { qp in
-                    k.data.withUnsafeBufferPointer { kp in
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(hd), scale,
-                                    qp.baseAddress! + head * hd, Int32(H * hd), kp.baseAddress! + kvHead * hd, Int32(KV * hd),
-                                    0, &scores, Int32(T))
-                    }
-                }
-                for i in 0..<T {
-                    // Token i sees j <= i, and with a window w only i - j < w.
-                    let first = layer.slidingWindow.map { max(0, i - $0 + 1) } ?? 0
-                    var top = -Float.infinity
-                    for j in first...i { top = max(top, scores[i * T + j]) }
-                    var sum: Float = 0
-                    for j in 0..<T {
-                        let p: Float = (j >= first && j <= i) ? expf(scores[i * T + j] - top) : 0
-                        scores[i * T + j] = p
-                        sum += p
-                    }
-                    for j in 0..<T { scores[i * T + j] /= sum }
-                }
-                v.data.withUnsafeBufferPointer { vp in
-                    out.withUnsafeMutableBufferPointer { op in
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(hd), Int32(T), 1,
-                                    scores, Int32(T), vp.baseAddress! + kvHead * hd, Int32(KV * hd),
-                                    0, op.baseAddress! + head * hd, Int32(H * hd))
-                    }
-                }
-            }
-            return layer.o(Matrix(rows: T, cols: H * hd, data: out))
+            applyRotary(&q, heads: config.numHeads)
+            applyRotary(&k, heads: config.numKVHeads)
+            let a = VFFNModels.attention(q: q, k: k, v: layer.v(h), heads: config.numHeads, kvHeads: config.numKVHeads,
+                                         headDim: config.headDim, scale: 1 / Float(config.headDim).squareRoot(),
+                                         mask: .causal(window: layer.slidingWindow))
+            return layer.o(a)
         }
 
         /// Rotate-half RoPE (transformers' layout): pairs (i, i + hd/2) rotate by pos * inv_freq[i].

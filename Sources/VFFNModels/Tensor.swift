@@ -58,13 +58,15 @@ public enum WeightStorage: @unchecked Sendable {
     case mapped(UnsafeRawBufferPointer, DType, owner: AnyObject)
 }
 
-/// A `[out, in]` weight as Hugging Face `nn.Linear` stores it, optionally restricted to a block
-/// of output rows and input columns without copying: that is how a sub-expert reads its slice
-/// of the dense FFN.
+/// A weight as Hugging Face stores it: `[out, in]` for `nn.Linear`, or `[in, out]` for GPT-2's
+/// `Conv1D` (`transposed`). A view can be restricted to a block of output and input features
+/// without copying: that is how a sub-expert reads its slice of the dense FFN.
 public struct Linear: Sendable {
     let storage: WeightStorage
+    /// Stored `[in, out]` (Conv1D) rather than `[out, in]`.
+    let transposed: Bool
     /// Columns of the stored matrix (its leading dimension).
-    let storedIn: Int
+    let storedColumns: Int
     public let outputs: Range<Int>
     public let inputs: Range<Int>
     /// Bias over the selected outputs (already sliced).
@@ -77,62 +79,72 @@ public struct Linear: Sendable {
     public var outFeatures: Int { outputs.count }
     public var inFeatures: Int { inputs.count }
 
-    public init(weight: [Float], outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
+    /// `weight` row-major, `[out, in]`, or `[in, out]` when `transposed`.
+    public init(weight: [Float], outFeatures: Int, inFeatures: Int, bias: [Float]? = nil, transposed: Bool = false) {
         precondition(weight.count == outFeatures * inFeatures)
-        self.init(storage: .floats(weight), storedIn: inFeatures, outputs: 0..<outFeatures, inputs: 0..<inFeatures, bias: bias)
+        self.init(storage: .floats(weight), transposed: transposed, storedColumns: transposed ? outFeatures : inFeatures,
+                  outputs: 0..<outFeatures, inputs: 0..<inFeatures, bias: bias)
     }
 
     /// A weight read in place from mapped checkpoint bytes of `dtype` (F32, F16 or BF16).
-    public init(mapped bytes: UnsafeRawBufferPointer, dtype: DType, owner: AnyObject, outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
+    public init(mapped bytes: UnsafeRawBufferPointer, dtype: DType, owner: AnyObject, outFeatures: Int, inFeatures: Int,
+                bias: [Float]? = nil, transposed: Bool = false) {
         precondition(dtype.isComputeFloat && bytes.count == outFeatures * inFeatures * dtype.bitSize / 8)
-        self.init(storage: .mapped(bytes, dtype, owner: owner), storedIn: inFeatures, outputs: 0..<outFeatures, inputs: 0..<inFeatures, bias: bias)
+        self.init(storage: .mapped(bytes, dtype, owner: owner), transposed: transposed, storedColumns: transposed ? outFeatures : inFeatures,
+                  outputs: 0..<outFeatures, inputs: 0..<inFeatures, bias: bias)
     }
 
-    private init(storage: WeightStorage, storedIn: Int, outputs: Range<Int>, inputs: Range<Int>, bias: [Float]?) {
+    private init(storage: WeightStorage, transposed: Bool, storedColumns: Int, outputs: Range<Int>, inputs: Range<Int>, bias: [Float]?) {
         precondition(bias == nil || bias!.count == outputs.count)
         self.storage = storage
-        self.storedIn = storedIn
+        self.transposed = transposed
+        self.storedColumns = storedColumns
         self.outputs = outputs
         self.inputs = inputs
         self.bias = bias
     }
 
-    /// Output neurons `r` (relative to this view), with their bias entries.
+    /// Output features `r` (relative to this view), with their bias entries.
     public func rows(_ r: Range<Int>) -> Linear {
-        Linear(storage: storage, storedIn: storedIn,
+        Linear(storage: storage, transposed: transposed, storedColumns: storedColumns,
                outputs: outputs.lowerBound + r.lowerBound..<outputs.lowerBound + r.upperBound,
                inputs: inputs, bias: bias.map { Array($0[r]) })
     }
 
     /// Input features `c` (relative to this view); the bias stays whole.
     public func columns(_ c: Range<Int>) -> Linear {
-        Linear(storage: storage, storedIn: storedIn, outputs: outputs,
+        Linear(storage: storage, transposed: transposed, storedColumns: storedColumns, outputs: outputs,
                inputs: inputs.lowerBound + c.lowerBound..<inputs.lowerBound + c.upperBound, bias: bias)
     }
 
-    /// Calls `body` with consecutive blocks of this view's rows as contiguous f32
-    /// (`pointer`, leading dimension, first row relative to the view, row count).
-    func withRowBlocks(_ body: (UnsafePointer<Float>, Int, Int, Int) -> Void) {
-        guard outFeatures > 0, inFeatures > 0 else { return }
+    /// The view's stored rows and columns: outputs x inputs, or inputs x outputs when transposed.
+    private var storedRows: Range<Int> { transposed ? inputs : outputs }
+    private var storedColumnRange: Range<Int> { transposed ? outputs : inputs }
+
+    /// Calls `body` with consecutive blocks of this view's stored rows as contiguous f32
+    /// (`pointer`, leading dimension, first stored row relative to the view, row count).
+    func withStoredBlocks(_ body: (UnsafePointer<Float>, Int, Int, Int) -> Void) {
+        let rows = storedRows, cols = storedColumnRange
+        guard rows.count > 0, cols.count > 0 else { return }
         switch storage {
         case let .floats(w):
-            w.withUnsafeBufferPointer { body($0.baseAddress! + outputs.lowerBound * storedIn + inputs.lowerBound, storedIn, 0, outFeatures) }
+            w.withUnsafeBufferPointer { body($0.baseAddress! + rows.lowerBound * storedColumns + cols.lowerBound, storedColumns, 0, rows.count) }
         case let .mapped(bytes, .F32, _) where Int(bitPattern: bytes.baseAddress) % MemoryLayout<Float>.alignment == 0:
             let p = bytes.baseAddress!.assumingMemoryBound(to: Float.self)
-            body(p + outputs.lowerBound * storedIn + inputs.lowerBound, storedIn, 0, outFeatures)
+            body(p + rows.lowerBound * storedColumns + cols.lowerBound, storedColumns, 0, rows.count)
         case let .mapped(bytes, dtype, _):
-            let size = dtype.bitSize / 8
-            let blockRows = max(1, min(outFeatures, Self.decodeBlock / inFeatures))
-            var scratch = [Float](repeating: 0, count: blockRows * inFeatures)
+            let size = dtype.bitSize / 8, width = cols.count
+            let blockRows = max(1, min(rows.count, Self.decodeBlock / width))
+            var scratch = [Float](repeating: 0, count: blockRows * width)
             scratch.withUnsafeMutableBufferPointer { buf in
-                for first in stride(from: 0, to: outFeatures, by: blockRows) {
-                    let count = min(blockRows, outFeatures - first)
+                for first in stride(from: 0, to: rows.count, by: blockRows) {
+                    let count = min(blockRows, rows.count - first)
                     for r in 0..<count {
-                        let start = ((outputs.lowerBound + first + r) * storedIn + inputs.lowerBound) * size
-                        FloatCodec.decode(UnsafeRawBufferPointer(rebasing: bytes[start..<start + inFeatures * size]), as: dtype,
-                                          into: UnsafeMutableBufferPointer(rebasing: buf[r * inFeatures..<(r + 1) * inFeatures]))
+                        let start = ((rows.lowerBound + first + r) * storedColumns + cols.lowerBound) * size
+                        FloatCodec.decode(UnsafeRawBufferPointer(rebasing: bytes[start..<start + width * size]), as: dtype,
+                                          into: UnsafeMutableBufferPointer(rebasing: buf[r * width..<(r + 1) * width]))
                     }
-                    body(UnsafePointer(buf.baseAddress!), inFeatures, first, count)
+                    body(UnsafePointer(buf.baseAddress!), width, first, count)
                 }
             }
         }
@@ -141,20 +153,28 @@ public struct Linear: Sendable {
     /// Row `r` of this view, decoded (an embedding lookup).
     public func row(_ r: Int) -> [Float] { rows(r..<r + 1).values }
 
-    /// Every value of this view, row-major.
+    /// Every value of this view as `[out, in]`, row-major.
     public var values: [Float] {
-        var out = [Float]()
-        out.reserveCapacity(outFeatures * inFeatures)
-        withRowBlocks { p, ld, _, count in
-            for r in 0..<count { out.append(contentsOf: UnsafeBufferPointer(start: p + r * ld, count: inFeatures)) }
+        var out = [Float](repeating: 0, count: outFeatures * inFeatures)
+        let n = inFeatures
+        withStoredBlocks { p, ld, first, count in
+            for r in 0..<count {
+                let src = UnsafeBufferPointer(start: p + r * ld, count: storedColumnRange.count)
+                if transposed {
+                    for (o, v) in src.enumerated() { out[o * n + first + r] = v }
+                } else {
+                    out.replaceSubrange((first + r) * n..<(first + r + 1) * n, with: src)
+                }
+            }
         }
         return out
     }
 
     public var isFinite: Bool {
         var finite = (bias ?? []).allSatisfy(\.isFinite)
-        withRowBlocks { p, ld, _, count in
-            for r in 0..<count where finite { finite = UnsafeBufferPointer(start: p + r * ld, count: inFeatures).allSatisfy(\.isFinite) }
+        let width = storedColumnRange.count
+        withStoredBlocks { p, ld, _, count in
+            for r in 0..<count where finite { finite = UnsafeBufferPointer(start: p + r * ld, count: width).allSatisfy(\.isFinite) }
         }
         return finite
     }
@@ -166,11 +186,19 @@ public struct Linear: Sendable {
         if x.rows > 0 {
             x.data.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
-                    withRowBlocks { w, ld, first, count in
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                                    Int32(x.rows), Int32(count), Int32(inFeatures),
-                                    1, xp.baseAddress, Int32(x.cols), w, Int32(ld),
-                                    0, yp.baseAddress! + first, Int32(outFeatures))
+                    withStoredBlocks { w, ld, first, count in
+                        if transposed {
+                            // A block of input rows: its share of every output, accumulated.
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+                                        Int32(x.rows), Int32(outFeatures), Int32(count),
+                                        1, xp.baseAddress! + first, Int32(x.cols), w, Int32(ld),
+                                        first == 0 ? 0 : 1, yp.baseAddress, Int32(outFeatures))
+                        } else {
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                                        Int32(x.rows), Int32(count), Int32(inFeatures),
+                                        1, xp.baseAddress, Int32(x.cols), w, Int32(ld),
+                                        0, yp.baseAddress! + first, Int32(outFeatures))
+                        }
                     }
                 }
             }
@@ -188,18 +216,65 @@ public struct Linear: Sendable {
 public enum Norm: Sendable {
     /// `w * x / sqrt(mean(x^2) + eps)`, computed in f32 as transformers' LlamaRMSNorm does.
     case rms(weight: [Float], eps: Float)
+    /// `w * (x - mean) / sqrt(var + eps) + b` with the biased variance, as torch's LayerNorm.
+    case layer(weight: [Float], bias: [Float], eps: Float)
 
     public func callAsFunction(_ x: Matrix) -> Matrix {
+        var out = x
+        let n = x.cols
         switch self {
         case let .rms(weight, eps):
-            var out = x
             for r in 0..<x.rows {
                 var ss: Float = 0
-                for c in 0..<x.cols { let v = x.data[r * x.cols + c]; ss += v * v }
-                let scale = 1 / (ss / Float(x.cols) + eps).squareRoot()
-                for c in 0..<x.cols { out.data[r * x.cols + c] = weight[c] * (x.data[r * x.cols + c] * scale) }
+                for c in 0..<n { let v = x.data[r * n + c]; ss += v * v }
+                let scale = 1 / (ss / Float(n) + eps).squareRoot()
+                for c in 0..<n { out.data[r * n + c] = weight[c] * (x.data[r * n + c] * scale) }
             }
-            return out
+        case let .layer(weight, bias, eps):
+            for r in 0..<x.rows {
+                // Double sums: torch accumulates the moments more carefully than a naive f32 loop.
+                var sum = 0.0
+                for c in 0..<n { sum += Double(x.data[r * n + c]) }
+                let mean = sum / Double(n)
+                var ss = 0.0
+                for c in 0..<n { let v = Double(x.data[r * n + c]) - mean; ss += v * v }
+                let rstd = Float(1 / (ss / Double(n) + Double(eps)).squareRoot())
+                let m = Float(mean)
+                for c in 0..<n { out.data[r * n + c] = (x.data[r * n + c] - m) * rstd * weight[c] + bias[c] }
+            }
+        }
+        return out
+    }
+}
+
+/// The FFN nonlinearities of the supported families, by their transformers `hidden_act` names.
+public enum Activation: String, Sendable {
+    /// Exact `x * Phi(x)` with erf (BERT's `gelu`).
+    case gelu
+    /// The tanh approximation (GPT-2's `gelu_new`; also `gelu_pytorch_tanh`, `gelu_fast`).
+    case geluTanh = "gelu_new"
+    case relu
+    case silu
+
+    /// The activation a config's `hidden_act` / `activation_function` names, or nil if unsupported.
+    public init?(huggingFaceName name: String) {
+        switch name {
+        case "gelu": self = .gelu
+        case "gelu_new", "gelu_pytorch_tanh", "gelu_fast": self = .geluTanh
+        case "relu": self = .relu
+        case "silu", "swish": self = .silu
+        default: return nil
+        }
+    }
+
+    public static let supportedNames = ["gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu"]
+
+    @inline(__always) public func callAsFunction(_ v: Float) -> Float {
+        switch self {
+        case .gelu: return 0.5 * v * (1 + erff(v * 0.70710678118654752440))
+        case .geluTanh: return 0.5 * v * (1 + tanhf(0.79788456080286535588 * (v + 0.044715 * v * v * v)))
+        case .relu: return max(v, 0)
+        case .silu: return VFFNModels.silu(v)
         }
     }
 }

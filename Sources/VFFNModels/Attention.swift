@@ -1,0 +1,58 @@
+import COpenBLAS
+import Foundation
+
+/// Which keys each query sees.
+public enum AttentionMask: Sendable {
+    /// Every token sees every token (BERT).
+    case bidirectional
+    /// Token i sees j <= i, and with a window w only i - j < w (decoders; Mistral's window).
+    case causal(window: Int?)
+
+    func visible(_ i: Int, of count: Int) -> ClosedRange<Int> {
+        switch self {
+        case .bidirectional: return 0...(count - 1)
+        case let .causal(window): return (window.map { max(0, i - $0 + 1) } ?? 0)...i
+        }
+    }
+}
+
+/// Softmax attention of T queries over T keys, one sgemm pair per head. `q` is `[T, H*hd]`,
+/// `k` and `v` are `[T, KV*hd]`; query head h reads key/value head `h / (H / KV)` (grouped-query
+/// attention; KV = H is plain multi-head). Returns `[T, H*hd]`, heads side by side.
+func attention(q: Matrix, k: Matrix, v: Matrix, heads H: Int, kvHeads KV: Int, headDim hd: Int,
+               scale: Float, mask: AttentionMask) -> Matrix {
+    let T = q.rows
+    precondition(q.cols == H * hd && k.cols == KV * hd && v.cols == KV * hd && H % KV == 0)
+    var out = [Float](repeating: 0, count: T * H * hd)
+    var scores = [Float](repeating: 0, count: T * T)
+    for head in 0..<H {
+        let kvHead = head / (H / KV)
+        q.data.withUnsafeBufferPointer { qp in
+            k.data.withUnsafeBufferPointer { kp in
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(hd), scale,
+                            qp.baseAddress! + head * hd, Int32(H * hd), kp.baseAddress! + kvHead * hd, Int32(KV * hd),
+                            0, &scores, Int32(T))
+            }
+        }
+        for i in 0..<T {
+            let seen = mask.visible(i, of: T)
+            var top = -Float.infinity
+            for j in seen { top = max(top, scores[i * T + j]) }
+            var sum: Float = 0
+            for j in 0..<T {
+                let p: Float = seen.contains(j) ? expf(scores[i * T + j] - top) : 0
+                scores[i * T + j] = p
+                sum += p
+            }
+            for j in 0..<T { scores[i * T + j] /= sum }
+        }
+        v.data.withUnsafeBufferPointer { vp in
+            out.withUnsafeMutableBufferPointer { op in
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(hd), Int32(T), 1,
+                            scores, Int32(T), vp.baseAddress! + kvHead * hd, Int32(KV * hd),
+                            0, op.baseAddress! + head * hd, Int32(H * hd))
+            }
+        }
+    }
+    return Matrix(rows: T, cols: H * hd, data: out)
+}
