@@ -76,7 +76,7 @@ public protocol Architecture: Sendable {
 }
 
 public enum Architectures {
-    public static let all: [any Architecture.Type] = [Llama.self]
+    public static let all: [any Architecture.Type] = [Llama.self, GPT2.self, BERT.self]
 
     public static var supportedModelTypes: [String] { all.flatMap { $0.modelTypes } }
 
@@ -130,6 +130,31 @@ public struct ConfigReader {
         guard let b = v.boolValue else { throw .badInput(path, "\"\(key)\" is \(v.compact), expected true or false") }
         return b
     }
+}
+
+/// The key prefix of a checkpoint's base model: the first of `candidates` ("" for none) under
+/// which `probe` exists. Head classes save `transformer.h.0...` or `bert.encoder...`; base-model
+/// saves (and many original uploads) have no prefix; both occur in real checkpoints.
+func basePrefix(_ checkpoint: Checkpoint, candidates: [String], probe: String) throws(VFFNError) -> String {
+    for c in candidates where checkpoint.contains(c.isEmpty ? probe : c + "." + probe) { return c }
+    let names = candidates.map { $0.isEmpty ? "\"\(probe)\"" : "\"\($0).\(probe)\"" }.joined(separator: " or ")
+    throw .badInput(checkpoint.directory, "has no \(names): not a \(checkpoint.config["model_type"]?.stringValue ?? "?") checkpoint")
+}
+
+/// The output projection of a causal LM: `lm_head.weight`, or the token embedding when tied.
+/// Some tied checkpoints still store `lm_head.weight` (a copy of the embedding); it is not read.
+func languageModelHead(_ store: WeightStore, tied: Bool, embedding: Linear) throws(VFFNError) -> Linear {
+    let name = "lm_head.weight"
+    guard !tied, store.contains(name) else {
+        if store.contains(name) { store.ignore(name) }
+        return embedding
+    }
+    return try store.matrix(name, out: embedding.outFeatures, in: embedding.inFeatures)
+}
+
+/// Refuses sequences longer than a model's learned or defined positions.
+func checkLength(_ tokens: [Int], max limit: Int, what: String) throws(VFFNError) {
+    if tokens.count > limit { throw .usage("\(tokens.count) tokens exceed \(what) \(limit)") }
 }
 
 /// Checks that every FFN tensor surgery will slice exists with the shape the config implies.

@@ -252,14 +252,7 @@ public enum Llama: Architecture {
                 ffn: ffn))
         }
         let finalNorm = Norm.rms(weight: try root.scope("norm").vector("weight", count: d), eps: c.rmsNormEps)
-        let lmHead: Linear
-        if c.tieWordEmbeddings || !store.contains("lm_head.weight") {
-            // Some tied checkpoints still store lm_head (equal to the embedding); it is not read.
-            if store.contains("lm_head.weight") { store.ignore("lm_head.weight") }
-            lmHead = embedding
-        } else {
-            lmHead = try store.scope("lm_head").linear(out: c.vocabSize, in: d, bias: false)
-        }
+        let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding)
         let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I)
         try store.requireAllUsed()
         return Model(config: c, embedding: embedding, layers: layers, ffnSublayers: sublayers,

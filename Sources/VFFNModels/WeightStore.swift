@@ -20,9 +20,11 @@ public final class WeightStore: @unchecked Sendable {
     }
 
     /// A `[out, in]` float tensor as a weight read in place from the mapped file.
-    public func matrix(_ name: String, out: Int, in inFeatures: Int, bias: [Float]? = nil) throws(VFFNError) -> Linear {
-        let (shard, info) = try floatTensor(name, shape: [out, inFeatures])
-        return Linear(mapped: shard.bytes(info), dtype: info.dtype, owner: shard, outFeatures: out, inFeatures: inFeatures, bias: bias)
+    /// With `transposed`, the tensor is `[in, out]` (GPT-2's Conv1D).
+    public func matrix(_ name: String, out: Int, in inFeatures: Int, bias: [Float]? = nil, transposed: Bool = false) throws(VFFNError) -> Linear {
+        let (shard, info) = try floatTensor(name, shape: transposed ? [inFeatures, out] : [out, inFeatures])
+        return Linear(mapped: shard.bytes(info), dtype: info.dtype, owner: shard, outFeatures: out, inFeatures: inFeatures,
+                      bias: bias, transposed: transposed)
     }
 
     private func floatTensor(_ name: String, shape: [Int]) throws(VFFNError) -> (SafeTensorsFile, TensorInfo) {
@@ -41,6 +43,11 @@ public final class WeightStore: @unchecked Sendable {
 
     /// Marks tensors that are present but deliberately not read (e.g. gates in a dense run).
     public func ignore(_ name: String) { used.insert(name) }
+
+    /// Marks every tensor whose name satisfies `predicate` as deliberately not read.
+    public func ignore(where predicate: (String) -> Bool) {
+        used.formUnion(checkpoint.tensorNames.filter(predicate))
+    }
 
     /// Tensors no loader asked for. Buffers that transformers itself recomputes are ignored.
     public func unusedTensors() -> [String] {
@@ -78,5 +85,18 @@ public struct WeightScope: Sendable {
     public func linear(out: Int, in inFeatures: Int, bias: Bool) throws(VFFNError) -> Linear {
         let b = bias ? try store.floats(name("bias"), shape: [out]) : nil
         return try store.matrix(name("weight"), out: out, in: inFeatures, bias: b)
+    }
+
+    /// A GPT-2 `Conv1D` under this scope: `weight` `[in, out]` and `bias` `[out]`.
+    public func conv1D(out: Int, in inFeatures: Int) throws(VFFNError) -> Linear {
+        let b = try store.floats(name("bias"), shape: [out])
+        return try store.matrix(name("weight"), out: out, in: inFeatures, bias: b, transposed: true)
+    }
+
+    /// An `nn.LayerNorm` under this scope. Checkpoints converted from TensorFlow name its
+    /// parameters `gamma`/`beta` instead of `weight`/`bias`; transformers accepts both, so do we.
+    public func layerNorm(count: Int, eps: Float) throws(VFFNError) -> Norm {
+        let (w, b) = contains("weight") || !contains("gamma") ? ("weight", "bias") : ("gamma", "beta")
+        return .layer(weight: try vector(w, count: count), bias: try vector(b, count: count), eps: eps)
     }
 }

@@ -9,28 +9,34 @@ import VFFNModels
 @Suite struct GoldenTests {
     static let tolerance: Float = 1e-4
 
-    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16"])
-    func denseLogitsMatchTransformers(fixture: String) throws {
+    /// The golden's file name: logits for causal LMs, last hidden states for encoders.
+    static func golden(_ fixture: String, dense: Bool) -> String {
+        "\(fixture)\(dense ? "-dense" : "")-\(fixture.hasPrefix("bert") ? "hidden" : "logits").npy"
+    }
+
+    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+    func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(directory: Fixtures.path(fixture)))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
-        let golden = try Fixtures.golden("\(fixture)-dense-logits.npy")
+        let golden = try Fixtures.golden(Self.golden(fixture, dense: true))
         #expect([out.rows, out.cols] == golden.shape)
+        #expect(golden.shape[1] == (fixture.hasPrefix("bert") ? model.hiddenSize : model.vocabSize))
         let err = relativeError(out.data, golden.values)
         #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
     }
 
-    @Test(arguments: ["llama-gqa-vffn", "qwen2-bf16-vffn"])
-    func versatileLogitsMatchPyTorchReference(fixture: String) throws {
+    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
+    func versatileOutputMatchesPyTorchReference(fixture: String, topK: Int) throws {
         let model = try Architectures.load(Checkpoint(directory: Fixtures.path(fixture)))
         let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
-        let golden = try Fixtures.golden("\(fixture)-logits.npy")
+        let golden = try Fixtures.golden(Self.golden(fixture, dense: false))
         let err = relativeError(result.output.data, golden.values)
         #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
         // The routing is not degenerate: several depths and several experts are in use.
         for r in result.routing {
             #expect(r.depthCounts.reduce(0, +) == Fixtures.tokens.count)
             #expect(r.depthCounts.filter { $0 > 0 }.count >= 2)
-            #expect(r.expertLoad.reduce(0, +) == Fixtures.tokens.count * (fixture.hasPrefix("qwen2") ? 3 : 2))
+            #expect(r.expertLoad.reduce(0, +) == Fixtures.tokens.count * topK)
         }
         // And it is not the dense model by accident.
         let dense = try model.forward(Fixtures.tokens, mode: .dense, trace: false)
