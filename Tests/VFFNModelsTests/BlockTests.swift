@@ -65,6 +65,88 @@ import VFFNFormats
         }
     }
 
+    @Test func layerNormByHand() {
+        // x = [1, 2, 3, 6]: mean 3, biased variance 3.5, so (x - 3) / sqrt(3.5).
+        let y = Norm.layer(weight: [1, 2, 1, 1], bias: [0, 0, 1, -1], eps: 0)(Matrix(rows: 1, cols: 4, data: [1, 2, 3, 6]))
+        let s = 1 / Float(3.5).squareRoot()
+        let expected: [Float] = [-2 * s, -2 * s, 1, 3 * s - 1]
+        for i in 0..<4 { #expect(abs(y.data[i] - expected[i]) < 1e-6, "\(i)") }
+        // eps counts: a constant row normalizes to the bias, not to NaN.
+        #expect(Norm.layer(weight: [1, 1], bias: [0.5, -0.5], eps: 1e-12)(Matrix(rows: 1, cols: 2, data: [7, 7])).data == [0.5, -0.5])
+    }
+
+    @Test func activationsByHand() {
+        // Exact GELU: x * Phi(x); the tanh form differs in the fourth decimal at x = 1.
+        #expect(abs(Activation.gelu(1) - 0.8413447) < 1e-6)
+        #expect(abs(Activation.gelu(-2) - -0.0455003) < 1e-6)
+        #expect(abs(Activation.geluTanh(1) - 0.8411920) < 1e-6)
+        #expect(abs(Activation.geluTanh(-2) - -0.0454023) < 1e-6)
+        #expect(Activation.relu(-3) == 0 && Activation.relu(2.5) == 2.5)
+        #expect(Activation(huggingFaceName: "gelu_pytorch_tanh") == .geluTanh)
+        #expect(Activation(huggingFaceName: "gelu") == .gelu)
+        #expect(Activation(huggingFaceName: "quick_gelu") == nil)
+    }
+
+    /// GPT-2's Conv1D stores W as [in, out]: a transposed view must compute what the [out, in]
+    /// view of the same matrix computes, for every slice and every storage path, including F16
+    /// decoded in several blocks of input rows that are accumulated into the output.
+    @Test func conv1DLayoutMatchesTheLinearLayout() {
+        final class Owner { let bytes: [UInt8]; init(_ b: [UInt8]) { bytes = b } }
+        let inputs = Linear.decodeBlock / 48 + 5, outputs = 48
+        var rng = SystemRandomNumberGenerator()
+        let stored = (0..<inputs * outputs).map { _ in Float.random(in: -1...1, using: &rng) }   // [in, out]
+        var outIn = [Float](repeating: 0, count: inputs * outputs)
+        for i in 0..<inputs { for o in 0..<outputs { outIn[o * inputs + i] = stored[i * outputs + o] } }
+        let bias = (0..<outputs).map { Float($0) / 10 }
+        let reference = Linear(weight: outIn, outFeatures: outputs, inFeatures: inputs, bias: bias)
+        let x = Matrix(rows: 3, cols: inputs, data: (0..<3 * inputs).map { _ in Float.random(in: -1...1, using: &rng) })
+        for dtype in [DType.F32, .F16] {
+            let owner = Owner(FloatCodec.encode(stored, as: dtype))
+            let bytes = owner.bytes.withUnsafeBytes { $0 }
+            let conv = Linear(mapped: bytes, dtype: dtype, owner: owner, outFeatures: outputs, inFeatures: inputs, bias: bias, transposed: true)
+            let ref = dtype == .F32 ? reference : Linear(weight: Linear(weight: FloatCodec.decode(bytes, as: .F16), outFeatures: outputs,
+                                                                         inFeatures: inputs, transposed: true).values,
+                                                         outFeatures: outputs, inFeatures: inputs, bias: bias)
+            #expect(conv.values == ref.values)
+            #expect(conv.row(7) == ref.row(7))
+            for (a, b) in [(conv, ref), (conv.rows(8..<24), ref.rows(8..<24)), (conv.columns(100..<inputs - 3).rows(40..<48), ref.columns(100..<inputs - 3).rows(40..<48))] {
+                let input = Matrix(rows: 3, cols: a.inFeatures, data: (0..<3).flatMap { x.row($0).prefix(a.inFeatures) })
+                let ya = a(input), yb = b(input)
+                #expect(ya.maxAbsDifference(yb) <= 1e-5 * max(1, yb.maxAbs), "\(dtype)")
+            }
+        }
+    }
+
+    @Test func ungatedSubExpertsPartitionTheFFNUpToTheOutputBias() {
+        // d = 2, I = 4, Conv1D layout for the input projection as in GPT-2.
+        let input = Linear(weight: [0.5, -1, 0.25, 2, 1, 0.5, -0.5, 0.75], outFeatures: 4, inFeatures: 2, bias: [0.1, -0.2, 0.3, 0], transposed: true)
+        let output = Linear(weight: [1, 0, -1, 2, 0.5, 0.5, 1, -1], outFeatures: 2, inFeatures: 4, bias: [3, -3])
+        let f = UngatedFeedForward(input: input, output: output, activation: .gelu)
+        let h = Matrix(rows: 1, cols: 2, data: [1, -0.5])
+        // Neuron n reads column n of the [in, out] input weight.
+        let pre: [Float] = (0..<4).map { n in 1 * input.values[n * 2] - 0.5 * input.values[n * 2 + 1] + input.bias![n] }
+        #expect(abs(pre[0] - (0.5 * 1 + 1 * -0.5 + 0.1)) < 1e-7)
+        let a = pre.map { Activation.gelu($0) }
+        let e1 = f.subExpert(1, of: 2)(h).data
+        for o in 0..<2 {
+            let expected = output.values[o * 4 + 2] * a[2] + output.values[o * 4 + 3] * a[3] + output.bias![o]
+            #expect(abs(e1[o] - expected) < 1e-6)
+        }
+        let sum = f.subExpert(0, of: 2)(h) + f.subExpert(1, of: 2)(h)
+        let whole = f(h)
+        for o in 0..<2 { #expect(abs(sum.data[o] - output.bias![o] - whole.data[o]) < 1e-6) }
+    }
+
+    @Test func postNormSublayerIsNormOfResidualPlusFFN() {
+        let f = UngatedFeedForward(input: Linear(weight: [1, 0, 0, 1], outFeatures: 2, inFeatures: 2, bias: [0, 0]),
+                                   output: Linear(weight: [2, 0, 0, 2], outFeatures: 2, inFeatures: 2, bias: [0, 0]), activation: .relu)
+        let sub = FFNSublayer(placement: .postNorm, norm: .layer(weight: [1, 1], bias: [0, 0], eps: 0), ffn: f)
+        // x = [1, -1]: f(x) = [2, 0], x + f(x) = [3, -1], normalized to [1, -1].
+        let y = sub(Matrix(rows: 1, cols: 2, data: [1, -1]))
+        #expect(abs(y.data[0] - 1) < 1e-6 && abs(y.data[1] + 1) < 1e-6)
+        #expect(sub.ffnInput(Matrix(rows: 1, cols: 2, data: [1, -1])).data == [1, -1])
+    }
+
     /// A SwiGLU FFN with d = 3, I = 4, biases everywhere, deterministic small values.
     static func ffn(bias: Bool) -> GatedFeedForward {
         func values(_ n: Int, _ k: Float) -> [Float] { (0..<n).map { sinf(Float($0) * k + 0.3) } }

@@ -13,11 +13,15 @@ import VFFNSurgery
         return dst
     }
 
-    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16"])
+    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
         let report = try Verifier.verify(destination: dst, source: Fixtures.path(fixture))
         #expect(report.passed, "\(report.table)")
+        // GPT-2 and BERT have an output-projection bias, shared whole by every sub-expert.
+        let biased = fixture.hasPrefix("gpt2") || fixture.hasPrefix("bert")
+        #expect(report.hasOutputBias == biased)
+        #expect(report.table.contains(biased ? "sum f_e = f + (N-1)b" : "sum f_e = f "))
         #expect(report.checks.first { $0.name == "dense tensors bit-identical" }?.passed == true)
         #expect(report.layers.count == 2)
         for l in report.layers {
@@ -115,14 +119,45 @@ import VFFNSurgery
         #expect(GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8) == GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8))
     }
 
-    @Test func swiftConvertedCheckpointMatchesPyTorchReference() throws {
+    @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "gpt2-tiny-seed0-e8k2d4-logits.npy", "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
+    func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
         // fixtures/generate.py --swift-converted ran the PyTorch transcription of SPEC section 1
         // on this exact conversion (seed 0, N 8, k 2, D 4).
-        let dst = try convert("llama-gqa-sharded", experts: 8, topK: 2, maxDepth: 4, seed: 0)
+        let source = String(golden.prefix { $0 != "." }.split(separator: "-seed0")[0])
+        let dst = try convert(source, experts: 8, topK: 2, maxDepth: 4, seed: 0)
         let model = try Architectures.load(Checkpoint(directory: dst))
         let out = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false).output
-        let golden = try Fixtures.golden("llama-gqa-sharded-seed0-e8k2d4-logits.npy")
-        #expect(relativeError(out.data, golden.values) < 1e-4)
+        let reference = try Fixtures.golden(golden)
+        #expect([out.rows, out.cols] == reference.shape)
+        #expect(relativeError(out.data, reference.values) < 1e-4, "\(source)")
+    }
+
+    /// SPEC section 2: gates are named under the FFN's own key prefix, whichever spelling the
+    /// source uses, in the dtype of the FFN weights; everything else rides along untouched.
+    @Test(arguments: [
+        ("gpt2-tiny", "transformer.h.1.mlp", DType.F32),
+        ("gpt2-noprefix-f16", "h.1.mlp", .F16),
+        ("bert-tiny", "bert.encoder.layer.1", .F32),
+        ("bert-noprefix-bf16", "encoder.layer.1", .BF16),
+    ])
+    func gateNamesFollowTheSourceKeySpelling(fixture: String, prefix: String, dtype: DType) throws {
+        let dst = try Checkpoint(directory: try convert(fixture, experts: 4, topK: 2, maxDepth: 3))
+        #expect(dst.info(prefix + ".expert_gate.weight")?.dtype == dtype)
+        #expect(dst.info(prefix + ".expert_gate.weight")?.shape == [4, 32])
+        #expect(dst.info(prefix + ".depth_predictor.weight")?.shape == [3, 32])
+        let v = try #require(try VersatileFFNSettings.read(from: dst.config, path: "config.json"))
+        #expect(v.gateTensors[1].expertGate == prefix + ".expert_gate.weight")
+        // Buffers and heads the forward pass does not run are still carried through.
+        let carried = ["gpt2-noprefix-f16": ["h.0.attn.bias", "h.0.attn.masked_bias"],
+                       "bert-tiny": ["bert.pooler.dense.weight", "cls.predictions.bias"],
+                       "bert-noprefix-bf16": ["embeddings.position_ids", "pooler.dense.bias"]][fixture] ?? []
+        let src = try Checkpoint(directory: Fixtures.path(fixture))
+        for name in carried {
+            let a = try #require(src.info(name)), b = try #require(dst.info(name), "\(name) not carried")
+            #expect(a.dtype == b.dtype && a.shape == b.shape && Array(src.bytes(name)!) == Array(dst.bytes(name)!))
+        }
+        if fixture == "bert-noprefix-bf16" { #expect(dst.info("embeddings.position_ids")?.dtype == .I64) }
+        if fixture == "gpt2-noprefix-f16" { #expect(dst.info("h.0.attn.masked_bias")?.shape == []) }
     }
 
     @Test func customSurgeryThroughThePlan() throws {
