@@ -84,7 +84,7 @@ import VFFNModels
     @Test func unknownOrMissingModelType() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
-        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2)")
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, gpt2, bert)")
         try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
         expectError(dir, "config.json: has no \"model_type\"")
     }
@@ -130,6 +130,68 @@ import VFFNModels
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("hidden_act", to: .string("gelu")) }
         expectError(dir, "hidden_act \"gelu\" is not supported for mistral (only silu)")
+    }
+
+    /// Rewrites a single-file fixture's tensors (rename or drop) with the project's writer.
+    func rewriteTensors(_ dir: String, _ rename: (String) -> String?) throws {
+        let file = try SafeTensorsFile(path: dir + "/model.safetensors")
+        let records = file.tensors.compactMap { t in
+            rename(t.name).map { TensorRecord(name: $0, dtype: t.dtype, shape: t.shape, bytes: .owned(Array(file.bytes(t)))) }
+        }
+        try SafeTensorsWriter.write(records, metadata: file.metadata, to: dir + "/model.safetensors.new")
+        try FileManager.default.removeItem(atPath: dir + "/model.safetensors")
+        try FileManager.default.moveItem(atPath: dir + "/model.safetensors.new", toPath: dir + "/model.safetensors")
+    }
+
+    func denseOutput(_ dir: String) throws -> [Float] {
+        try Architectures.load(Checkpoint(directory: dir)).forward(Fixtures.tokens, mode: .dense, trace: false).output.data
+    }
+
+    /// Checkpoints converted from TensorFlow name LayerNorm parameters gamma and beta.
+    @Test func bertLayerNormAsGammaAndBeta() throws {
+        let dir = try copy("bert-noprefix-bf16")
+        try rewriteTensors(dir) { $0.replacingOccurrences(of: "LayerNorm.weight", with: "LayerNorm.gamma").replacingOccurrences(of: "LayerNorm.bias", with: "LayerNorm.beta") }
+        #expect(try Checkpoint(directory: dir).contains("encoder.layer.0.output.LayerNorm.gamma"))
+        #expect(try denseOutput(dir) == (try denseOutput(Fixtures.path("bert-noprefix-bf16"))))
+    }
+
+    /// OpenAI's original GPT-2 config: `n_ctx` beside (or instead of) `n_positions`, no `n_inner`.
+    @Test func gpt2ConfigAsOpenAIWroteIt() throws {
+        let dir = try copy("gpt2-tiny")
+        try editConfig(dir) { c in
+            JSON.object(c.objectMembers!.filter { !["n_inner", "n_positions", "tie_word_embeddings", "dtype"].contains($0.0) })
+                .setting("n_ctx", to: .int(64))
+        }
+        #expect(try denseOutput(dir) == (try denseOutput(Fixtures.path("gpt2-tiny"))))
+        let model = try Architectures.load(Checkpoint(directory: dir))
+        #expect(throws: VFFNError.self) { try model.forward(Array(repeating: 1, count: 65), mode: .dense, trace: false) }
+    }
+
+    @Test func gpt2AndBertConfigsOutsideWhatIsImplemented() throws {
+        let gpt2 = try copy("gpt2-tiny")
+        try editConfig(gpt2) { $0.setting("activation_function", to: .string("quick_gelu")) }
+        expectError(gpt2, "activation_function \"quick_gelu\" is not supported (gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu)")
+        try editConfig(gpt2) { $0.setting("activation_function", to: .string("gelu_new")).setting("n_head", to: .int(5)) }
+        expectError(gpt2, "n_embd 32 is not a multiple of n_head 5")
+        let bert = try copy("bert-tiny")
+        try editConfig(bert) { $0.setting("position_embedding_type", to: .string("relative_key")) }
+        expectError(bert, "position_embedding_type \"relative_key\" is not supported (only absolute)")
+        try editConfig(bert) { $0.setting("position_embedding_type", to: .string("absolute")).setting("is_decoder", to: .bool(true)) }
+        expectError(bert, "BERT as a decoder")
+    }
+
+    @Test func gpt2AndBertKeysThatDoNotFit() throws {
+        // Neither spelling of the token embedding: not a GPT-2 checkpoint at all.
+        let gpt2 = try copy("gpt2-noprefix-f16")
+        try rewriteTensors(gpt2) { $0 == "wte.weight" ? "embed.weight" : $0 }
+        expectError(gpt2, "has no \"transformer.wte.weight\" or \"wte.weight\": not a gpt2 checkpoint")
+        // A tensor inside the base model that no part of BERT reads is refused, not ignored.
+        let bert = try copy("bert-tiny")
+        try rewriteTensors(bert) { $0 == "bert.encoder.layer.1.output.LayerNorm.bias" ? "bert.encoder.layer.1.output.LayerNorm.extra" : $0 }
+        expectError(bert, "missing tensor \"bert.encoder.layer.1.output.LayerNorm.bias\"")
+        let extra = try copy("bert-noprefix-bf16")
+        try rewriteTensors(extra) { $0 == "embeddings.position_ids" ? "encoder.rel_pos_bias" : $0 }
+        expectError(extra, "1 tensor(s) not part of the bert model: \"encoder.rel_pos_bias\"")
     }
 
     @Test func tokensOutsideTheVocabulary() throws {
