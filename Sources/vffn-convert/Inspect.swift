@@ -27,6 +27,9 @@ struct Inspect: ParsableCommand {
                 let arch = try Architectures.lookup(ckpt)
                 let layout = try arch.ffnLayout(ckpt)
                 print("architecture: \(type) (\(arch)), \(layout.sites.count) layers, hidden \(layout.hiddenSize), FFN intermediate \(layout.intermediateSize)")
+                if let first = layout.sites.first, let last = layout.sites.last {
+                    print("FFN sub-layers: \(first.prefix)\(layout.sites.count > 1 ? " ... " + last.prefix : ""), gates named <prefix>.expert_gate.weight, <prefix>.depth_predictor.weight")
+                }
             } catch {
                 print("architecture: \(type) (not convertible: \(error))")
             }

@@ -6,8 +6,9 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a forward pass over token ids and write the output as float32 .npy.",
         discussion: """
-        One sequence, positions 0..T-1, causal. Writes [T, vocab] logits. A converted checkpoint \
-        runs with VersatileFFN semantics unless --dense is given.
+        One sequence, positions 0..T-1, no padding. Causal LMs (llama, mistral, qwen2, gpt2) write \
+        [T, vocab] logits; encoders (bert, token type 0, bidirectional) write [T, hidden] last \
+        hidden states. A converted checkpoint runs with VersatileFFN semantics unless --dense is given.
         """)
 
     @Argument(help: "Checkpoint directory (dense or converted).")

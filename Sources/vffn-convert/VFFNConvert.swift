@@ -11,7 +11,9 @@ struct VFFNConvert: ParsableCommand {
         A dense checkpoint directory (Hugging Face layout: config.json plus model.safetensors or \
         sharded model-*.safetensors with model.safetensors.index.json) is converted by adding one \
         expert_gate [N, d] and one depth_predictor [D, d] per layer; every dense tensor is kept \
-        bit-identical. Supported model types: llama, mistral, qwen2.
+        bit-identical. Supported model types: llama, mistral, qwen2 (SwiGLU, pre-norm), gpt2 \
+        (Conv1D, pre-norm; keys with or without "transformer.") and bert (encoder, post-norm; keys \
+        with or without "bert.").
 
         Exit codes: 0 success; 1 verification failed; 64 usage error; 65 bad input \
         (unreadable, malformed or unsupported checkpoint); 74 I/O error.

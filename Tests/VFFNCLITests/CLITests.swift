@@ -76,6 +76,41 @@ import VFFNFormats
         #expect(b.stdout.contains("BF16"))
     }
 
+    @Test(arguments: [("llama-gqa-sharded", "llama (Llama)", "model.layers.0.mlp ... model.layers.1.mlp"),
+                      ("mistral-f16", "mistral (Llama)", "model.layers.0.mlp"),
+                      ("qwen2-bf16-tied", "qwen2 (Llama)", "model.layers.0.mlp"),
+                      ("gpt2-tiny", "gpt2 (GPT2), 2 layers, hidden 32, FFN intermediate 128", "transformer.h.0.mlp ... transformer.h.1.mlp"),
+                      ("gpt2-noprefix-f16", "gpt2 (GPT2), 2 layers, hidden 32, FFN intermediate 96", "h.0.mlp ... h.1.mlp"),
+                      ("bert-tiny", "bert (BERT), 2 layers, hidden 32, FFN intermediate 64", "bert.encoder.layer.0 ... bert.encoder.layer.1"),
+                      ("bert-noprefix-bf16", "bert (BERT)", "encoder.layer.0 ... encoder.layer.1")])
+    func inspectDetectsEveryModelType(fixture: String, architecture: String, sites: String) throws {
+        let r = try run(["inspect", Fixtures.path(fixture)])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("architecture: " + architecture), "\(r.stdout)")
+        #expect(r.stdout.contains("FFN sub-layers: " + sites))
+        #expect(r.stdout.contains("VersatileFFN: none (dense checkpoint)"))
+    }
+
+    @Test func gpt2AndBertConvertVerifyAndRunFromTheCommandLine() throws {
+        let dir = makeTemporaryDirectory()
+        let tokens = Fixtures.tokens.map(String.init).joined(separator: ",")
+        for (fixture, width) in [("gpt2-noprefix-f16", 256), ("bert-noprefix-bf16", 32)] {
+            let dst = dir + "/" + fixture
+            let c = try run(["convert", Fixtures.path(fixture), dst, "--experts", "8", "--top-k", "2", "--max-depth", "4", "--quiet"])
+            #expect(c.status == 0, "\(c.stderr)")
+            let v = try run(["verify", dst, "--source", Fixtures.path(fixture)])
+            #expect(v.status == 0, "\(v.stdout)\(v.stderr)")
+            #expect(v.stdout.contains("sum f_e = f + (N-1)b abs"))
+            let r = try run(["run", dst, "--tokens", tokens, "--out", dir + "/out.npy", "--dense"])
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(r.stderr.contains(width == 32 ? "hidden states" : "logits"))
+            let (values, shape) = try NPY.decode(Array(FileManager.default.contents(atPath: dir + "/out.npy")!))
+            #expect(shape == [12, width])
+            let golden = "\(fixture)-dense-\(width == 32 ? "hidden" : "logits").npy"
+            #expect(relativeError(values, try Fixtures.golden(golden).values) < 1e-4)
+        }
+    }
+
     @Test(arguments: [
         (["convert", "/nonexistent/src", "DST"], Int32(65), "vffn-convert: error: /nonexistent/src: no such file or directory"),
         (["run", "/nonexistent", "--tokens", "1", "--out", "x.npy"], Int32(65), "vffn-convert: error: /nonexistent: no such file or directory"),
