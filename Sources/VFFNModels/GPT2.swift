@@ -68,6 +68,7 @@ public enum GPT2: Architecture {
         public var outputKind: OutputKind { .logits }
         public var vocabSize: Int { config.vocabSize }
         public var hiddenSize: Int { config.hiddenSize }
+        public var maxTokens: Int? { config.maxPositions }
 
         public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
             try checkTokens(tokens)

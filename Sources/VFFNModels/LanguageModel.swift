@@ -21,6 +21,8 @@ public protocol LanguageModel: Sendable {
     var outputKind: OutputKind { get }
     var vocabSize: Int { get }
     var hiddenSize: Int { get }
+    /// The longest sequence the model's positions cover (nil: no limit we enforce).
+    var maxTokens: Int? { get }
     /// The dense FFN sub-layer of every layer.
     var ffnSublayers: [FFNSublayer] { get }
     /// The VersatileFFN block of every layer, or nil for a dense checkpoint.

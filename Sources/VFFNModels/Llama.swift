@@ -158,6 +158,7 @@ public enum Llama: Architecture {
         public var outputKind: OutputKind { .logits }
         public var vocabSize: Int { config.vocabSize }
         public var hiddenSize: Int { config.hiddenSize }
+        public var maxTokens: Int? { config.maxPositions }
 
         public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
             try checkTokens(tokens)

@@ -53,7 +53,7 @@ public enum Verifier {
         checks.append(.init(name: "gates finite", passed: gatesFinite,
                             detail: gatesFinite ? "every expert_gate and depth_predictor value is finite" : "a gate tensor holds NaN or Inf"))
 
-        let tokens = probeTokens ?? defaultProbeTokens(vocabSize: model.vocabSize, seed: seed)
+        let tokens = probeTokens ?? defaultProbeTokens(vocabSize: model.vocabSize, seed: seed, count: min(32, model.maxTokens ?? 32))
         let dense = try model.forward(tokens, mode: .dense, trace: true)
         let depthOne = try model.forward(tokens, mode: .versatile(depthLimit: 1), trace: true)
         let full = try model.forward(tokens, mode: .versatile(), trace: true)

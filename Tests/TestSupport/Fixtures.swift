@@ -81,6 +81,17 @@ public func safetensorsBytes(header: String, data: [UInt8] = [], declaredLength:
     return (0..<8).map { UInt8(truncatingIfNeeded: n >> (8 * $0)) } + h + data
 }
 
+/// Rewrites a single-file checkpoint's tensors with the project's writer: `transform` returns
+/// the record to keep (renamed, reshaped or cut) or nil to drop the tensor.
+public func rewriteTensors(_ dir: String, _ transform: (TensorInfo, [UInt8]) -> TensorRecord?) throws {
+    let path = dir + "/model.safetensors"
+    let file = try SafeTensorsFile(path: path)
+    let records = file.tensors.compactMap { transform($0, Array(file.bytes($0))) }
+    try SafeTensorsWriter.write(records, metadata: file.metadata, to: path + ".new")
+    try FileManager.default.removeItem(atPath: path)
+    try FileManager.default.moveItem(atPath: path + ".new", toPath: path)
+}
+
 /// Copies a directory tree (fixtures are never modified in place).
 public func copyDirectory(_ from: String, to: String) throws {
     try FileManager.default.copyItem(atPath: from, toPath: to)

@@ -132,15 +132,11 @@ import VFFNModels
         expectError(dir, "hidden_act \"gelu\" is not supported for mistral (only silu)")
     }
 
-    /// Rewrites a single-file fixture's tensors (rename or drop) with the project's writer.
+    /// Renames (or, for nil, drops) a single-file fixture's tensors.
     func rewriteTensors(_ dir: String, _ rename: (String) -> String?) throws {
-        let file = try SafeTensorsFile(path: dir + "/model.safetensors")
-        let records = file.tensors.compactMap { t in
-            rename(t.name).map { TensorRecord(name: $0, dtype: t.dtype, shape: t.shape, bytes: .owned(Array(file.bytes(t)))) }
+        try TestSupport.rewriteTensors(dir) { t, bytes in
+            rename(t.name).map { TensorRecord(name: $0, dtype: t.dtype, shape: t.shape, bytes: .owned(bytes)) }
         }
-        try SafeTensorsWriter.write(records, metadata: file.metadata, to: dir + "/model.safetensors.new")
-        try FileManager.default.removeItem(atPath: dir + "/model.safetensors")
-        try FileManager.default.moveItem(atPath: dir + "/model.safetensors.new", toPath: dir + "/model.safetensors")
     }
 
     func denseOutput(_ dir: String) throws -> [Float] {

@@ -160,6 +160,24 @@ import VFFNSurgery
         if fixture == "gpt2-noprefix-f16" { #expect(dst.info("h.0.attn.masked_bias")?.shape == []) }
     }
 
+    /// A model with fewer positions than verify's 32 default probe tokens is probed with as many
+    /// tokens as it has positions, not refused.
+    @Test func verifyProbesNoMoreTokensThanTheModelHasPositions() throws {
+        let src = makeTemporaryDirectory() + "/gpt2-16"
+        try copyDirectory(Fixtures.path("gpt2-noprefix-f16"), to: src)
+        try rewriteTensors(src) { t, bytes in
+            t.name == "wpe.weight" ? TensorRecord(name: t.name, dtype: t.dtype, shape: [16, 32], bytes: .owned(Array(bytes.prefix(16 * 32 * 2))))
+                                   : TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .owned(bytes))
+        }
+        let config = try Checkpoint.readJSON(src + "/config.json", what: "config")
+        writeFile(src + "/config.json", config.setting("n_positions", to: .int(16)).pretty)
+        let dst = makeTemporaryDirectory() + "/dst"
+        try UpcyclePlan(source: Checkpoint(directory: src), experts: 4, topK: 1, maxDepth: 2).write(to: dst)
+        let report = try Verifier.verify(destination: dst, source: src)
+        #expect(report.passed, "\(report.table)")
+        #expect(report.probeTokens.count == 16)
+    }
+
     @Test func customSurgeryThroughThePlan() throws {
         var plan = try UpcyclePlan(source: Checkpoint(directory: Fixtures.path("mistral-f16")), experts: 4, topK: 1, maxDepth: 2)
         // Every token takes depth 1 and expert 2: zero depth predictor, router row 2 large.
