@@ -71,7 +71,6 @@ public enum BERT: Architecture {
 
         public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
             try checkTokens(tokens)
-            try checkLength(tokens, max: config.maxPositions, what: "max_position_embeddings")
             let d = config.hiddenSize, H = config.numHeads, hd = config.headDim
             var x = Matrix(zeros: tokens.count, d)
             let type0 = tokenTypeEmbedding.row(0)

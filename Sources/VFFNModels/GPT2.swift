@@ -72,7 +72,6 @@ public enum GPT2: Architecture {
 
         public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
             try checkTokens(tokens)
-            try checkLength(tokens, max: config.maxPositions, what: "n_positions")
             let d = config.hiddenSize, H = config.numHeads, hd = config.headDim
             var x = Matrix(zeros: tokens.count, d)
             for (t, id) in tokens.enumerated() {

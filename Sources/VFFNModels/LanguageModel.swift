@@ -36,6 +36,9 @@ extension LanguageModel {
         if let bad = tokens.first(where: { $0 < 0 || $0 >= vocabSize }) {
             throw .usage("token id \(bad) is outside the vocabulary [0, \(vocabSize))")
         }
+        if let limit = maxTokens, tokens.count > limit {
+            throw .usage("\(tokens.count) tokens exceed the \(limit) positions this \(modelType) model covers")
+        }
     }
 
     /// Runs one layer's FFN sub-layer in the requested mode.
@@ -152,11 +155,6 @@ func languageModelHead(_ store: WeightStore, tied: Bool, embedding: Linear) thro
         return embedding
     }
     return try store.matrix(name, out: embedding.outFeatures, in: embedding.inFeatures)
-}
-
-/// Refuses sequences longer than a model's learned or defined positions.
-func checkLength(_ tokens: [Int], max limit: Int, what: String) throws(VFFNError) {
-    if tokens.count > limit { throw .usage("\(tokens.count) tokens exceed \(what) \(limit)") }
 }
 
 /// Checks that every FFN tensor surgery will slice exists with the shape the config implies.

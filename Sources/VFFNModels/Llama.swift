@@ -26,7 +26,8 @@ public enum Llama: Architecture {
         public var slidingWindows: [Int?]
         /// Rotary inverse frequencies, `headDim / 2` of them.
         public var inverseFrequencies: [Float]
-        /// Longest sequence the rotary embedding is defined for here (nil: no limit).
+        /// Longest sequence the rotary embedding is defined for here (nil: no limit): dynamic
+        /// NTK scaling beyond max_position_embeddings is not implemented.
         public var maxPositions: Int?
 
         public init(_ json: JSON, path: String) throws(VFFNError) {
@@ -162,9 +163,6 @@ public enum Llama: Architecture {
 
         public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
             try checkTokens(tokens)
-            if let limit = config.maxPositions, tokens.count > limit {
-                throw .usage("\(tokens.count) tokens exceed max_position_embeddings \(limit), beyond which dynamic rope scaling is not implemented")
-            }
             let d = config.hiddenSize
             var x = Matrix(zeros: tokens.count, d)
             for (t, id) in tokens.enumerated() {

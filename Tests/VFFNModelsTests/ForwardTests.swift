@@ -160,7 +160,13 @@ import VFFNModels
         }
         #expect(try denseOutput(dir) == (try denseOutput(Fixtures.path("gpt2-tiny"))))
         let model = try Architectures.load(Checkpoint(directory: dir))
-        #expect(throws: VFFNError.self) { try model.forward(Array(repeating: 1, count: 65), mode: .dense, trace: false) }
+        // Learned positions end at 64 (GPT-2's wpe, BERT's position_embeddings).
+        #expect(model.maxTokens == 64)
+        for m in [model, try Architectures.load(Checkpoint(directory: Fixtures.path("bert-tiny")))] {
+            #expect { try m.forward(Array(repeating: 1, count: 65), mode: .dense, trace: false) } throws: {
+                ($0 as? VFFNError)?.description == "65 tokens exceed the 64 positions this \(m.modelType) model covers"
+            }
+        }
     }
 
     @Test func gpt2AndBertConfigsOutsideWhatIsImplemented() throws {
