@@ -14,13 +14,13 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
-        // zlib and json-c back the native .vffn container (see issue 5); declared here so the
-        // toolchain and CI install them once.
+        // zlib: CRC32 and deflate in .vffn containers and deflated zip entries of torch
+        // checkpoints. json-c: the .vffn header.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c",
                        providers: [.apt(["libjson-c-dev"])]),
-        .target(name: "VFFNFormats"),
+        .target(name: "VFFNFormats", dependencies: ["CZlib", "CJSONC"]),
         .target(name: "VFFNModels", dependencies: ["VFFNFormats", "COpenBLAS"]),
         .target(name: "VFFNSurgery", dependencies: ["VFFNFormats", "VFFNModels"]),
         .executableTarget(

@@ -1,38 +1,105 @@
 import Foundation
 
-/// A Hugging Face checkpoint directory: `config.json` plus weights in one `model.safetensors`
-/// or several shards routed by `model.safetensors.index.json`.
+/// A dense or converted checkpoint, whatever it is stored as:
+/// - a Hugging Face directory: `config.json` plus `model.safetensors`, or shards routed by
+///   `model.safetensors.index.json`, or the same with `pytorch_model.bin` (torch zip archives);
+/// - a `.vffn` container (config, tensors and the other files in one file);
+/// - a llama.cpp `.gguf` file, presented as the Hugging Face Llama it was converted from.
+/// Files are told apart by their magic bytes, not their names.
 public final class Checkpoint: @unchecked Sendable {
     public static let indexName = "model.safetensors.index.json"
     public static let singleName = "model.safetensors"
+    public static let torchIndexName = "pytorch_model.bin.index.json"
+    public static let torchSingleName = "pytorch_model.bin"
 
-    public let directory: String
+    /// The directory or single file this checkpoint was opened from.
+    public let path: String
+    /// How it is stored: the format of its tensor files.
+    public let format: TensorFileFormat
     public let config: JSON
-    /// The shard files sorted by name (one entry when unsharded).
-    public let shards: [SafeTensorsFile]
+    /// Where errors about the config point: `DIR/config.json`, or the single file holding it.
+    public let configPath: String
+    /// The tensor files sorted by name (one entry when unsharded).
+    public let shards: [any TensorFile]
     /// The parsed index file, or nil for a single-file checkpoint.
     public let index: JSON?
     /// Every tensor name, shard by shard, each shard in data order.
     public let tensorNames: [String]
+    /// What a reader had to change to present the tensors (e.g. Q8_0 dequantized to F32), for
+    /// reports; empty when every tensor is exactly as stored.
+    public let notes: [String]
     private let route: [String: Int]
+    private let isDirectory: Bool
 
-    public init(directory: String) throws(VFFNError) {
-        self.directory = directory
+    public init(path: String) throws(VFFNError) {
+        self.path = path
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir) else {
-            throw .badInput(directory, "no such file or directory")
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw .badInput(path, "no such file or directory")
         }
-        guard isDir.boolValue else {
-            throw .badInput(directory, "is a file; give the checkpoint directory that holds config.json")
+        isDirectory = isDir.boolValue
+        let files: [any TensorFile]
+        if isDirectory {
+            configPath = path + "/config.json"
+            config = try Self.readJSON(configPath, what: "config.json")
+            guard config.objectMembers != nil else { throw .badInput(configPath, "is not a JSON object") }
+            (files, index) = try Self.openDirectoryWeights(path)
+        } else {
+            let file = try TensorFileFormat.open(path: path)
+            guard let single = file as? SingleFileCheckpoint else {
+                throw .badInput(path, "is a single \(file.format.rawValue) file; give the checkpoint directory that holds it and config.json")
+            }
+            configPath = path
+            config = try single.checkpointConfig()
+            guard config.objectMembers != nil else { throw .badInput(configPath, "config is not a JSON object") }
+            files = [file]
+            index = nil
         }
-        config = try Self.readJSON(directory + "/config.json", what: "config.json")
-        guard config.objectMembers != nil else { throw .badInput(directory + "/config.json", "is not a JSON object") }
+        format = files[0].format
 
-        let indexPath = directory + "/" + Self.indexName
-        let files: [String]
-        if FileManager.default.fileExists(atPath: indexPath) {
-            let idx = try Self.readJSON(indexPath, what: "index")
-            index = idx
+        var names: [String] = []
+        var route: [String: Int] = [:]
+        for (i, shard) in files.enumerated() {
+            for t in shard.tensors {
+                if let other = route[t.name] {
+                    throw .badInput(shard.path, "tensor \"\(t.name)\" is also in \((files[other].path as NSString).lastPathComponent); ambiguous checkpoint")
+                }
+                route[t.name] = i
+                names.append(t.name)
+            }
+        }
+        // The index must describe the shards exactly: a stale index is how half-copied
+        // checkpoints look, and loaders disagree on how to resolve it.
+        if let index, let weightMap = index["weight_map"]?.objectMembers {
+            let indexPath = path + "/" + (format == .pytorch ? Self.torchIndexName : Self.indexName)
+            let fileNames = files.map { ($0.path as NSString).lastPathComponent }
+            for (tensor, file) in weightMap {
+                guard let s = route[tensor] else {
+                    throw .badInput(indexPath, "lists tensor \"\(tensor)\" but no shard holds it")
+                }
+                if fileNames[s] != file.stringValue {
+                    throw .badInput(indexPath, "routes \"\(tensor)\" to \(file.stringValue ?? "?") but it is in \(fileNames[s])")
+                }
+            }
+            if weightMap.count != names.count {
+                let listed = Set(weightMap.map(\.0))
+                let missing = names.first { !listed.contains($0) }!
+                throw .badInput(indexPath, "does not list tensor \"\(missing)\" of \(fileNames[route[missing]!])")
+            }
+        }
+        shards = files
+        tensorNames = names
+        self.route = route
+        notes = files.flatMap { ($0 as? SingleFileCheckpoint)?.readerNotes ?? [] }
+    }
+
+    /// The weight files of a directory: through an index if there is one, else the single file
+    /// by its usual name, else the only candidate. Each is opened by its magic bytes.
+    private static func openDirectoryWeights(_ directory: String) throws(VFFNError) -> ([any TensorFile], JSON?) {
+        let fm = FileManager.default
+        for indexName in [indexName, torchIndexName] where fm.fileExists(atPath: directory + "/" + indexName) {
+            let indexPath = directory + "/" + indexName
+            let idx = try readJSON(indexPath, what: "index")
             guard let weightMap = idx["weight_map"]?.objectMembers else {
                 throw .badInput(indexPath, "has no \"weight_map\" object")
             }
@@ -45,59 +112,27 @@ public final class Checkpoint: @unchecked Sendable {
                 }
                 if seen.insert(f).inserted { order.append(f) }
             }
-            for f in order where !FileManager.default.fileExists(atPath: directory + "/" + f) {
+            for f in order where !fm.fileExists(atPath: directory + "/" + f) {
                 throw .badInput(indexPath, "names shard \"\(f)\", which does not exist")
             }
             // transformers opens `sorted(set(weight_map.values()))`; so do we, for a stable order.
-            files = order.sorted()
-        } else if FileManager.default.fileExists(atPath: directory + "/" + Self.singleName) {
-            index = nil
-            files = [Self.singleName]
-        } else {
-            let found = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
-            guard found.count == 1 else {
-                throw .badInput(directory, found.isEmpty
-                    ? "no model.safetensors or \(Self.indexName) in the directory"
-                    : "several .safetensors files but no \(Self.indexName) to say which holds what")
-            }
-            index = nil
-            files = found
+            var files: [any TensorFile] = []
+            for f in order.sorted() { files.append(try TensorFileFormat.open(path: directory + "/" + f)) }
+            guard !files.isEmpty else { throw .badInput(indexPath, "weight_map is empty") }
+            return (files, idx)
         }
-
-        var shards: [SafeTensorsFile] = []
-        var names: [String] = []
-        var route: [String: Int] = [:]
-        for (i, f) in files.enumerated() {
-            let shard = try SafeTensorsFile(path: directory + "/" + f)
-            for t in shard.tensors {
-                if let other = route[t.name] {
-                    throw .badInput(shard.path, "tensor \"\(t.name)\" is also in \(files[other]); ambiguous checkpoint")
-                }
-                route[t.name] = i
-                names.append(t.name)
-            }
-            shards.append(shard)
+        for single in [singleName, torchSingleName] where fm.fileExists(atPath: directory + "/" + single) {
+            return ([try TensorFileFormat.open(path: directory + "/" + single)], nil)
         }
-        // The index must describe the shards exactly: a stale index is how half-copied
-        // checkpoints look, and loaders disagree on how to resolve it.
-        if let weightMap = index?["weight_map"]?.objectMembers {
-            for (tensor, file) in weightMap {
-                guard let s = route[tensor] else {
-                    throw .badInput(indexPath, "lists tensor \"\(tensor)\" but no shard holds it")
-                }
-                if files[s] != file.stringValue {
-                    throw .badInput(indexPath, "routes \"\(tensor)\" to \(file.stringValue ?? "?") but it is in \(files[s])")
-                }
-            }
-            if weightMap.count != names.count {
-                let listed = Set(weightMap.map(\.0))
-                let missing = names.first { !listed.contains($0) }!
-                throw .badInput(indexPath, "does not list tensor \"\(missing)\" of \(files[route[missing]!])")
+        let entries = ((try? fm.contentsOfDirectory(atPath: directory)) ?? []).sorted()
+        for ext in [".safetensors", ".bin"] {
+            let found = entries.filter { $0.hasSuffix(ext) }
+            if found.count == 1 { return ([try TensorFileFormat.open(path: directory + "/" + found[0])], nil) }
+            if found.count > 1 {
+                throw .badInput(directory, "several \(ext) files but no index to say which holds what")
             }
         }
-        self.shards = shards
-        self.tensorNames = names
-        self.route = route
+        throw .badInput(directory, "no \(singleName), \(torchSingleName) or index in the directory")
     }
 
     public var isSharded: Bool { index != nil }
@@ -108,22 +143,50 @@ public final class Checkpoint: @unchecked Sendable {
         route[name].flatMap { shards[$0].info(name) }
     }
 
-    /// The shard file holding `name`.
-    public func shard(of name: String) -> SafeTensorsFile? {
+    /// The file holding `name`.
+    public func shard(of name: String) -> (any TensorFile)? {
         route[name].map { shards[$0] }
     }
 
-    public func bytes(_ name: String) -> UnsafeRawBufferPointer? {
+    public func bytes(_ name: String) throws(VFFNError) -> UnsafeRawBufferPointer? {
         guard let s = route[name], let info = shards[s].info(name) else { return nil }
-        return shards[s].bytes(info)
+        return try shards[s].bytes(info)
     }
 
-    /// Files of the directory that are neither weights nor config.json: tokenizer, generation
-    /// config, README and the like, which a conversion copies through.
+    /// The safetensors file name a converted copy of `shard` gets: the same name for
+    /// safetensors shards, the Hugging Face equivalent otherwise
+    /// (`pytorch_model-00001-of-00002.bin` becomes `model-00001-of-00002.safetensors`).
+    public func safetensorsName(of shard: any TensorFile) -> String {
+        let name = (shard.path as NSString).lastPathComponent
+        if shard.format == .safetensors { return name }
+        if shard.format == .pytorch, name.hasPrefix("pytorch_model"), name.hasSuffix(".bin") {
+            return "model" + name.dropFirst("pytorch_model".count).dropLast(".bin".count) + ".safetensors"
+        }
+        return shards.count == 1 ? Self.singleName : (name as NSString).deletingPathExtension + ".safetensors"
+    }
+
+    /// The checkpoint's other files (tokenizer, generation config, README and the like, which a
+    /// conversion copies through): directory entries that are neither weights, index nor
+    /// config.json, or the files a .vffn container embeds.
     public func auxiliaryFiles() -> [String] {
-        let weights = Set(shards.map { ($0.path as NSString).lastPathComponent } + [Self.indexName, "config.json"])
-        let all = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        if !isDirectory { return (shards[0] as? SingleFileCheckpoint)?.embeddedFileNames ?? [] }
+        let weights = Set(shards.map { ($0.path as NSString).lastPathComponent } + [Self.indexName, Self.torchIndexName, "config.json"])
+        let all = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
         return all.filter { !weights.contains($0) }.sorted()
+    }
+
+    /// Copies one of `auxiliaryFiles()` to `destination`. Symlinks are followed: Hugging Face
+    /// cache snapshots hold relative links into a blob store, which would dangle in a copy.
+    public func copyAuxiliaryFile(_ name: String, to destination: String) throws(VFFNError) {
+        if !isDirectory {
+            guard let single = shards[0] as? SingleFileCheckpoint else { throw .badInput(path, "has no file \"\(name)\"") }
+            try single.extractEmbeddedFile(name, to: destination)
+            return
+        }
+        let source = URL(fileURLWithPath: path + "/" + name).resolvingSymlinksInPath().path
+        do { try FileManager.default.copyItem(atPath: source, toPath: destination) } catch {
+            throw .io(path + "/" + name, "cannot copy: \(error.localizedDescription)")
+        }
     }
 
     public static func readJSON(_ path: String, what: String) throws(VFFNError) -> JSON {
@@ -134,4 +197,15 @@ public final class Checkpoint: @unchecked Sendable {
             throw .badInput(path, "is not valid JSON: \(error.reason) at byte \(error.offset)")
         }
     }
+}
+
+/// A tensor file that is a whole checkpoint by itself (.vffn, GGUF): it carries or implies the
+/// config and may embed the checkpoint's other files.
+public protocol SingleFileCheckpoint: TensorFile {
+    /// config.json's content: stored in the file, or derived from its metadata.
+    func checkpointConfig() throws(VFFNError) -> JSON
+    var embeddedFileNames: [String] { get }
+    func extractEmbeddedFile(_ name: String, to destination: String) throws(VFFNError)
+    /// What the reader changed to present the tensors, for reports.
+    var readerNotes: [String] { get }
 }

@@ -4,22 +4,33 @@ import Glibc
 import Darwin
 #endif
 
-/// One tensor's entry in a safetensors header.
+/// One tensor of a tensor file: its name, dtype and shape as the model sees them, and where
+/// its stored bytes are.
 public struct TensorInfo: Equatable, Sendable {
     public let name: String
     public let dtype: DType
     public let shape: [Int]
-    /// Byte range relative to the start of the data section.
+    /// Where the stored bytes are, relative to the file's data section (safetensors, GGUF) or
+    /// to the file itself (.vffn, zip entries). For tensors decoded on read (Q8_0, deflate)
+    /// this is the stored form, whose length can differ from `byteCount`.
     public let dataOffsets: Range<Int>
 
-    public var byteCount: Int { dataOffsets.count }
+    public init(name: String, dtype: DType, shape: [Int], dataOffsets: Range<Int>) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.dataOffsets = dataOffsets
+    }
+
+    /// Bytes of the tensor as `dtype` and `shape` describe it.
+    public var byteCount: Int { elementCount * dtype.bitSize / 8 }
     public var elementCount: Int { shape.reduce(1, *) }
 }
 
 /// A memory-mapped safetensors file whose header has been validated in full before any tensor
 /// byte is touched (rules and their order follow `safetensors/src/tensor.rs`, see
 /// shared/notes/formats.md section 1.3).
-public final class SafeTensorsFile: @unchecked Sendable {
+public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
     /// Same cap as the reference implementation: a larger header is an attack or a mistake.
     public static let maxHeaderSize: UInt64 = 100_000_000
 
@@ -92,11 +103,14 @@ public final class SafeTensorsFile: @unchecked Sendable {
         if let base { munmap(base, mappedLength) }
     }
 
+    public var format: TensorFileFormat { .safetensors }
+
     public func info(_ name: String) -> TensorInfo? {
         index[name].map { tensors[$0] }
     }
 
-    /// The raw little-endian bytes of a tensor, valid as long as this file object lives.
+    /// The raw little-endian bytes of a tensor, valid as long as this file object lives. They
+    /// are always mapped, never decoded, so this cannot fail.
     public func bytes(_ info: TensorInfo) -> UnsafeRawBufferPointer {
         let start = 8 + headerSize + info.dataOffsets.lowerBound
         return UnsafeRawBufferPointer(start: base!.advanced(by: start), count: info.byteCount)

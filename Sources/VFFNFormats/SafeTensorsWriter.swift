@@ -105,6 +105,13 @@ public final class OutputFile {
         try write(Array(text.utf8))
     }
 
+    /// Moves the write position, for formats that fill in a header after their data.
+    public func seek(to offset: Int) throws(VFFNError) {
+        guard lseek(fd, off_t(offset), SEEK_SET) == off_t(offset) else {
+            throw .io(path, "seek failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
     public func finish() throws(VFFNError) {
         guard fsync(fd) == 0 else { throw .io(path, "fsync failed: \(String(cString: strerror(errno)))") }
         let r = close(fd)

@@ -94,7 +94,7 @@ public enum BERT: Architecture {
     }
 
     static func config(_ checkpoint: Checkpoint) throws(VFFNError) -> Config {
-        try Config(checkpoint.config, path: checkpoint.directory + "/config.json")
+        try Config(checkpoint.config, path: checkpoint.configPath)
     }
 
     /// `bert` for BertFor* head classes, none for BertModel saves (sentence-transformers).

@@ -95,7 +95,7 @@ public enum GPT2: Architecture {
     }
 
     static func config(_ checkpoint: Checkpoint) throws(VFFNError) -> Config {
-        try Config(checkpoint.config, path: checkpoint.directory + "/config.json")
+        try Config(checkpoint.config, path: checkpoint.configPath)
     }
 
     /// `transformer` for GPT2LMHeadModel saves, none for GPT2Model saves and OpenAI's upload.

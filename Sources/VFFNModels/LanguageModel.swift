@@ -86,7 +86,7 @@ public enum Architectures {
     public static var supportedModelTypes: [String] { all.flatMap { $0.modelTypes } }
 
     public static func lookup(_ checkpoint: Checkpoint) throws(VFFNError) -> any Architecture.Type {
-        let configPath = checkpoint.directory + "/config.json"
+        let configPath = checkpoint.configPath
         guard let type = checkpoint.config["model_type"]?.stringValue else {
             throw .badInput(configPath, "has no \"model_type\"")
         }
@@ -143,7 +143,7 @@ public struct ConfigReader {
 func basePrefix(_ checkpoint: Checkpoint, candidates: [String], probe: String) throws(VFFNError) -> String {
     for c in candidates where checkpoint.contains(c.isEmpty ? probe : c + "." + probe) { return c }
     let names = candidates.map { $0.isEmpty ? "\"\(probe)\"" : "\"\($0).\(probe)\"" }.joined(separator: " or ")
-    throw .badInput(checkpoint.directory, "has no \(names): not a \(checkpoint.config["model_type"]?.stringValue ?? "?") checkpoint")
+    throw .badInput(checkpoint.path, "has no \(names): not a \(checkpoint.config["model_type"]?.stringValue ?? "?") checkpoint")
 }
 
 /// The output projection of a causal LM: `lm_head.weight`, or the token embedding when tied.
@@ -162,7 +162,7 @@ func checkSites(_ sites: [FFNSite], shapes: [[Int]], in checkpoint: Checkpoint) 
     for site in sites {
         for (name, shape) in zip(site.tensors, shapes) {
             guard let info = checkpoint.info(name) else {
-                throw .badInput(checkpoint.directory, "missing FFN tensor \"\(name)\" (expected shape \(shape))")
+                throw .badInput(checkpoint.path, "missing FFN tensor \"\(name)\" (expected shape \(shape))")
             }
             guard info.shape == shape else {
                 throw .badInput(checkpoint.shard(of: name)!.path, "tensor \"\(name)\" has shape \(info.shape), expected \(shape)")
@@ -176,7 +176,7 @@ func checkSites(_ sites: [FFNSite], shapes: [[Int]], in checkpoint: Checkpoint) 
 
 /// The gates named in config.json's `versatile_ffn`, wrapped around each layer's sub-layer.
 func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int) throws(VFFNError) -> [VersatileFFNLayer]? {
-    let path = store.checkpoint.directory + "/config.json"
+    let path = store.checkpoint.configPath
     guard let s = try VersatileFFNSettings.read(from: store.checkpoint.config, path: path) else { return nil }
     guard I % s.numExperts == 0 else {
         throw .badInput(path, "versatile_ffn.num_experts \(s.numExperts) does not divide the intermediate size \(I)")

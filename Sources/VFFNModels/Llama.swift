@@ -208,7 +208,7 @@ public enum Llama: Architecture {
     }
 
     static func config(_ checkpoint: Checkpoint) throws(VFFNError) -> Config {
-        try Config(checkpoint.config, path: checkpoint.directory + "/config.json")
+        try Config(checkpoint.config, path: checkpoint.configPath)
     }
 
     public static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout {

@@ -16,20 +16,20 @@ public final class WeightStore: @unchecked Sendable {
     /// Decodes a float tensor to f32 after checking its shape.
     public func floats(_ name: String, shape: [Int]) throws(VFFNError) -> [Float] {
         let (shard, info) = try floatTensor(name, shape: shape)
-        return FloatCodec.decode(shard.bytes(info), as: info.dtype)
+        return FloatCodec.decode(try shard.bytes(info), as: info.dtype)
     }
 
     /// A `[out, in]` float tensor as a weight read in place from the mapped file.
     /// With `transposed`, the tensor is `[in, out]` (GPT-2's Conv1D).
     public func matrix(_ name: String, out: Int, in inFeatures: Int, bias: [Float]? = nil, transposed: Bool = false) throws(VFFNError) -> Linear {
         let (shard, info) = try floatTensor(name, shape: transposed ? [inFeatures, out] : [out, inFeatures])
-        return Linear(mapped: shard.bytes(info), dtype: info.dtype, owner: shard, outFeatures: out, inFeatures: inFeatures,
+        return Linear(mapped: try shard.bytes(info), dtype: info.dtype, owner: shard, outFeatures: out, inFeatures: inFeatures,
                       bias: bias, transposed: transposed)
     }
 
-    private func floatTensor(_ name: String, shape: [Int]) throws(VFFNError) -> (SafeTensorsFile, TensorInfo) {
+    private func floatTensor(_ name: String, shape: [Int]) throws(VFFNError) -> (any TensorFile, TensorInfo) {
         guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name) else {
-            throw .badInput(checkpoint.directory, "missing tensor \"\(name)\" (expected shape \(shape))")
+            throw .badInput(checkpoint.path, "missing tensor \"\(name)\" (expected shape \(shape))")
         }
         guard info.shape == shape else {
             throw .badInput(shard.path, "tensor \"\(name)\" has shape \(info.shape), expected \(shape)")
@@ -60,7 +60,7 @@ public final class WeightStore: @unchecked Sendable {
         let unused = unusedTensors()
         guard unused.isEmpty else {
             let list = unused.prefix(3).map { "\"\($0)\"" }.joined(separator: ", ")
-            throw .badInput(checkpoint.directory, "\(unused.count) tensor(s) not part of the \(checkpoint.config["model_type"]?.stringValue ?? "?") model: \(list)\(unused.count > 3 ? ", ..." : "")")
+            throw .badInput(checkpoint.path, "\(unused.count) tensor(s) not part of the \(checkpoint.config["model_type"]?.stringValue ?? "?") model: \(list)\(unused.count > 3 ? ", ..." : "")")
         }
     }
 }

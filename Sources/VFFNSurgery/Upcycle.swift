@@ -18,7 +18,7 @@ public struct LayerGates: Sendable {
 /// A conversion before it is written: the source, the settings, and every layer's gates. The
 /// library's unit of custom surgery: build a plan, replace any gate values, then `write` it.
 ///
-///     var plan = try UpcyclePlan(source: Checkpoint(directory: "llama"), experts: 8, topK: 2, maxDepth: 4)
+///     var plan = try UpcyclePlan(source: Checkpoint(path: "llama"), experts: 8, topK: 2, maxDepth: 4)
 ///     plan.layers[0].depthPredictor = myInit
 ///     try plan.write(to: "llama-vffn")
 public struct UpcyclePlan: @unchecked Sendable {
@@ -33,7 +33,7 @@ public struct UpcyclePlan: @unchecked Sendable {
     public static let toolVersion = "vffn-convert 0.1.0"
 
     public init(source: Checkpoint, experts: Int, topK: Int, maxDepth: Int, seed: UInt64 = 0) throws(VFFNError) {
-        let configPath = source.directory + "/config.json"
+        let configPath = source.configPath
         if source.config[VersatileFFNSettings.key] != nil {
             throw .badInput(configPath, "is already a VersatileFFN checkpoint (config.json has \"versatile_ffn\")")
         }
@@ -41,7 +41,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         try VersatileFFNSettings.validate(experts: experts, topK: topK, maxDepth: maxDepth, intermediateSize: layout.intermediateSize)
         for site in layout.sites {
             for name in [site.prefix + ".expert_gate.weight", site.prefix + ".depth_predictor.weight"] where source.contains(name) {
-                throw .badInput(source.directory, "already holds a tensor named \"\(name)\"")
+                throw .badInput(source.path, "already holds a tensor named \"\(name)\"")
             }
         }
         let initializer = GateInitializer(seed: seed)
@@ -86,18 +86,21 @@ public struct UpcyclePlan: @unchecked Sendable {
             }
         }
         // With --force, writing over the source (or into it) would destroy what is being read.
-        let src = URL(fileURLWithPath: source.directory).resolvingSymlinksInPath().path
+        let src = URL(fileURLWithPath: source.path).resolvingSymlinksInPath().path
         let dst = URL(fileURLWithPath: destination).resolvingSymlinksInPath().path
         if dst == src || dst.hasPrefix(src + "/") || src.hasPrefix(dst + "/") {
-            throw .usage("destination \(destination) overlaps the source \(source.directory)")
+            throw .usage("destination \(destination) overlaps the source \(source.path)")
         }
         let output = try AtomicOutput(destination: destination, force: force, directory: true)
         let dir = output.temporary
         var weightMap: [(String, String)] = []
         var totalSize = 0, totalParameters = 0, copied = 0, copiedBytes = 0
         for (i, shard) in source.shards.enumerated() {
-            let fileName = (shard.path as NSString).lastPathComponent
-            var records = shard.tensors.map { TensorRecord(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: .mapped(shard.bytes($0))) }
+            let fileName = source.safetensorsName(of: shard)
+            var records: [TensorRecord] = []
+            for t in shard.tensors {
+                records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .mapped(try shard.bytes(t))))
+            }
             copied += records.count
             copiedBytes += records.reduce(0) { $0 + $1.bytes.count }
             for g in layers where source.shard(of: g.site.tensors[0]) === shard {
@@ -105,7 +108,9 @@ public struct UpcyclePlan: @unchecked Sendable {
                 records.append(TensorRecord(name: g.depthPredictorName, dtype: g.dtype, shape: [maxDepth, d], bytes: .owned(FloatCodec.encode(g.depthPredictor, as: g.dtype))))
             }
             progress("shard \(i + 1)/\(source.shards.count): \(fileName), \(records.count) tensors")
-            try SafeTensorsWriter.write(records, metadata: shard.metadata, to: dir + "/" + fileName)
+            // transformers refuses safetensors without a "format" entry, so sources that have no
+            // safetensors metadata get the one torch-made files carry.
+            try SafeTensorsWriter.write(records, metadata: shard.metadata ?? [("format", "pt")], to: dir + "/" + fileName)
             for r in records {
                 weightMap.append((r.name, fileName))
                 totalSize += r.bytes.count
@@ -125,14 +130,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         }
         try writeText(convertedConfig.pretty, to: dir + "/config.json")
         let auxiliary = source.auxiliaryFiles()
-        for name in auxiliary {
-            // Hugging Face cache snapshots hold relative symlinks into a blob store; copy what
-            // they point at, or DST would be full of dangling links.
-            let path = URL(fileURLWithPath: source.directory + "/" + name).resolvingSymlinksInPath().path
-            do { try FileManager.default.copyItem(atPath: path, toPath: dir + "/" + name) } catch {
-                throw .io(source.directory + "/" + name, "cannot copy: \(error.localizedDescription)")
-            }
-        }
+        for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
         try output.commit()
         return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
                                  copiedTensors: copied, copiedBytes: copiedBytes, gateTensors: 2 * layers.count,

@@ -39,13 +39,13 @@ public enum Verifier {
     public static let probeRows = 16
 
     public static func verify(destination: String, source: String? = nil, probeTokens: [Int]? = nil, seed: UInt64 = 0) throws(VFFNError) -> VerificationReport {
-        let dst = try Checkpoint(directory: destination)
+        let dst = try Checkpoint(path: destination)
         guard let settings = try VersatileFFNSettings.read(from: dst.config, path: destination + "/config.json") else {
             throw .badInput(destination + "/config.json", "has no \"versatile_ffn\" section; not a converted checkpoint")
         }
         var checks: [VerificationReport.Check] = []
         if let source {
-            checks.append(try denseTensorsIdentical(source: Checkpoint(directory: source), destination: dst, settings: settings))
+            checks.append(try denseTensorsIdentical(source: Checkpoint(path: source), destination: dst, settings: settings))
         }
         let model = try Architectures.load(dst)
         guard let versatile = model.versatileLayers else { preconditionFailure("settings read but no gates loaded") }
@@ -107,7 +107,7 @@ public enum Verifier {
             guard a.dtype == b.dtype, a.shape == b.shape else {
                 mismatches.append("\(name): \(a.dtype)\(a.shape) became \(b.dtype)\(b.shape)"); continue
             }
-            let x = source.bytes(name)!, y = destination.bytes(name)!
+            let x = try source.bytes(name)!, y = try destination.bytes(name)!
             if x.count > 0, memcmp(x.baseAddress!, y.baseAddress!, x.count) != 0 { mismatches.append("\(name): bytes differ") }
             bytes += x.count
         }

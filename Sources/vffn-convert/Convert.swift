@@ -41,7 +41,7 @@ struct Convert: ParsableCommand {
         removePartialOutputOnSignals()
         try reportingErrors {
             let started = Date()
-            let plan = try UpcyclePlan(source: Checkpoint(directory: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed)
+            let plan = try UpcyclePlan(source: Checkpoint(path: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed)
             let summary = try plan.write(to: destination, force: force, progress: { if !quiet { note("  \($0)") } })
             guard !quiet else { return }
             let seconds = Date().timeIntervalSince(started)

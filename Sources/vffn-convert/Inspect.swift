@@ -20,7 +20,7 @@ struct Inspect: ParsableCommand {
                 printTable(file.tensors.map { ($0, nil) })
                 return
             }
-            let ckpt = try Checkpoint(directory: path)
+            let ckpt = try Checkpoint(path: path)
             let type = ckpt.config["model_type"]?.stringValue ?? "?"
             print("\(path): \(ckpt.isSharded ? "\(ckpt.shards.count) safetensors shards" : "safetensors"), \(ckpt.tensorNames.count) tensors")
             do {

@@ -26,7 +26,7 @@ struct Run: ParsableCommand {
     func run() throws {
         removePartialOutputOnSignals()
         try reportingErrors {
-            let model = try Architectures.load(Checkpoint(directory: directory))
+            let model = try Architectures.load(Checkpoint(path: directory))
             let mode: FFNMode = dense || model.versatileLayers == nil ? .dense : .versatile()
             let result = try model.forward(tokens.ids, mode: mode, trace: false)
             try NPY.write(result.output.data, shape: [result.output.rows, result.output.cols], to: out)

@@ -5,7 +5,7 @@ import VFFNFormats
 
 @Suite struct CheckpointTests {
     @Test func opensShardedCheckpointThroughItsIndex() throws {
-        let c = try Checkpoint(directory: Fixtures.path("llama-gqa-sharded"))
+        let c = try Checkpoint(path: Fixtures.path("llama-gqa-sharded"))
         #expect(c.isSharded)
         #expect(c.shards.count == 4)
         #expect(c.tensorNames.count == 21)
@@ -27,7 +27,7 @@ import VFFNFormats
 
     func expectBadInput(_ dir: String, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) {
         do {
-            _ = try Checkpoint(directory: dir)
+            _ = try Checkpoint(path: dir)
             Issue.record("accepted", sourceLocation: sourceLocation)
         } catch {
             #expect(error.description.contains(message), "\(error)", sourceLocation: sourceLocation)
@@ -77,7 +77,7 @@ import VFFNFormats
 
     @Test func missingOrMalformedConfigAndDirectory() throws {
         expectBadInput("/nonexistent/model", "/nonexistent/model: no such file or directory")
-        expectBadInput(Fixtures.path("qwen2-bf16-tied/model.safetensors"), "is a file; give the checkpoint directory")
+        expectBadInput(Fixtures.path("qwen2-bf16-tied/model.safetensors"), "is a single safetensors file; give the checkpoint directory that holds it and config.json")
         let dir = makeTemporaryDirectory()
         expectBadInput(dir, "config.json: missing config.json")
         writeFile(dir + "/config.json", "{\"model_type\": llama}")
@@ -85,7 +85,7 @@ import VFFNFormats
         writeFile(dir + "/config.json", "[]")
         expectBadInput(dir, "config.json: is not a JSON object")
         writeFile(dir + "/config.json", "{}")
-        expectBadInput(dir, "no model.safetensors or model.safetensors.index.json in the directory")
+        expectBadInput(dir, "no model.safetensors, pytorch_model.bin or index in the directory")
     }
 }
 

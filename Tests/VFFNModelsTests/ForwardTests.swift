@@ -16,7 +16,7 @@ import VFFNModels
 
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
-        let model = try Architectures.load(Checkpoint(directory: Fixtures.path(fixture)))
+        let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
         let golden = try Fixtures.golden(Self.golden(fixture, dense: true))
         #expect([out.rows, out.cols] == golden.shape)
@@ -27,7 +27,7 @@ import VFFNModels
 
     @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
     func versatileOutputMatchesPyTorchReference(fixture: String, topK: Int) throws {
-        let model = try Architectures.load(Checkpoint(directory: Fixtures.path(fixture)))
+        let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
         let golden = try Fixtures.golden(Self.golden(fixture, dense: false))
         let err = relativeError(result.output.data, golden.values)
@@ -44,15 +44,15 @@ import VFFNModels
     }
 
     @Test func denseModeOfAConvertedCheckpointIsTheSourceModel() throws {
-        let converted = try Architectures.load(Checkpoint(directory: Fixtures.path("qwen2-bf16-vffn")))
-        let source = try Architectures.load(Checkpoint(directory: Fixtures.path("qwen2-bf16-tied")))
+        let converted = try Architectures.load(Checkpoint(path: Fixtures.path("qwen2-bf16-vffn")))
+        let source = try Architectures.load(Checkpoint(path: Fixtures.path("qwen2-bf16-tied")))
         let a = try converted.forward(Fixtures.tokens, mode: .dense, trace: false).output
         let b = try source.forward(Fixtures.tokens, mode: .dense, trace: false).output
         #expect(a.data == b.data)
     }
 
     @Test func depthLimitOneIsExactlyDense() throws {
-        let model = try Architectures.load(Checkpoint(directory: Fixtures.path("llama-gqa-vffn")))
+        let model = try Architectures.load(Checkpoint(path: Fixtures.path("llama-gqa-vffn")))
         let a = try model.forward(Fixtures.tokens, mode: .versatile(depthLimit: 1), trace: true)
         let b = try model.forward(Fixtures.tokens, mode: .dense, trace: true)
         #expect(a.output.data == b.output.data)
@@ -74,7 +74,7 @@ import VFFNModels
 
     func expectError(_ dir: String, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) {
         do {
-            _ = try Architectures.load(Checkpoint(directory: dir))
+            _ = try Architectures.load(Checkpoint(path: dir))
             Issue.record("loaded", sourceLocation: sourceLocation)
         } catch {
             #expect(error.description.contains(message), "\(error)", sourceLocation: sourceLocation)
@@ -121,7 +121,7 @@ import VFFNModels
             if fixture.hasPrefix("qwen2") { v4 = v4.setting("sliding_window", to: .int(4)).setting("max_window_layers", to: .int(1)) }
             return v4
         }
-        let model = try Architectures.load(Checkpoint(directory: dir))
+        let model = try Architectures.load(Checkpoint(path: dir))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
         #expect(relativeError(out.data, try Fixtures.golden("\(fixture)-dense-logits.npy").values) < 1e-4)
     }
@@ -140,14 +140,14 @@ import VFFNModels
     }
 
     func denseOutput(_ dir: String) throws -> [Float] {
-        try Architectures.load(Checkpoint(directory: dir)).forward(Fixtures.tokens, mode: .dense, trace: false).output.data
+        try Architectures.load(Checkpoint(path: dir)).forward(Fixtures.tokens, mode: .dense, trace: false).output.data
     }
 
     /// Checkpoints converted from TensorFlow name LayerNorm parameters gamma and beta.
     @Test func bertLayerNormAsGammaAndBeta() throws {
         let dir = try copy("bert-noprefix-bf16")
         try rewriteTensors(dir) { $0.replacingOccurrences(of: "LayerNorm.weight", with: "LayerNorm.gamma").replacingOccurrences(of: "LayerNorm.bias", with: "LayerNorm.beta") }
-        #expect(try Checkpoint(directory: dir).contains("encoder.layer.0.output.LayerNorm.gamma"))
+        #expect(try Checkpoint(path: dir).contains("encoder.layer.0.output.LayerNorm.gamma"))
         #expect(try denseOutput(dir) == (try denseOutput(Fixtures.path("bert-noprefix-bf16"))))
     }
 
@@ -159,10 +159,10 @@ import VFFNModels
                 .setting("n_ctx", to: .int(64))
         }
         #expect(try denseOutput(dir) == (try denseOutput(Fixtures.path("gpt2-tiny"))))
-        let model = try Architectures.load(Checkpoint(directory: dir))
+        let model = try Architectures.load(Checkpoint(path: dir))
         // Learned positions end at 64 (GPT-2's wpe, BERT's position_embeddings).
         #expect(model.maxTokens == 64)
-        for m in [model, try Architectures.load(Checkpoint(directory: Fixtures.path("bert-tiny")))] {
+        for m in [model, try Architectures.load(Checkpoint(path: Fixtures.path("bert-tiny")))] {
             #expect { try m.forward(Array(repeating: 1, count: 65), mode: .dense, trace: false) } throws: {
                 ($0 as? VFFNError)?.description == "65 tokens exceed the 64 positions this \(m.modelType) model covers"
             }
@@ -197,7 +197,7 @@ import VFFNModels
     }
 
     @Test func tokensOutsideTheVocabulary() throws {
-        let model = try Architectures.load(Checkpoint(directory: Fixtures.path("mistral-f16")))
+        let model = try Architectures.load(Checkpoint(path: Fixtures.path("mistral-f16")))
         #expect(throws: VFFNError.self) { try model.forward([1, 256], mode: .dense, trace: false) }
         #expect(throws: VFFNError.self) { try model.forward([], mode: .dense, trace: false) }
         // A dense checkpoint has no gates to run.

@@ -1,0 +1,180 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The binary formats a checkpoint's tensors can come in, told apart by their magic bytes.
+public enum TensorFileFormat: String, Sendable {
+    case safetensors
+    /// The project's own container (docs/FORMATS.md): config, tensors and files in one file.
+    case vffn
+    /// llama.cpp's GGUF, versions 2 and 3.
+    case gguf
+    /// `torch.save` zip archives (`pytorch_model.bin`).
+    case pytorch
+
+    /// The format of the file at `path`, from its first bytes. Safetensors has no magic (it
+    /// starts with a header length), so it is what remains when no other magic matches.
+    public static func detect(path: String) throws(VFFNError) -> TensorFileFormat {
+        let head = try MappedFile.readPrefix(path: path, count: 8)
+        if head.starts(with: VFFNContainer.magic) { return .vffn }
+        if head.starts(with: Array("GGUF".utf8)) { return .gguf }
+        if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || head.starts(with: [0x50, 0x4B, 0x05, 0x06]) { return .pytorch }
+        // torch.save before 1.6: a bare pickle starting with the legacy magic number.
+        if head.starts(with: [0x80, 0x02, 0x8A, 0x0A]) {
+            throw .badInput(path, "is a legacy (pre-1.6, non-zip) torch.save file; re-save it with a current torch or as safetensors")
+        }
+        if head.starts(with: Array("ggjt".utf8)) || head.starts(with: Array("ggml".utf8)) || head.starts(with: Array("ggmf".utf8)) {
+            throw .badInput(path, "is a legacy GGML file (\(String(decoding: head.prefix(4), as: UTF8.self))), which predates GGUF; convert it to GGUF first")
+        }
+        return .safetensors
+    }
+
+    /// Opens a tensor file of any supported format.
+    public static func open(path: String) throws(VFFNError) -> any TensorFile {
+        switch try detect(path: path) {
+        case .safetensors: return try SafeTensorsFile(path: path)
+        case .vffn: return try VFFNContainer(path: path)
+        case .gguf: throw .badInput(path, "GGUF: not yet")
+        case .pytorch: throw .badInput(path, "torch: not yet")
+        }
+    }
+}
+
+/// One file of named tensors, whatever its format, as the Hugging Face model names and shapes
+/// them: readers map names, reverse dimension orders and dequantize so that everything above
+/// this layer sees one kind of tensor.
+public protocol TensorFile: AnyObject, Sendable {
+    var path: String { get }
+    var format: TensorFileFormat { get }
+    /// Every tensor, in the file's data order.
+    var tensors: [TensorInfo] { get }
+    /// String metadata carried by the file (safetensors `__metadata__`), if any.
+    var metadata: [(String, String)]? { get }
+    func info(_ name: String) -> TensorInfo?
+    /// The tensor's little-endian bytes as `info.dtype` and `info.shape` describe them, valid as
+    /// long as this file object lives: mapped where the file stores them that way, otherwise
+    /// decoded (inflated, dequantized, un-permuted) once and kept. Throws when a stored checksum
+    /// does not match: corrupt bytes are never returned as data.
+    func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer
+}
+
+/// A whole file mapped read-only. Readers parse their headers from it through `ByteReader`,
+/// which checks every length against what is left before reading or allocating.
+final class MappedFile: @unchecked Sendable {
+    let path: String
+    let bytes: UnsafeRawBufferPointer
+
+    init(path: String) throws(VFFNError) {
+        self.path = path
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw errno == ENOENT ? .badInput(path, "no such file") : .io(path, "cannot open: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .io(path, "cannot stat: \(String(cString: strerror(errno)))") }
+        if (st.st_mode & S_IFMT) == S_IFDIR { throw .badInput(path, "is a directory, not a tensor file") }
+        let size = Int(st.st_size)
+        if size == 0 {
+            bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            return
+        }
+        let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let p, p != MAP_FAILED else { throw .io(path, "cannot map: \(String(cString: strerror(errno)))") }
+        bytes = UnsafeRawBufferPointer(start: p, count: size)
+    }
+
+    deinit {
+        if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
+    }
+
+    /// Up to `count` first bytes of a file (fewer if it is shorter), for format detection.
+    static func readPrefix(path: String, count: Int) throws(VFFNError) -> [UInt8] {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw errno == ENOENT ? .badInput(path, "no such file") : .io(path, "cannot open: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: count)
+        let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, count, 0) }
+        guard n >= 0 else {
+            if errno == EISDIR { throw .badInput(path, "is a directory, not a tensor file") }
+            throw .io(path, "read failed: \(String(cString: strerror(errno)))")
+        }
+        return Array(buffer.prefix(n))
+    }
+}
+
+/// A bounds-checked little-endian cursor over bytes. Every read names the file and offset in
+/// its error, and lengths are checked against the bytes left before anything is allocated.
+struct ByteReader {
+    let bytes: UnsafeRawBufferPointer
+    let path: String
+    var offset: Int
+    /// What is being read, for error messages ("GGUF header", "zip central directory").
+    let context: String
+
+    init(_ bytes: UnsafeRawBufferPointer, path: String, offset: Int = 0, context: String) {
+        self.bytes = bytes
+        self.path = path
+        self.offset = offset
+        self.context = context
+    }
+
+    var remaining: Int { bytes.count - offset }
+
+    func truncated(_ what: String) -> VFFNError {
+        .badInput(path, "truncated \(context): \(what) at byte \(offset) runs past the end of the \(bytes.count)-byte file")
+    }
+
+    mutating func take(_ n: Int, _ what: String) throws(VFFNError) -> UnsafeRawBufferPointer {
+        guard n >= 0, n <= remaining else { throw truncated(what) }
+        defer { offset += n }
+        return UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n])
+    }
+
+    mutating func integer<T: FixedWidthInteger>(_: T.Type, _ what: String) throws(VFFNError) -> T {
+        let b = try take(MemoryLayout<T>.size, what)
+        return T(littleEndian: b.loadUnaligned(as: T.self))
+    }
+
+    mutating func u8(_ what: String) throws(VFFNError) -> UInt8 { try integer(UInt8.self, what) }
+    mutating func u16(_ what: String) throws(VFFNError) -> UInt16 { try integer(UInt16.self, what) }
+    mutating func u32(_ what: String) throws(VFFNError) -> UInt32 { try integer(UInt32.self, what) }
+    mutating func u64(_ what: String) throws(VFFNError) -> UInt64 { try integer(UInt64.self, what) }
+    mutating func i32(_ what: String) throws(VFFNError) -> Int32 { try integer(Int32.self, what) }
+    mutating func i64(_ what: String) throws(VFFNError) -> Int64 { try integer(Int64.self, what) }
+}
+
+/// Size arithmetic that reports overflow as bad input instead of trapping.
+func checkedProduct(_ factors: [UInt64], path: String, what: @autoclosure () -> String) throws(VFFNError) -> UInt64 {
+    var p: UInt64 = 1
+    for f in factors {
+        let (r, overflow) = p.multipliedReportingOverflow(by: f)
+        if overflow { throw .badInput(path, "\(what()) overflows 64 bits") }
+        p = r
+    }
+    return p
+}
+
+/// Owns decoded tensor bytes for readers that cannot hand out mapped bytes, so that the
+/// pointers they return live as long as the file object.
+final class DecodedCache: @unchecked Sendable {
+    private var buffers: [String: UnsafeMutableRawBufferPointer] = [:]
+    private let lock = NSLock()
+
+    func bytes(_ name: String, _ make: () throws(VFFNError) -> [UInt8]) throws(VFFNError) -> UnsafeRawBufferPointer {
+        lock.lock()
+        defer { lock.unlock() }
+        if let b = buffers[name] { return UnsafeRawBufferPointer(b) }
+        let decoded = try make()
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: max(decoded.count, 1), alignment: 64)
+        decoded.withUnsafeBytes { b.copyMemory(from: $0) }
+        let exact = UnsafeMutableRawBufferPointer(rebasing: b[0..<decoded.count])
+        buffers[name] = exact
+        return UnsafeRawBufferPointer(exact)
+    }
+
+    deinit { for b in buffers.values { b.baseAddress.map { $0.deallocate() } } }
+}
