@@ -165,18 +165,34 @@ public final class Checkpoint: @unchecked Sendable {
         return shards.count == 1 ? Self.singleName : (name as NSString).deletingPathExtension + ".safetensors"
     }
 
-    /// The checkpoint's other files (tokenizer, generation config, README and the like, which a
-    /// conversion copies through): directory entries that are neither weights, index nor
-    /// config.json, or the files a .vffn container embeds.
+    /// The checkpoint's other files (tokenizer, generation config, README, sentence-transformers
+    /// module folders and the like, which a conversion copies through), as relative paths:
+    /// the directory's files that are neither weights, index nor config.json, or the files a
+    /// .vffn container embeds.
     public func auxiliaryFiles() -> [String] {
         if !isDirectory { return (shards[0] as? SingleFileCheckpoint)?.embeddedFileNames ?? [] }
         let weights = Set(shards.map { ($0.path as NSString).lastPathComponent } + [Self.indexName, Self.torchIndexName, "config.json"])
-        let all = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-        return all.filter { !weights.contains($0) }.sorted()
+        return Self.filesBelow(path).filter { !weights.contains($0) }
     }
 
-    /// Copies one of `auxiliaryFiles()` to `destination`. Symlinks are followed: Hugging Face
-    /// cache snapshots hold relative links into a blob store, which would dangle in a copy.
+    /// Every regular file under `root` (following symlinks), as sorted relative paths.
+    static func filesBelow(_ root: String, prefix: String = "") -> [String] {
+        var out: [String] = []
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).sorted() {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: root + "/" + name, isDirectory: &isDir) else { continue }
+            if isDir.boolValue {
+                out += filesBelow(root + "/" + name, prefix: prefix + name + "/")
+            } else {
+                out.append(prefix + name)
+            }
+        }
+        return out
+    }
+
+    /// Copies one of `auxiliaryFiles()` to `destination`, creating the folders it sits in.
+    /// Symlinks are followed: Hugging Face cache snapshots hold relative links into a blob
+    /// store, which would dangle in a copy.
     public func copyAuxiliaryFile(_ name: String, to destination: String) throws(VFFNError) {
         if !isDirectory {
             guard let single = shards[0] as? SingleFileCheckpoint else { throw .badInput(path, "has no file \"\(name)\"") }
@@ -184,9 +200,24 @@ public final class Checkpoint: @unchecked Sendable {
             return
         }
         let source = URL(fileURLWithPath: path + "/" + name).resolvingSymlinksInPath().path
-        do { try FileManager.default.copyItem(atPath: source, toPath: destination) } catch {
+        do {
+            try FileManager.default.createDirectory(atPath: (destination as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: source, toPath: destination)
+        } catch {
             throw .io(path + "/" + name, "cannot copy: \(error.localizedDescription)")
         }
+    }
+
+    /// The bytes of one of `auxiliaryFiles()` (or of config.json and the index in a directory).
+    public func auxiliaryFileContents(_ name: String) throws(VFFNError) -> [UInt8] {
+        if !isDirectory {
+            guard let container = shards[0] as? VFFNContainer, let e = container.files.first(where: { $0.name == name }) else {
+                throw .badInput(path, "has no file \"\(name)\"")
+            }
+            return Array(try container.contents(of: e, what: "file"))
+        }
+        guard let data = FileManager.default.contents(atPath: path + "/" + name) else { throw .io(path + "/" + name, "cannot read") }
+        return Array(data)
     }
 
     public static func readJSON(_ path: String, what: String) throws(VFFNError) -> JSON {

@@ -105,6 +105,12 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
 
     public var format: TensorFileFormat { .safetensors }
 
+    /// The file's first `8 + headerSize` bytes exactly as stored (length prefix, header JSON,
+    /// padding): with the tensor bytes in data order, they rebuild the file byte for byte.
+    public var rawHeader: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base!, count: 8 + headerSize)
+    }
+
     public func info(_ name: String) -> TensorInfo? {
         index[name].map { tensors[$0] }
     }

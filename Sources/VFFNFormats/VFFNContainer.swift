@@ -310,7 +310,7 @@ extension VFFNContainer {
     /// weights barely compress, so speed matters more than the last percent).
     public static func write(config: JSON, tensors: [TensorToWrite], files: [Blob], shards: [ShardToWrite],
                              compress: Bool, to path: String, progress: (Int, Int) -> Void = { _, _ in }) throws(VFFNError) {
-        let widest = Int(UInt64.max)
+        let widest = Int.max
         func entryJSON(_ name: String, _ extra: [(String, JSON)], _ placed: (offset: Int, stored: Int, length: Int, crc: Int, enc: Encoding)?) -> JSON {
             let p = placed ?? (widest, widest, widest, Int(UInt32.max), .deflate)
             return .object([("name", .string(name))] + extra + [

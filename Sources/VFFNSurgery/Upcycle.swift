@@ -76,9 +76,18 @@ public struct UpcyclePlan: @unchecked Sendable {
         return source.config.setting(VersatileFFNSettings.key, to: section)
     }
 
+    /// What `write` produces.
+    public enum OutputFormat: String, Sendable, CaseIterable {
+        /// A Hugging Face directory mirroring the source's sharding.
+        case safetensors
+        /// One .vffn container file (docs/FORMATS.md); `unpack` turns it into the directory.
+        case vffn
+    }
+
     /// Writes the converted checkpoint to `destination`, atomically. Returns a summary.
     @discardableResult
-    public func write(to destination: String, force: Bool = false, progress: (String) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
+    public func write(to destination: String, format: OutputFormat = .safetensors, compress: Bool = false, force: Bool = false,
+                      progress: (String) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
         let d = layout.hiddenSize
         for g in layers {
             guard g.expertGate.count == numExperts * d, g.depthPredictor.count == maxDepth * d else {
@@ -91,9 +100,11 @@ public struct UpcyclePlan: @unchecked Sendable {
         if dst == src || dst.hasPrefix(src + "/") || src.hasPrefix(dst + "/") {
             throw .usage("destination \(destination) overlaps the source \(source.path)")
         }
-        let output = try AtomicOutput(destination: destination, force: force, directory: true)
+        let output = try AtomicOutput(destination: destination, force: force, directory: format == .safetensors)
         let dir = output.temporary
         var weightMap: [(String, String)] = []
+        var containerTensors: [VFFNContainer.TensorToWrite] = []
+        var containerShards: [VFFNContainer.ShardToWrite] = []
         var totalSize = 0, totalParameters = 0, copied = 0, copiedBytes = 0
         for (i, shard) in source.shards.enumerated() {
             let fileName = source.safetensorsName(of: shard)
@@ -107,16 +118,24 @@ public struct UpcyclePlan: @unchecked Sendable {
                 records.append(TensorRecord(name: g.expertGateName, dtype: g.dtype, shape: [numExperts, d], bytes: .owned(FloatCodec.encode(g.expertGate, as: g.dtype))))
                 records.append(TensorRecord(name: g.depthPredictorName, dtype: g.dtype, shape: [maxDepth, d], bytes: .owned(FloatCodec.encode(g.depthPredictor, as: g.dtype))))
             }
-            progress("shard \(i + 1)/\(source.shards.count): \(fileName), \(records.count) tensors")
             // transformers refuses safetensors without a "format" entry, so sources that have no
             // safetensors metadata get the one torch-made files carry.
-            try SafeTensorsWriter.write(records, metadata: shard.metadata ?? [("format", "pt")], to: dir + "/" + fileName)
+            let metadata = shard.metadata ?? [("format", "pt")]
+            switch format {
+            case .safetensors:
+                progress("shard \(i + 1)/\(source.shards.count): \(fileName), \(records.count) tensors")
+                try SafeTensorsWriter.write(records, metadata: metadata, to: dir + "/" + fileName)
+            case .vffn:
+                containerTensors += records.map { VFFNContainer.TensorToWrite($0, shard: fileName) }
+                containerShards.append(VFFNContainer.ShardToWrite(name: fileName, metadata: metadata, header: nil))
+            }
             for r in records {
                 weightMap.append((r.name, fileName))
                 totalSize += r.bytes.count
                 totalParameters += r.shape.reduce(1, *)
             }
         }
+        var indexText: String?
         if let index = source.index {
             var metadata: [(String, JSON)] = index["metadata"]?.objectMembers ?? []
             metadata = metadata.filter { $0.0 != "total_size" && $0.0 != "total_parameters" }
@@ -126,15 +145,28 @@ public struct UpcyclePlan: @unchecked Sendable {
                 ("metadata", .object(metadata.sorted { $0.0 < $1.0 })),
                 ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 }.map { ($0.0, .string($0.1)) })),
             ])
-            try writeText(newIndex.pretty, to: dir + "/" + Checkpoint.indexName)
+            indexText = newIndex.pretty
         }
-        try writeText(convertedConfig.pretty, to: dir + "/config.json")
+        let configText = convertedConfig.pretty
         let auxiliary = source.auxiliaryFiles()
-        for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
+        switch format {
+        case .safetensors:
+            if let indexText { try writeText(indexText, to: dir + "/" + Checkpoint.indexName) }
+            try writeText(configText, to: dir + "/config.json")
+            for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
+        case .vffn:
+            var files = [VFFNContainer.Blob(name: "config.json", bytes: .owned(Array(configText.utf8)))]
+            if let indexText { files.append(.init(name: Checkpoint.indexName, bytes: .owned(Array(indexText.utf8)))) }
+            for name in auxiliary { files.append(.init(name: name, bytes: .owned(try source.auxiliaryFileContents(name)))) }
+            try VFFNContainer.write(config: convertedConfig, tensors: containerTensors, files: files, shards: containerShards,
+                                    compress: compress, to: dir) { done, total in
+                if done == total || done % 64 == 0 { progress("\(done)/\(total) tensors written to \(format.rawValue)") }
+            }
+        }
         try output.commit()
         return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
                                  copiedTensors: copied, copiedBytes: copiedBytes, gateTensors: 2 * layers.count,
-                                 totalSize: totalSize, auxiliaryFiles: auxiliary)
+                                 totalSize: totalSize, auxiliaryFiles: auxiliary, sourceNotes: source.notes)
     }
 
     private func writeText(_ text: String, to path: String) throws(VFFNError) {
@@ -153,4 +185,6 @@ public struct ConversionSummary: Sendable {
     public let gateTensors: Int
     public let totalSize: Int
     public let auxiliaryFiles: [String]
+    /// What the reader changed to present the source's tensors (e.g. Q8_0 written as F32).
+    public let sourceNotes: [String]
 }
