@@ -483,7 +483,8 @@ final class JSONC: @unchecked Sendable {
         let rest = bytes[Int(json_tokener_get_parse_end(tok))...]
         guard let obj, err == json_tokener_success, rest.allSatisfy({ $0 == 0x20 }) else {
             if let obj { json_object_put(obj) }
-            let reason = err == json_tokener_success ? "bytes after the JSON object" : String(cString: json_tokener_error_desc(err))
+            let reason = err == json_tokener_success ? "bytes after the JSON object"
+                : err == json_tokener_continue ? "the header ends inside the JSON object" : String(cString: json_tokener_error_desc(err))
             throw .badInput(path, ".vffn header is not valid JSON: \(reason) at header byte \(json_tokener_get_parse_end(tok))")
         }
         guard json_object_get_type(obj) == json_type_object else {
