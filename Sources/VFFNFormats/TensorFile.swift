@@ -36,7 +36,7 @@ public enum TensorFileFormat: String, Sendable {
         case .safetensors: return try SafeTensorsFile(path: path)
         case .vffn: return try VFFNContainer(path: path)
         case .gguf: throw .badInput(path, "GGUF: not yet")
-        case .pytorch: throw .badInput(path, "torch: not yet")
+        case .pytorch: return try TorchCheckpointFile(path: path)
         }
     }
 }

@@ -7,22 +7,27 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List a checkpoint's tensors, dtypes, shapes and sizes, its architecture and VersatileFFN settings.")
 
-    @Argument(help: "A checkpoint directory or a single .safetensors file.")
+    @Argument(help: "A checkpoint directory, a .vffn or .gguf checkpoint, or one safetensors or torch file.")
     var path: String
 
     func run() throws {
         try reportingErrors {
             var isDir: ObjCBool = false
-            if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
-                let file = try SafeTensorsFile(path: path)
-                print("\(path): safetensors, \(file.tensors.count) tensors, header \(file.headerSize) bytes")
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue,
+               case let format = try TensorFileFormat.detect(path: path), format == .safetensors || format == .pytorch {
+                // One weight file without its directory: list it, there is no model to detect.
+                let file = try TensorFileFormat.open(path: path)
+                let header = (file as? SafeTensorsFile).map { ", header \($0.headerSize) bytes" } ?? ""
+                print("\(path): \(format.rawValue), \(file.tensors.count) tensors\(header)")
                 if let m = file.metadata { print("metadata: " + m.map { "\($0)=\($1)" }.joined(separator: ", ")) }
                 printTable(file.tensors.map { ($0, nil) })
                 return
             }
             let ckpt = try Checkpoint(path: path)
             let type = ckpt.config["model_type"]?.stringValue ?? "?"
-            print("\(path): \(ckpt.isSharded ? "\(ckpt.shards.count) safetensors shards" : "safetensors"), \(ckpt.tensorNames.count) tensors")
+            let storage = ckpt.isSharded ? "\(ckpt.shards.count) \(ckpt.format.rawValue) shards" : ckpt.format.rawValue
+            print("\(path): \(storage), \(ckpt.tensorNames.count) tensors")
+            for n in ckpt.notes { print("note: \(n)") }
             do {
                 let arch = try Architectures.lookup(ckpt)
                 let layout = try arch.ffnLayout(ckpt)

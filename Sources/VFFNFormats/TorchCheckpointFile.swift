@@ -1,0 +1,110 @@
+import Foundation
+
+/// A `torch.save` state dict (`pytorch_model.bin`, zip format): `<top>/data.pkl` names each
+/// tensor's storage `<top>/data/<key>`, offset, shape and strides; the pickle is evaluated by
+/// `Pickle`, which runs nothing. Contiguous tensors in stored entries are read in place.
+public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
+    public let path: String
+    public var format: TensorFileFormat { .pytorch }
+    public let tensors: [TensorInfo]
+    public var metadata: [(String, String)]? { nil }
+
+    private let archive: ZipArchive
+    private let refs: [String: (Pickle.TensorRef, ZipArchive.Entry)]
+    private let index: [String: Int]
+    private let gathered = DecodedCache()
+
+    public init(path: String) throws(VFFNError) {
+        self.path = path
+        archive = try ZipArchive(MappedFile(path: path))
+        // torch names the top folder after the file; readers take it from the first entry.
+        guard let first = archive.entries.first, let slash = first.name.firstIndex(of: "/") else {
+            throw .badInput(path, "zip archive is not a torch.save checkpoint (its first entry is not in a folder)")
+        }
+        let top = String(first.name[..<slash])
+        guard let pickleEntry = archive.entry(top + "/data.pkl") else {
+            throw .badInput(path, "zip archive has no \(top)/data.pkl; not a torch.save checkpoint")
+        }
+        if let order = archive.entry(top + "/byteorder") {
+            let text = String(decoding: try archive.contents(order), as: UTF8.self)
+            guard text == "little" else { throw .badInput(path, "tensors are stored \(text)-endian; only little-endian is supported") }
+        }
+        guard pickleEntry.size <= 1 << 30 else { throw .badInput(path, "data.pkl of \(pickleEntry.size) bytes is too large for a state dict") }
+        let dict = try Pickle.stateDict(try archive.contents(pickleEntry), path: path)
+
+        var infos: [TensorInfo] = []
+        var refs: [String: (Pickle.TensorRef, ZipArchive.Entry)] = [:]
+        var index: [String: Int] = [:]
+        for (name, t) in dict {
+            guard refs[name] == nil else { throw .badInput(path, "tensor \"\(name)\" appears twice in the state dict") }
+            let recordName = top + "/data/" + t.storage.key
+            guard let record = archive.entry(recordName) else {
+                throw .badInput(path, "tensor \"\(name)\": storage record \(recordName) is missing from the archive")
+            }
+            let item = t.storage.dtype.bitSize / 8
+            let expected = try checkedProduct([UInt64(t.storage.numel), UInt64(item)], path: path, what: "storage \(t.storage.key) size")
+            guard UInt64(record.size) == expected else {
+                throw .badInput(path, "tensor \"\(name)\": storage record \(recordName) holds \(record.size) bytes, but \(t.storage.numel) \(t.storage.dtype) elements need \(expected)")
+            }
+            // The last element the view reaches must lie inside the storage.
+            let elements = try checkedProduct(t.shape.map(UInt64.init), path: path, what: "tensor \"\(name)\" shape \(t.shape)")
+            if elements > 0 {
+                var last = UInt64(t.offset)
+                for (n, s) in zip(t.shape, t.stride) {
+                    let (step, o1) = UInt64(n - 1).multipliedReportingOverflow(by: UInt64(s))
+                    let (sum, o2) = last.addingReportingOverflow(step)
+                    if o1 || o2 { throw .badInput(path, "tensor \"\(name)\": strides \(t.stride) overflow") }
+                    last = sum
+                }
+                guard last < UInt64(t.storage.numel) else {
+                    throw .badInput(path, "tensor \"\(name)\": view (offset \(t.offset), shape \(t.shape), stride \(t.stride)) reaches element \(last) of a \(t.storage.numel)-element storage")
+                }
+            }
+            index[name] = infos.count
+            let start = record.dataOffset + t.offset * item
+            infos.append(TensorInfo(name: name, dtype: t.storage.dtype, shape: t.shape, dataOffsets: start..<start + Int(elements) * item))
+            refs[name] = (t, record)
+        }
+        tensors = infos
+        self.refs = refs
+        self.index = index
+    }
+
+    public func info(_ name: String) -> TensorInfo? { index[name].map { tensors[$0] } }
+
+    public func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer {
+        guard let (t, record) = refs[info.name] else { throw .badInput(path, "has no tensor \"\(info.name)\"") }
+        let storage = try archive.contents(record)
+        let item = t.storage.dtype.bitSize / 8
+        if Self.isContiguous(t) {
+            return UnsafeRawBufferPointer(rebasing: storage[t.offset * item..<t.offset * item + info.byteCount])
+        }
+        // A strided view (a transposed or sliced tensor saved as is): gather it in C order.
+        return try gathered.bytes(info.name) { () throws(VFFNError) in
+            var out = [UInt8](repeating: 0, count: info.byteCount)
+            var coordinate = [Int](repeating: 0, count: t.shape.count)
+            for i in 0..<info.elementCount {
+                var source = t.offset
+                for (c, s) in zip(coordinate, t.stride) { source += c * s }
+                for b in 0..<item { out[i * item + b] = storage[source * item + b] }
+                var d = t.shape.count - 1
+                while d >= 0 {
+                    coordinate[d] += 1
+                    if coordinate[d] < t.shape[d] { break }
+                    coordinate[d] = 0
+                    d -= 1
+                }
+            }
+            return out
+        }
+    }
+
+    static func isContiguous(_ t: Pickle.TensorRef) -> Bool {
+        var expected = 1
+        for (n, s) in zip(t.shape, t.stride).reversed() {
+            if n != 1 && s != expected { return false }
+            expected *= n
+        }
+        return true
+    }
+}
