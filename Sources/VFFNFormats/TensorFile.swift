@@ -35,7 +35,7 @@ public enum TensorFileFormat: String, Sendable {
         switch try detect(path: path) {
         case .safetensors: return try SafeTensorsFile(path: path)
         case .vffn: return try VFFNContainer(path: path)
-        case .gguf: throw .badInput(path, "GGUF: not yet")
+        case .gguf: return try GGUFFile(path: path)
         case .pytorch: return try TorchCheckpointFile(path: path)
         }
     }

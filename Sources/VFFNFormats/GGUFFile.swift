@@ -1,0 +1,363 @@
+import Foundation
+
+/// A llama.cpp GGUF file (versions 2 and 3, little-endian), validated as strictly as the
+/// reference C reader and then some (shared/notes/formats.md section 2), and presented as the
+/// Hugging Face Llama it was converted from: names mapped back (`blk.N.ffn_gate.weight` ->
+/// `model.layers.N.mlp.gate_proj.weight`), dimensions reversed (ggml lists the innermost
+/// first), the Q/K row permutation of llama.cpp's converter undone, Q8_0 dequantized to F32,
+/// and a config.json derived from the `llama.*` metadata.
+public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
+    /// A metadata value. Large arrays (the tokenizer's vocabulary) are validated and skipped.
+    public enum Value: Sendable, Equatable {
+        case int(Int64)
+        case uint(UInt64)
+        case float(Double)
+        case bool(Bool)
+        case string(String)
+        case array([Value])
+        case skippedArray(count: Int)
+
+        var asInt: Int? {
+            switch self {
+            case let .int(v): return Int(exactly: v)
+            case let .uint(v): return Int(exactly: v)
+            default: return nil
+            }
+        }
+
+        var asDouble: Double? {
+            switch self {
+            case let .float(v): return v
+            case let .int(v): return Double(v)
+            case let .uint(v): return Double(v)
+            default: return nil
+            }
+        }
+    }
+
+    /// ggml tensor types: (name, elements per block, bytes per block). Ids missing here were
+    /// removed from ggml and are refused as invalid.
+    static let types: [Int32: (name: String, block: Int, bytes: Int)] = [
+        0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+        7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+        12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+        16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+        20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+        24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+        29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+        39: ("MXFP4", 32, 17),
+    ]
+    static let supportedTypes: Set<Int32> = [0, 1, 8, 30]
+    static let maxNameLength = 64          // GGML_MAX_NAME, terminator included
+    static let maxStringLength = 1 << 30   // GGUF_MAX_STRING_LENGTH
+    static let maxAlignment: UInt32 = 1 << 20
+    /// Arrays longer than this are checked and skipped rather than kept (a vocabulary).
+    static let keptArrayLength = 4096
+
+    public struct StoredTensor: Sendable {
+        public let ggufName: String
+        /// ggml order, innermost first.
+        public let dims: [Int]
+        public let type: Int32
+        /// Absolute byte range in the file.
+        public let range: Range<Int>
+    }
+
+    public let path: String
+    public var format: TensorFileFormat { .gguf }
+    public var metadata: [(String, String)]? { nil }
+    public let version: UInt32
+    public let values: [String: Value]
+    public let alignment: Int
+    public let stored: [StoredTensor]
+    public let tensors: [TensorInfo]
+    private let index: [String: Int]
+    private let file: MappedFile
+    private let decoded = DecodedCache()
+    private let config: Result<JSON, VFFNError>
+
+    public init(path: String) throws(VFFNError) {
+        self.path = path
+        file = try MappedFile(path: path)
+        var r = ByteReader(file.bytes, path: path, context: "GGUF header")
+        guard file.bytes.count >= 4, Array(try r.take(4, "magic")) == Array("GGUF".utf8) else {
+            throw .badInput(path, "not a GGUF file (bad magic)")
+        }
+        let v = try r.u32("version")
+        switch v {
+        case 2, 3: break
+        case 1: throw .badInput(path, "GGUF version 1 is no longer supported (re-convert with a current llama.cpp)")
+        case _ where v & 0xFFFF == 0: throw .badInput(path, "GGUF version \(v) looks byte-swapped: big-endian GGUF files are not supported")
+        default: throw .badInput(path, "GGUF version \(v) is not supported (2 and 3 are)")
+        }
+        version = v
+        let nTensors = try r.i64("tensor count"), nKV = try r.i64("metadata count")
+        // Every metadata pair needs at least 13 bytes and every tensor record 24: counts the
+        // file cannot hold are refused before anything is allocated for them.
+        guard nKV >= 0, nKV <= Int64(r.remaining / 13) else { throw .badInput(path, "GGUF metadata count \(nKV) is impossible for a \(file.bytes.count)-byte file") }
+        guard nTensors >= 0, nTensors <= Int64(r.remaining / 24) else { throw .badInput(path, "GGUF tensor count \(nTensors) is impossible for a \(file.bytes.count)-byte file") }
+
+        var values: [String: Value] = [:]
+        for _ in 0..<nKV {
+            let key = try Self.string(&r, what: "metadata key")
+            guard !key.isEmpty else { throw .badInput(path, "GGUF metadata key at byte \(r.offset) is empty") }
+            guard values[key] == nil else { throw .badInput(path, "GGUF metadata key \"\(key)\" appears twice") }
+            let type = try r.i32("type of \(key)")
+            values[key] = try Self.value(&r, type: type, key: key, allowArray: true)
+        }
+        var alignment = 32
+        if let a = values["general.alignment"] {
+            guard case let .uint(x) = a, x > 0, x <= UInt64(Self.maxAlignment), x & (x - 1) == 0 else {
+                throw .badInput(path, "GGUF general.alignment must be a u32 power of two up to \(Self.maxAlignment)")
+            }
+            alignment = Int(x)
+        }
+        self.values = values
+        self.alignment = alignment
+
+        var records: [(String, [Int], Int32, UInt64, Int)] = []
+        var seen = Set<String>()
+        for _ in 0..<nTensors {
+            let name = try Self.string(&r, what: "tensor name")
+            guard name.utf8.count < Self.maxNameLength else { throw .badInput(path, "GGUF tensor name \"\(name.prefix(80))\" is \(name.utf8.count) bytes (limit \(Self.maxNameLength - 1))") }
+            guard seen.insert(name).inserted else { throw .badInput(path, "GGUF tensor \"\(name)\" appears twice") }
+            let nDims = try r.u32("dimension count of \(name)")
+            guard nDims >= 1, nDims <= 4 else { throw .badInput(path, "GGUF tensor \"\(name)\" has \(nDims) dimensions (1 to 4 allowed)") }
+            var dims: [Int] = []
+            for _ in 0..<nDims {
+                let d = try r.i64("dimension of \(name)")
+                guard d >= 0 else { throw .badInput(path, "GGUF tensor \"\(name)\" has a negative dimension \(d)") }
+                dims.append(Int(d))
+            }
+            let type = try r.i32("type of \(name)")
+            guard let t = Self.types[type] else { throw .badInput(path, "GGUF tensor \"\(name)\" has invalid type id \(type)") }
+            guard dims[0] % t.block == 0 else {
+                throw .badInput(path, "GGUF tensor \"\(name)\": first dimension \(dims[0]) is not a multiple of the \(t.name) block size \(t.block)")
+            }
+            let elements = try checkedProduct(dims.map(UInt64.init), path: path, what: "GGUF tensor \"\(name)\" dimensions \(dims)")
+            let bytes = try checkedProduct([elements / UInt64(t.block), UInt64(t.bytes)], path: path, what: "GGUF tensor \"\(name)\" size")
+            guard elements <= UInt64(Int.max) / 8 else { throw .badInput(path, "GGUF tensor \"\(name)\" has \(elements) elements") }
+            let offset = try r.u64("offset of \(name)")
+            guard offset % UInt64(alignment) == 0 else {
+                throw .badInput(path, "GGUF tensor \"\(name)\" offset \(offset) is not a multiple of the alignment \(alignment)")
+            }
+            records.append((name, dims, type, offset, Int(bytes)))
+        }
+        let dataStart = (r.offset + alignment - 1) / alignment * alignment
+        var stored: [StoredTensor] = []
+        for (name, dims, type, offset, bytes) in records {
+            let (start, o1) = UInt64(dataStart).addingReportingOverflow(offset)
+            let (end, o2) = start.addingReportingOverflow(UInt64(bytes))
+            guard !o1, !o2, end <= UInt64(file.bytes.count) else {
+                throw .badInput(path, "GGUF tensor \"\(name)\" data (\(bytes) bytes at offset \(offset)) is not within the \(file.bytes.count)-byte file (truncated?)")
+            }
+            stored.append(StoredTensor(ggufName: name, dims: dims, type: type, range: Int(start)..<Int(end)))
+        }
+        let byStart = stored.sorted { $0.range.lowerBound < $1.range.lowerBound }
+        for (a, b) in zip(byStart, byStart.dropFirst()) where b.range.lowerBound < a.range.upperBound {
+            throw .badInput(path, "GGUF tensors \"\(a.ggufName)\" and \"\(b.ggufName)\" overlap")
+        }
+        self.stored = stored
+
+        // The Hugging Face view. Types are checked here so a Q4_K file fails when opened, by name.
+        var infos: [TensorInfo] = []
+        var index: [String: Int] = [:]
+        let arch = values["general.architecture"].flatMap { if case let .string(s) = $0 { s } else { nil } }
+        for t in stored {
+            guard Self.supportedTypes.contains(t.type) else {
+                throw .badInput(path, "GGUF tensor \"\(t.ggufName)\" is \(Self.types[t.type]!.name); only F32, F16, BF16 and Q8_0 are supported")
+            }
+            guard arch == "llama" else { break }
+            let name = try Self.huggingFaceName(t.ggufName, path: path)
+            let dtype: DType = t.type == 1 ? .F16 : t.type == 30 ? .BF16 : .F32
+            index[name] = infos.count
+            infos.append(TensorInfo(name: name, dtype: dtype, shape: t.dims.reversed(), dataOffsets: t.range))
+        }
+        tensors = infos
+        self.index = index
+        config = arch == "llama"
+            ? Result { () throws(VFFNError) in try Self.llamaConfig(values, tensors: infos, path: path) }
+            : .failure(.badInput(path, "GGUF architecture \(arch.map { "\"\($0)\"" } ?? "(none)") is not supported; only llama is mapped to Hugging Face names"))
+    }
+
+    static func string(_ r: inout ByteReader, what: String) throws(VFFNError) -> String {
+        let n = try r.u64("length of \(what)")
+        guard n <= UInt64(maxStringLength), n <= UInt64(r.remaining) else {
+            throw .badInput(r.path, "GGUF \(what) length \(n) at byte \(r.offset - 8) exceeds the \(min(maxStringLength, r.remaining)) bytes allowed there")
+        }
+        let b = try r.take(Int(n), what)
+        guard let s = String(validating: b, as: UTF8.self) else { throw .badInput(r.path, "GGUF \(what) at byte \(r.offset - Int(n)) is not UTF-8") }
+        return s
+    }
+
+    static func value(_ r: inout ByteReader, type: Int32, key: String, allowArray: Bool) throws(VFFNError) -> Value {
+        switch type {
+        case 0: return .uint(UInt64(try r.u8(key)))
+        case 1: return .int(Int64(Int8(bitPattern: try r.u8(key))))
+        case 2: return .uint(UInt64(try r.u16(key)))
+        case 3: return .int(Int64(Int16(bitPattern: try r.u16(key))))
+        case 4: return .uint(UInt64(try r.u32(key)))
+        case 5: return .int(Int64(try r.i32(key)))
+        case 6: return .float(Double(Float(bitPattern: try r.u32(key))))
+        case 7:
+            let b = try r.u8(key)
+            guard b <= 1 else { throw .badInput(r.path, "GGUF bool \"\(key)\" holds \(b), not 0 or 1") }
+            return .bool(b == 1)
+        case 8: return .string(try string(&r, what: "value of \(key)"))
+        case 9:
+            guard allowArray else { throw .badInput(r.path, "GGUF key \"\(key)\" has an array of arrays, which is not supported") }
+            let elementType = try r.i32("array type of \(key)")
+            let count = try r.u64("array length of \(key)")
+            let minimum: UInt64 = [0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 8: 8, 10: 8, 11: 8, 12: 8][elementType] ?? 1
+            guard count <= UInt64(r.remaining) / minimum else {
+                throw .badInput(r.path, "GGUF array \"\(key)\" of \(count) elements exceeds the remaining \(r.remaining) bytes")
+            }
+            var items: [Value] = []
+            for _ in 0..<count {
+                let v = try value(&r, type: elementType, key: key, allowArray: false)
+                if count <= UInt64(keptArrayLength) { items.append(v) }
+            }
+            return count <= UInt64(keptArrayLength) ? .array(items) : .skippedArray(count: Int(count))
+        case 10: return .uint(try r.u64(key))
+        case 11: return .int(try r.i64(key))
+        case 12: return .float(Double(bitPattern: try r.u64(key)))
+        default: throw .badInput(r.path, "GGUF key \"\(key)\" has invalid type \(type)")
+        }
+    }
+
+    /// llama.cpp's names (gguf-py `tensor_mapping.py`) back to Hugging Face's. Unknown names are
+    /// refused rather than carried under a name no loader would understand.
+    static func huggingFaceName(_ name: String, path: String) throws(VFFNError) -> String {
+        let fixed = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"]
+        if let n = fixed[name] { return n }
+        let parts = name.split(separator: ".")
+        let perLayer = ["attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+                        "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+                        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"]
+        if parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0, let hf = perLayer[String(parts[2])],
+           parts[3] == "weight" || parts[3] == "bias" {
+            return "model.layers.\(layer).\(hf).\(parts[3])"
+        }
+        if name == "rope_freqs.weight" {
+            throw .badInput(path, "GGUF tensor rope_freqs.weight (llama3 rope frequency factors) is not supported")
+        }
+        throw .badInput(path, "GGUF tensor \"\(name)\" has no Hugging Face Llama equivalent")
+    }
+
+    /// config.json for the Hugging Face Llama, from the `llama.*` keys.
+    static func llamaConfig(_ v: [String: Value], tensors: [TensorInfo], path: String) throws(VFFNError) -> JSON {
+        func int(_ key: String) throws(VFFNError) -> Int {
+            guard let x = v[key]?.asInt, x > 0 else { throw .badInput(path, "GGUF metadata \"\(key)\" is missing or not a positive integer") }
+            return x
+        }
+        func number(_ key: String) throws(VFFNError) -> Double? {
+            guard let x = v[key] else { return nil }
+            guard let d = x.asDouble else { throw .badInput(path, "GGUF metadata \"\(key)\" is not a number") }
+            return d
+        }
+        guard let embedding = tensors.first(where: { $0.name == "model.embed_tokens.weight" }), embedding.shape.count == 2 else {
+            throw .badInput(path, "GGUF file has no 2-D token_embd.weight")
+        }
+        let heads = try int("llama.attention.head_count")
+        let hidden = try int("llama.embedding_length")
+        var members: [(String, JSON)] = [
+            ("architectures", .array([.string("LlamaForCausalLM")])),
+            ("model_type", .string("llama")),
+            ("vocab_size", .int(embedding.shape[0])),
+            ("hidden_size", .int(hidden)),
+            ("intermediate_size", .int(try int("llama.feed_forward_length"))),
+            ("num_hidden_layers", .int(try int("llama.block_count"))),
+            ("num_attention_heads", .int(heads)),
+            ("num_key_value_heads", .int(v["llama.attention.head_count_kv"] == nil ? heads : try int("llama.attention.head_count_kv"))),
+            ("max_position_embeddings", .int(try int("llama.context_length"))),
+            ("rms_norm_eps", .number(String(try number("llama.attention.layer_norm_rms_epsilon") ?? 1e-5))),
+            ("rope_theta", .number(String(try number("llama.rope.freq_base") ?? 10000))),
+            ("tie_word_embeddings", .bool(!tensors.contains { $0.name == "lm_head.weight" })),
+        ]
+        if v["llama.attention.key_length"] != nil {
+            let headDim = try int("llama.attention.key_length")
+            if headDim != hidden / heads { members.append(("head_dim", .int(headDim))) }
+        }
+        if case let .string(type)? = v["llama.rope.scaling.type"], type != "none" {
+            guard type == "linear", let factor = try number("llama.rope.scaling.factor") else {
+                throw .badInput(path, "GGUF rope scaling \"\(type)\" is not supported (only linear)")
+            }
+            members.append(("rope_scaling", .object([("type", .string("linear")), ("factor", .number(String(factor)))])))
+        }
+        return .object(members)
+    }
+
+    public func info(_ name: String) -> TensorInfo? { index[name].map { tensors[$0] } }
+
+    /// Q and K as llama.cpp stores them: within each head, row 2i+j holds what Hugging Face keeps
+    /// at row j*(d/2)+i. Returns the head count to undo it with, or nil for other tensors.
+    private func permutedHeads(_ name: String) throws(VFFNError) -> Int? {
+        guard name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.k_proj.weight")
+           || name.hasSuffix("self_attn.q_proj.bias") || name.hasSuffix("self_attn.k_proj.bias") else { return nil }
+        let c = try config.get()
+        return name.contains("q_proj") ? c["num_attention_heads"]!.intValue! : c["num_key_value_heads"]!.intValue!
+    }
+
+    public func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer {
+        guard let i = index[info.name] else { throw .badInput(path, "has no tensor \"\(info.name)\"") }
+        let t = stored[i]   // the Hugging Face view lists the stored tensors one for one
+        let raw = UnsafeRawBufferPointer(rebasing: file.bytes[t.range])
+        let heads = try permutedHeads(info.name)
+        if t.type != 8 && heads == nil { return raw }
+        return try decoded.bytes(info.name) { () throws(VFFNError) in
+            var bytes = t.type == 8 ? Self.dequantizeQ8_0(raw) : Array(raw)
+            if let heads {
+                let rows = info.shape[0], rowBytes = info.byteCount / max(rows, 1)
+                guard rows % (2 * heads) == 0 else {
+                    throw .badInput(path, "tensor \"\(info.name)\": \(rows) rows cannot be split into \(heads) heads of rotary pairs")
+                }
+                bytes = Self.unpermute(bytes, rows: rows, rowBytes: rowBytes, heads: heads)
+            }
+            return bytes
+        }
+    }
+
+    /// `y[i*32 + j] = qs[j] * d` for 34-byte blocks `{f16 d; i8 qs[32]}`, as little-endian f32.
+    static func dequantizeQ8_0(_ raw: UnsafeRawBufferPointer) -> [UInt8] {
+        let blocks = raw.count / 34
+        var out = [Float](repeating: 0, count: blocks * 32)
+        for b in 0..<blocks {
+            let base = b * 34
+            let d = Float(Float16(bitPattern: UInt16(raw[base]) | UInt16(raw[base + 1]) << 8))
+            for j in 0..<32 { out[b * 32 + j] = Float(Int8(bitPattern: raw[base + 2 + j])) * d }
+        }
+        return out.withUnsafeBytes { Array($0) }
+    }
+
+    /// Inverse of llama.cpp's `permute`: stored row h*hd + 2i + j goes back to h*hd + j*hd/2 + i.
+    static func unpermute(_ bytes: [UInt8], rows: Int, rowBytes: Int, heads: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: bytes.count)
+        let perHead = rows / heads, half = perHead / 2
+        for h in 0..<heads {
+            for i in 0..<half {
+                for j in 0..<2 {
+                    let from = (h * perHead + 2 * i + j) * rowBytes, to = (h * perHead + j * half + i) * rowBytes
+                    out.replaceSubrange(to..<to + rowBytes, with: bytes[from..<from + rowBytes])
+                }
+            }
+        }
+        return out
+    }
+
+    // MARK: SingleFileCheckpoint
+
+    public func checkpointConfig() throws(VFFNError) -> JSON { try config.get() }
+    public var embeddedFileNames: [String] { [] }
+    public func extractEmbeddedFile(_ name: String, to destination: String) throws(VFFNError) {
+        throw .badInput(path, "has no embedded file \"\(name)\"")
+    }
+
+    public var readerNotes: [String] {
+        var notes: [String] = []
+        let q8 = stored.filter { $0.type == 8 }.count
+        if q8 > 0 { notes.append("\(q8) Q8_0 tensor(s) dequantized to F32 (written as F32 by convert)") }
+        if tensors.contains(where: { $0.name.hasSuffix("q_proj.weight") }) { notes.append("q_proj/k_proj rows un-permuted from llama.cpp's rotary layout") }
+        notes.append("config.json derived from the GGUF llama.* metadata; the GGUF tokenizer is not converted")
+        return notes
+    }
+}
