@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+import TestSupport
+import VFFNFormats
+
+/// torch.save archives: read without running anything, and refused clearly when malformed.
+@Suite struct TorchCheckpointTests {
+    @Test func readsTorchSavedFixturesAsTheirSafetensorsTwins() throws {
+        for (bin, st) in [("bert-tiny-bin", "bert-tiny"), ("gpt2-bin-sharded", "gpt2-tiny"), ("llama-bin-deflated", "llama-gqa-sharded")] {
+            let a = try Checkpoint(path: Fixtures.path(bin)), b = try Checkpoint(path: Fixtures.path(st))
+            #expect(a.format == .pytorch)
+            for name in b.tensorNames {
+                let x = try #require(a.info(name), "\(bin): \(name) missing"), y = b.info(name)!
+                #expect(x.dtype == y.dtype && x.shape == y.shape)
+                #expect(Array(try a.bytes(name)!) == Array(try b.bytes(name)!), "\(bin): \(name)")
+            }
+        }
+        // The GPT-2 head shares wte's storage in the archive: both names, the same bytes.
+        let gpt2 = try Checkpoint(path: Fixtures.path("gpt2-bin-sharded"))
+        #expect(gpt2.isSharded && gpt2.shards.count == 2)
+        #expect(Array(try gpt2.bytes("lm_head.weight")!) == Array(try gpt2.bytes("transformer.wte.weight")!))
+        #expect(gpt2.safetensorsName(of: gpt2.shards[1]) == "model-00002-of-00002.safetensors")
+    }
+
+    func write(_ bytes: [UInt8]) -> String {
+        let path = makeTemporaryDirectory() + "/pytorch_model.bin"
+        writeFile(path, bytes)
+        return path
+    }
+
+    func expectError(_ bytes: [UInt8], _ message: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        let path = write(bytes)
+        do {
+            let f = try TensorFileFormat.open(path: path)
+            for t in f.tensors { _ = try f.bytes(t) }
+            Issue.record("read without error", sourceLocation: sourceLocation)
+        } catch {
+            #expect(error.description == path + ": " + message, sourceLocation: sourceLocation)
+        }
+    }
+
+    static let floats: [UInt8] = (0..<6).flatMap { le(Float($0).bitPattern) }
+
+    @Test func handMadeStateDictReadsAndGathersStridedViews() throws {
+        // A [2, 3] tensor and its transpose as a strided view of the same storage.
+        let pickle = PickleOps.stateDict([
+            PickleOps.tensor("w", key: "0", numel: 6, shape: [2, 3], stride: [3, 1]),
+            PickleOps.tensor("wt", key: "0", numel: 6, shape: [3, 2], stride: [1, 3]),
+            PickleOps.tensor("row1", key: "0", numel: 6, offset: 3, shape: [3], stride: [1]),
+        ])
+        let f = try TorchCheckpointFile(path: write(PickleOps.torchArchive(pickle: pickle, storages: [("0", Self.floats)])))
+        func values(_ n: String) throws -> [Float] { FloatCodec.decode(try f.bytes(f.info(n)!), as: .F32) }
+        #expect(try values("w") == [0, 1, 2, 3, 4, 5])
+        #expect(try values("wt") == [0, 3, 1, 4, 2, 5])
+        #expect(try values("row1") == [3, 4, 5])
+        #expect(f.tensors.map(\.name) == ["w", "wt", "row1"])
+    }
+
+    @Test func malformedArchives() throws {
+        let good = PickleOps.torchArchive(pickle: PickleOps.stateDict([PickleOps.tensor("w", key: "0", numel: 6, shape: [2, 3], stride: [3, 1])]),
+                                          storages: [("0", Self.floats)])
+        expectError(Array(good.prefix(good.count - 10)), "not a complete zip archive: no end-of-central-directory record (truncated?)")
+        expectError(Array(good.prefix(4)) + [UInt8](repeating: 0, count: 10), "truncated zip: 14 bytes, too short for an end-of-central-directory record")
+        // A stored byte flipped inside the storage record: caught by the entry's CRC32.
+        var flipped = good
+        let at = try #require((0..<good.count - 4).first { Array(good[$0..<$0 + 4]) == le(Float(5).bitPattern) })
+        flipped[at] ^= 0x01
+        expectError(flipped, "zip entry \"archive/data/0\" is corrupt: CRC32 \(String(crc32(Array(Self.floats.dropLast(4)) + [flipped[at], flipped[at + 1], flipped[at + 2], flipped[at + 3]]), radix: 16)), expected \(String(crc32(Self.floats), radix: 16))")
+        expectError(Zip.archive([Zip.Entry("top.txt", [1])]), "zip archive is not a torch.save checkpoint (its first entry is not in a folder)")
+        expectError(Zip.archive([Zip.Entry("archive/version", [0x33])]), "zip archive has no archive/data.pkl; not a torch.save checkpoint")
+        expectError(PickleOps.torchArchive(pickle: PickleOps.stateDict([]), storages: [], byteorder: "big"),
+                    "tensors are stored big-endian; only little-endian is supported")
+    }
+
+    @Test func malformedPickles() throws {
+        func archive(_ pickle: [UInt8], storages: [(String, [UInt8])] = [("0", TorchCheckpointTests.floats)]) -> [UInt8] {
+            PickleOps.torchArchive(pickle: pickle, storages: storages)
+        }
+        // Code execution through a global is refused by name, before anything is called.
+        let evil = [0x80, 0x02] + PickleOps.global("posix", "system") + PickleOps.tuple([PickleOps.unicode("echo pwned")]) + [0x52, 0x2E]
+        expectError(archive(evil), "pickle global posix.system at byte 2 is not allowed: a state dict needs only tensors, storages and OrderedDict, and nothing in a checkpoint is executed")
+        let eval = [0x80, 0x02] + PickleOps.global("builtins", "eval") + [0x2E]
+        expectError(archive(eval), "pickle global builtins.eval at byte 2 is not allowed: a state dict needs only tensors, storages and OrderedDict, and nothing in a checkpoint is executed")
+        // INST (0x69) is an opcode a state dict never uses.
+        expectError(archive([0x80, 0x02, 0x69] + Array("os\nsystem\n".utf8) + [0x2E]), "pickle opcode 0x69 at byte 2 is not supported in a state dict")
+        expectError(archive([0x80, 0x05, 0x2E]), "pickle: pickle protocol 5 is not supported (at most 4) at byte 2")
+        expectError(archive([0x80, 0x02, 0x52]), "pickle: stack underflow at byte 3")
+        expectError(archive([0x80, 0x02, 0x68, 0x07]), "pickle: memo index 7 was never stored at byte 4")
+        expectError(archive([0x80, 0x02, 0x58] + le(UInt32(1_000_000)) + [0x61]), "pickle: length 1000000 runs past the end of the pickle at byte 7")
+        expectError(archive([0x80, 0x02, 0x28]), "truncated pickle: opcode at byte 3 runs past the end of the 3-byte file")
+        // A training checkpoint: {"model": {...}} rather than the state dict itself.
+        let nested = [0x80, 0x02, 0x7D] + PickleOps.unicode("model") + [0x7D, 0x73, 0x2E]
+        expectError(archive(nested), "pickle: \"model\" holds a nested dict; this is a training checkpoint, not a state dict (save model.state_dict())")
+        // Storage problems, checked against the archive before any data is read.
+        expectError(archive(PickleOps.stateDict([PickleOps.tensor("w", key: "7", numel: 6, shape: [2, 3], stride: [3, 1])])),
+                    "tensor \"w\": storage record archive/data/7 is missing from the archive")
+        expectError(archive(PickleOps.stateDict([PickleOps.tensor("w", key: "0", numel: 8, shape: [2, 4], stride: [4, 1])])),
+                    "tensor \"w\": storage record archive/data/0 holds 24 bytes, but 8 F32 elements need 32")
+        expectError(archive(PickleOps.stateDict([PickleOps.tensor("w", key: "0", numel: 6, offset: 2, shape: [2, 3], stride: [3, 1])])),
+                    "tensor \"w\": view (offset 2, shape [2, 3], stride [3, 1]) reaches element 7 of a 6-element storage")
+        expectError(archive(PickleOps.stateDict([PickleOps.tensor("w", storage: "ComplexFloatStorage", key: "0", numel: 3, shape: [3], stride: [1])])),
+                    "pickle global torch.ComplexFloatStorage at byte 83 is not allowed: a state dict needs only tensors, storages and OrderedDict, and nothing in a checkpoint is executed")
+    }
+
+    @Test func legacyTorchFilesAreNamed() throws {
+        let path = write([0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8])
+        #expect { try TensorFileFormat.open(path: path) } throws: {
+            ($0 as? VFFNError)?.description == path + ": is a legacy (pre-1.6, non-zip) torch.save file; re-save it with a current torch or as safetensors"
+        }
+    }
+}
