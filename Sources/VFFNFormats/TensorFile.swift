@@ -27,6 +27,11 @@ public enum TensorFileFormat: String, Sendable {
         if head.starts(with: Array("ggjt".utf8)) || head.starts(with: Array("ggml".utf8)) || head.starts(with: Array("ggmf".utf8)) {
             throw .badInput(path, "is a legacy GGML file (\(String(decoding: head.prefix(4), as: UTF8.self))), which predates GGUF; convert it to GGUF first")
         }
+        // The content decides; a name that promises another format only sharpens the message
+        // when its magic is wrong (safetensors, which has none, is what is left otherwise).
+        let shown = "\"" + String(decoding: head.prefix(4).map { (0x20..<0x7F).contains($0) ? $0 : UInt8(ascii: "?") }, as: UTF8.self) + "\""
+        if path.hasSuffix(".gguf") { throw .badInput(path, "not a GGUF file: bad magic \(shown) (expected \"GGUF\")") }
+        if path.hasSuffix(".vffn") { throw .badInput(path, "not a .vffn file (bad magic)") }
         return .safetensors
     }
 

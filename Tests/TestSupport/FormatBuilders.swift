@@ -26,7 +26,7 @@ public enum GGUF {
     public static func f32(_ key: String, _ v: Float) -> [UInt8] { kv(key, 6, le(v.bitPattern)) }
     public static func str(_ key: String, _ v: String) -> [UInt8] { kv(key, 8, string(v)) }
 
-    public struct Tensor {
+    public struct Tensor: Sendable {
         public var name: String
         public var dims: [Int64]
         public var type: Int32
@@ -65,7 +65,7 @@ public enum GGUF {
 // MARK: zip and torch.save
 
 public enum Zip {
-    public struct Entry {
+    public struct Entry: Sendable {
         public var name: String
         public var data: [UInt8]
         public init(_ name: String, _ data: [UInt8]) {

@@ -119,15 +119,49 @@ import VFFNFormats
         (["convert", "FIXTURE", "DST", "--max-depth", "0"], Int32(64), "vffn-convert: error: --max-depth must be at least 1 (got 0)"),
         (["run", "FIXTURE", "--tokens", "1,999", "--out", "DST"], Int32(64), "vffn-convert: error: token id 999 is outside the vocabulary [0, 256)"),
         (["verify", "FIXTURE"], Int32(65), "has no \"versatile_ffn\" section; not a converted checkpoint"),
+        (["unpack", "FIXTURE/model.safetensors", "DST"], Int32(65), "model.safetensors: is a safetensors file, not a .vffn container"),
+        (["pack", "FIXTURE/model.safetensors", "DST"], Int32(65), "is a single safetensors file; give the checkpoint directory that holds it and config.json"),
     ])
     func errorsAreOneLineWithTheirExitCode(args: [String], status: Int32, message: String) throws {
         let dir = makeTemporaryDirectory()
-        let resolved = args.map { $0 == "FIXTURE" ? Fixtures.path("mistral-f16") : $0 == "DST" ? dir + "/out" : $0 }
+        let resolved = args.map { $0.replacingOccurrences(of: "FIXTURE", with: Fixtures.path("mistral-f16")).replacingOccurrences(of: "DST", with: dir + "/out") }
         let r = try run(resolved)
         #expect(r.status == status)
         #expect(r.stderr.contains(message), "\(r.stderr)")
         #expect(r.stderr.split(separator: "\n").count == 1)
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty, "output left behind")
+    }
+
+    /// The container end to end: convert straight to .vffn, verify and run it, unpack it into a
+    /// directory that runs the same, and pack a directory back bit for bit.
+    @Test func vffnContainerThroughTheCommandLine() throws {
+        let dir = makeTemporaryDirectory()
+        let tokens = Fixtures.tokens.map(String.init).joined(separator: ",")
+        let src = Fixtures.path("llama-gqa-sharded")
+        let c = try run(["convert", src, dir + "/m.vffn", "--output-format", "vffn", "--compress", "--seed", "0", "--quiet"])
+        #expect(c.status == 0, "\(c.stderr)")
+        let v = try run(["verify", dir + "/m.vffn", "--source", src])
+        #expect(v.status == 0, "\(v.stdout)\(v.stderr)")
+        #expect(try run(["run", dir + "/m.vffn", "--tokens", tokens, "--out", dir + "/a.npy"]).status == 0)
+        let u = try run(["unpack", dir + "/m.vffn", dir + "/m"])
+        #expect(u.status == 0, "\(u.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/m").sorted() == [
+            "README.md", "config.json", "generation_config.json", "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
+            "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors", "model.safetensors.index.json"])
+        #expect(try run(["run", dir + "/m", "--tokens", tokens, "--out", dir + "/b.npy"]).status == 0)
+        #expect(FileManager.default.contents(atPath: dir + "/a.npy") == FileManager.default.contents(atPath: dir + "/b.npy"))
+        // The same conversion written as a directory holds the same tensors and config.
+        #expect(try run(["convert", src, dir + "/d", "--seed", "0", "--quiet"]).status == 0)
+        let a = try Checkpoint(path: dir + "/m"), b = try Checkpoint(path: dir + "/d")
+        #expect(a.config == b.config && a.tensorNames.sorted() == b.tensorNames.sorted())
+        for name in b.tensorNames { #expect(Array(try a.bytes(name)!) == Array(try b.bytes(name)!)) }
+        let p = try run(["pack", dir + "/d", dir + "/d.vffn"])
+        #expect(p.status == 0 && p.stdout.contains("25 tensors"), "\(p.stdout)\(p.stderr)")
+        #expect(try run(["unpack", dir + "/d.vffn", dir + "/d2"]).status == 0)
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir + "/d") {
+            #expect(FileManager.default.contents(atPath: dir + "/d/" + f) == FileManager.default.contents(atPath: dir + "/d2/" + f), "\(f)")
+        }
+        #expect(try run(["unpack", dir + "/d.vffn", dir + "/d2"]).status == 64)
     }
 
     @Test func malformedShardFailsConversionCleanly() throws {
@@ -196,6 +230,15 @@ import VFFNFormats
     @Test func argumentErrorsAreUsageErrors() throws {
         let r = try run(["run", Fixtures.path("mistral-f16"), "--tokens", "1,x", "--out", "/tmp/x.npy"])
         #expect(r.status == 64)
+        // Argument errors are swift-argument-parser's: the error, then the usage line.
+        for (args, message) in [(["--compress"], "--compress applies only to --output-format vffn"),
+                                (["--output-format", "onnx"], "The value 'onnx' is invalid for '--output-format <output-format>'")] {
+            let dir = makeTemporaryDirectory()
+            let e = try run(["convert", Fixtures.path("mistral-f16"), dir + "/out"] + args)
+            #expect(e.status == 64)
+            #expect(e.stderr.hasPrefix("Error: " + message), "\(e.stderr)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+        }
         let h = try run(["convert", "--help"])
         #expect(h.status == 0)
         #expect(h.stdout.contains("--max-depth"))

@@ -138,16 +138,6 @@ import VFFNFormats
         return "0x" + String(repeating: "0", count: 8 - s.count) + s
     }
 
-    /// Bitwise CRC-32 (IEEE, reflected, polynomial 0xEDB88320), independent of zlib.
-    func crc32(_ bytes: [UInt8]) -> UInt32 {
-        var c: UInt32 = 0xFFFF_FFFF
-        for b in bytes {
-            c ^= UInt32(b)
-            for _ in 0..<8 { c = c & 1 == 1 ? (c >> 1) ^ 0xEDB8_8320 : c >> 1 }
-        }
-        return ~c
-    }
-
     @Test func storedChecksumsAreStandardCRC32() throws {
         let path = try container()
         let c = try VFFNContainer(path: path)

@@ -43,6 +43,25 @@ import VFFNModels
         #expect(relativeError(dense.output.data, golden.values) > 1e-2)
     }
 
+    /// The same weights in another format give the same output, bit for bit.
+    @Test(arguments: [("gguf/llama-gqa-f32.gguf", "llama-gqa-sharded"), ("gguf/llama-gqa-f32-v2.gguf", "llama-gqa-sharded"),
+                      ("llama-bin-deflated", "llama-gqa-sharded"), ("gpt2-bin-sharded", "gpt2-tiny"), ("bert-tiny-bin", "bert-tiny")])
+    func otherFormatsRunExactlyAsTheirSafetensorsTwin(fixture: String, twin: String) throws {
+        let a = try Architectures.load(Checkpoint(path: Fixtures.path(fixture))).forward(Fixtures.tokens, mode: .dense, trace: false).output
+        let b = try Architectures.load(Checkpoint(path: Fixtures.path(twin))).forward(Fixtures.tokens, mode: .dense, trace: false).output
+        #expect(a.data == b.data)
+    }
+
+    /// Q8_0 against transformers' own GGUF loader (same dequantized weights) and against the f32
+    /// originals (what quantization costs: 1.5e-2 relative on these order-one weights).
+    @Test func q8_0GGUFMatchesTransformersWithinRoundingAndTheOriginalWithinQuantization() throws {
+        let out = try Architectures.load(Checkpoint(path: Fixtures.path("gguf/llama-gqa-q8_0.gguf"))).forward(Fixtures.tokens, mode: .dense, trace: false).output
+        #expect(relativeError(out.data, try Fixtures.golden("llama-gqa-q8_0-gguf-logits.npy").values) < Self.tolerance)
+        let quantization = relativeError(out.data, try Fixtures.golden("llama-gqa-sharded-dense-logits.npy").values)
+        #expect(quantization > 1e-3 && quantization < 3e-2, "Q8_0 vs f32: \(quantization)")
+        #expect(relativeError(try Fixtures.golden("llama-gqa-f32-gguf-logits.npy").values, try Fixtures.golden("llama-gqa-sharded-dense-logits.npy").values) == 0)
+    }
+
     @Test func denseModeOfAConvertedCheckpointIsTheSourceModel() throws {
         let converted = try Architectures.load(Checkpoint(path: Fixtures.path("qwen2-bf16-vffn")))
         let source = try Architectures.load(Checkpoint(path: Fixtures.path("qwen2-bf16-tied")))

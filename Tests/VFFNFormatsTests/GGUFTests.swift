@@ -1,0 +1,137 @@
+import Foundation
+import Testing
+import TestSupport
+import VFFNFormats
+
+/// GGUF: llama.cpp's layout mapped back to Hugging Face, and every malformed header refused.
+@Suite struct GGUFTests {
+    @Test(arguments: ["llama-gqa-f32.gguf", "llama-gqa-f32-v2.gguf"])
+    func f32GGUFIsTheSafetensorsCheckpointByteForByte(file: String) throws {
+        let g = try Checkpoint(path: Fixtures.path("gguf/" + file)), s = try Checkpoint(path: Fixtures.path("llama-gqa-sharded"))
+        #expect(g.format == .gguf)
+        #expect(g.tensorNames.sorted() == s.tensorNames.sorted())
+        // Names mapped, dimensions reversed, Q/K un-permuted: every tensor equals the original.
+        for name in s.tensorNames {
+            #expect(g.info(name)!.shape == s.info(name)!.shape, "\(name)")
+            #expect(Array(try g.bytes(name)!) == Array(try s.bytes(name)!), "\(name)")
+        }
+        let c = g.config
+        for key in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings"] {
+            #expect(c[key]?.intValue == s.config[key]?.intValue, "\(key)")
+        }
+        #expect(c["rope_theta"]?.doubleValue == 500000)
+        #expect(c["tie_word_embeddings"]?.boolValue == false)
+        #expect((try GGUFFile(path: Fixtures.path("gguf/" + file))).version == (file.contains("v2") ? 2 : 3))
+    }
+
+    /// Q8_0 blocks dequantize to qs * d exactly; against the f32 originals the error is bounded
+    /// by half a quantization step (d/2) plus the f16 rounding of d.
+    @Test func q8_0DequantizesWithinHalfAStep() throws {
+        let q = try Checkpoint(path: Fixtures.path("gguf/llama-gqa-q8_0.gguf")), s = try Checkpoint(path: Fixtures.path("llama-gqa-sharded"))
+        #expect(q.notes.contains { $0.hasPrefix("16 Q8_0 tensor(s) dequantized to F32") })
+        for name in s.tensorNames where s.info(name)!.shape.count == 2 {
+            let a = FloatCodec.decode(try q.bytes(name)!, as: .F32), b = FloatCodec.decode(try s.bytes(name)!, as: .F32)
+            // Q/K rows are un-permuted, so compare each block of 32 along its original row.
+            for block in stride(from: 0, to: b.count, by: 32) {
+                let amax = b[block..<block + 32].map(abs).max()!
+                let step = amax / 127
+                for i in block..<block + 32 { #expect(abs(a[i] - b[i]) <= step * 0.5 + amax * 1e-3, "\(name)[\(i)]") }
+            }
+        }
+    }
+
+    @Test func handMadeGGUFWithF16AndBF16() throws {
+        let d: Int64 = 8
+        var tensors: [GGUF.Tensor] = []
+        var data: [UInt8] = []
+        func add(_ name: String, _ dims: [Int64], type: Int32, _ bytes: [UInt8]) {
+            tensors.append(.init(name, dims, type: type, offset: UInt64(data.count)))
+            data += bytes
+            data += [UInt8](repeating: 0, count: (32 - data.count % 32) % 32)
+        }
+        let values = (0..<Int(d * 16)).map { Float($0) / 64 - 1 }
+        add("token_embd.weight", [d, 16], type: 1, FloatCodec.encode(values, as: .F16))
+        add("output_norm.weight", [d], type: 30, FloatCodec.encode(Array(values.prefix(8)), as: .BF16))
+        let path = makeTemporaryDirectory() + "/m.gguf"
+        writeFile(path, GGUF.file(kvs: GGUF.llamaMetadata(), tensors: tensors, data: data))
+        let f = try GGUFFile(path: path)
+        #expect(f.info("model.embed_tokens.weight")?.dtype == .F16 && f.info("model.embed_tokens.weight")?.shape == [16, 8])
+        #expect(FloatCodec.decode(try f.bytes(f.info("model.norm.weight")!), as: .BF16) == Array(values.prefix(8)))
+        #expect(FloatCodec.decode(try f.bytes(f.info("model.embed_tokens.weight")!), as: .F16) == values)
+        #expect(try f.checkpointConfig()["tie_word_embeddings"]?.boolValue == true)
+        #expect(try f.checkpointConfig()["vocab_size"]?.intValue == 16)
+    }
+
+    func expectError(_ bytes: [UInt8], _ message: String, prefix: Bool = false, sourceLocation: SourceLocation = #_sourceLocation) {
+        let path = makeTemporaryDirectory() + "/m.gguf"
+        writeFile(path, bytes)
+        do {
+            _ = try Checkpoint(path: path)
+            Issue.record("opened without error", sourceLocation: sourceLocation)
+        } catch {
+            if prefix {
+                #expect(error.description.hasPrefix(path + ": " + message), "\(error)", sourceLocation: sourceLocation)
+            } else {
+                #expect(error.description == path + ": " + message, sourceLocation: sourceLocation)
+            }
+        }
+    }
+
+    static let norm = GGUF.Tensor("output_norm.weight", [8], type: 0, offset: 0)
+    static let normData = [UInt8](repeating: 0, count: 32)
+
+    @Test func malformedHeaders() throws {
+        let meta = GGUF.llamaMetadata()
+        func file(_ version: UInt32 = 3, kvs: [[UInt8]] = GGUF.llamaMetadata(), tensors: [GGUF.Tensor] = [GGUFTests.norm],
+                  data: [UInt8] = GGUFTests.normData, tensorCount: Int64? = nil, kvCount: Int64? = nil) -> [UInt8] {
+            GGUF.file(version: version, kvs: kvs, tensors: tensors, data: data, tensorCount: tensorCount, kvCount: kvCount)
+        }
+        expectError(Array("GGUG".utf8) + [UInt8](repeating: 0, count: 20), "not a GGUF file: bad magic \"GGUG\" (expected \"GGUF\")")
+        expectError(Array("ggjt".utf8) + [UInt8](repeating: 0, count: 20), "is a legacy GGML file (ggjt), which predates GGUF; convert it to GGUF first")
+        expectError(file(1), "GGUF version 1 is no longer supported (re-convert with a current llama.cpp)")
+        expectError(file(4), "GGUF version 4 is not supported (2 and 3 are)")
+        expectError(file(0x0300_0000), "GGUF version 50331648 looks byte-swapped: big-endian GGUF files are not supported")
+        expectError(file(tensorCount: -1), "GGUF tensor count -1 is impossible for a \(file().count)-byte file")
+        expectError(file(kvCount: 1 << 40), "GGUF metadata count 1099511627776 is impossible for a \(file(kvCount: 1 << 40).count)-byte file")
+        expectError(file(kvs: meta + [GGUF.str("general.architecture", "llama")]), "GGUF metadata key \"general.architecture\" appears twice")
+        expectError(file(kvs: meta + [GGUF.u32("", 1)]), "GGUF metadata key at byte \(24 + meta.joined().count + 8) is empty")
+        expectError(file(kvs: meta + [GGUF.kv("bad.type", 13, [])]), "GGUF key \"bad.type\" has invalid type 13")
+        expectError(file(kvs: meta + [GGUF.kv("nested", 9, le(Int32(9)) + le(UInt64(1)) + le(Int32(4)) + le(UInt64(0)))]),
+                    "GGUF key \"nested\" has an array of arrays, which is not supported")
+        expectError(file(kvs: meta + [GGUF.kv("huge.array", 9, le(Int32(4)) + le(UInt64(1) << 40))]),
+                    "GGUF array \"huge.array\" of 1099511627776 elements exceeds the remaining ", prefix: true)
+        expectError(file(kvs: meta + [GGUF.kv("long.string", 8, le(UInt64(1) << 20))]),
+                    "GGUF value of long.string length 1048576 at byte \(24 + meta.joined().count + 8 + 11 + 4) exceeds the ", prefix: true)
+        expectError(file(kvs: meta + [GGUF.u32("general.alignment", 48)]), "GGUF general.alignment must be a u32 power of two up to 1048576")
+        expectError(file(kvs: meta + [GGUF.kv("flag", 7, [2])]), "GGUF bool \"flag\" holds 2, not 0 or 1")
+    }
+
+    @Test func malformedTensorTables() throws {
+        let meta = GGUF.llamaMetadata()
+        func file(_ tensors: [GGUF.Tensor], data: [UInt8] = [UInt8](repeating: 0, count: 64), kvs: [[UInt8]] = GGUF.llamaMetadata()) -> [UInt8] {
+            GGUF.file(kvs: kvs, tensors: tensors, data: data)
+        }
+        let long = String(repeating: "x", count: 64)
+        expectError(file([.init(long, [8], type: 0, offset: 0)]), "GGUF tensor name \"\(long)\" is 64 bytes (limit 63)")
+        expectError(file([Self.norm, Self.norm]), "GGUF tensor \"output_norm.weight\" appears twice")
+        expectError(file([.init("t", [1, 1, 1, 1, 1], type: 0, offset: 0)]), "GGUF tensor \"t\" has 5 dimensions (1 to 4 allowed)")
+        expectError(file([.init("t", [8, -1], type: 0, offset: 0)]), "GGUF tensor \"t\" has a negative dimension -1")
+        expectError(file([.init("t", [8], type: 4, offset: 0)]), "GGUF tensor \"t\" has invalid type id 4")
+        expectError(file([.init("t", [16], type: 8, offset: 0)]), "GGUF tensor \"t\": first dimension 16 is not a multiple of the Q8_0 block size 32")
+        expectError(file([.init("t", [1 << 32, 1 << 32], type: 0, offset: 0)]), "GGUF tensor \"t\" dimensions [4294967296, 4294967296] overflows 64 bits")
+        expectError(file([.init("t", [8], type: 0, offset: 8)]), "GGUF tensor \"t\" offset 8 is not a multiple of the alignment 32")
+        expectError(file([.init("a", [16], type: 0, offset: 0), .init("b", [8], type: 0, offset: 32)]), "GGUF tensors \"a\" and \"b\" overlap")
+        expectError(file([.init("output_norm.weight", [8], type: 0, offset: 64)]), "GGUF tensor \"output_norm.weight\" data (32 bytes at offset 64) is not within the \(file([Self.norm]).count)-byte file (truncated?)")
+        expectError(file([.init("blk.0.ffn_gate.weight", [256, 16], type: 12, offset: 0)], data: [UInt8](repeating: 0, count: 2304)),
+                    "GGUF tensor \"blk.0.ffn_gate.weight\" is Q4_K; only F32, F16, BF16 and Q8_0 are supported")
+        expectError(file([.init("blk.0.ffn_weird.weight", [8], type: 0, offset: 0)]), "GGUF tensor \"blk.0.ffn_weird.weight\" has no Hugging Face Llama equivalent")
+        expectError(file([.init("rope_freqs.weight", [8], type: 0, offset: 0)]), "GGUF tensor rope_freqs.weight (llama3 rope frequency factors) is not supported")
+        // Not a Llama: the tensors parse, but there is no Hugging Face model to map them to.
+        var qwen = meta
+        qwen[0] = GGUF.str("general.architecture", "qwen2")
+        expectError(file([Self.norm], kvs: qwen), "GGUF architecture \"qwen2\" is not supported; only llama is mapped to Hugging Face names")
+        // A llama missing a size the config needs.
+        expectError(file([.init("token_embd.weight", [8, 4], type: 0, offset: 0)], data: [UInt8](repeating: 0, count: 128), kvs: meta.filter { !String(decoding: $0, as: UTF8.self).contains("block_count") }),
+                    "GGUF metadata \"llama.block_count\" is missing or not a positive integer")
+    }
+}
