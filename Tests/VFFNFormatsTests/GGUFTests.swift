@@ -54,6 +54,14 @@ import VFFNFormats
         add("output_norm.weight", [d], type: 30, FloatCodec.encode(Array(values.prefix(8)), as: .BF16))
         let path = makeTemporaryDirectory() + "/m.gguf"
         writeFile(path, GGUF.file(kvs: GGUF.llamaMetadata(), tensors: tensors, data: data))
+        // The same file with general.alignment 64: offsets must now be multiples of 64.
+        let aligned = makeTemporaryDirectory() + "/a.gguf"
+        let offsets64 = [GGUF.Tensor("token_embd.weight", [d, 16], type: 1, offset: 0), GGUF.Tensor("output_norm.weight", [d], type: 30, offset: 256)]
+        writeFile(aligned, GGUF.file(kvs: GGUF.llamaMetadata() + [GGUF.u32("general.alignment", 64)], tensors: offsets64,
+                                     data: Array(data.prefix(256)) + Array(data[256..<272]), alignment: 64))
+        let g = try GGUFFile(path: aligned)
+        #expect(g.alignment == 64)
+        #expect(FloatCodec.decode(try g.bytes(g.info("model.norm.weight")!), as: .BF16) == Array(values.prefix(8)))
         let f = try GGUFFile(path: path)
         #expect(f.info("model.embed_tokens.weight")?.dtype == .F16 && f.info("model.embed_tokens.weight")?.shape == [16, 8])
         #expect(FloatCodec.decode(try f.bytes(f.info("model.norm.weight")!), as: .BF16) == Array(values.prefix(8)))

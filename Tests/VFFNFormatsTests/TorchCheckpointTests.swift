@@ -22,6 +22,22 @@ import VFFNFormats
         #expect(gpt2.safetensorsName(of: gpt2.shards[1]) == "model-00002-of-00002.safetensors")
     }
 
+    /// torch writes ZIP64 end records beside the classic one; an archive whose classic record
+    /// holds the ZIP64 sentinels (as a large one does) must be read through them.
+    @Test func zip64EndRecordsAreFollowed() throws {
+        var bytes = Array(FileManager.default.contents(atPath: Fixtures.path("bert-tiny-bin/pytorch_model.bin"))!)
+        let eocd = try #require((0..<bytes.count - 4).last { Array(bytes[$0..<$0 + 4]) == le(UInt32(0x0605_4B50)) })
+        bytes.replaceSubrange(eocd + 8..<eocd + 20, with: le(UInt16(0xFFFF)) + le(UInt16(0xFFFF)) + le(UInt32(0xFFFF_FFFF)) + le(UInt32(0xFFFF_FFFF)))
+        let path = write(bytes)
+        let a = try TorchCheckpointFile(path: path), b = try TorchCheckpointFile(path: Fixtures.path("bert-tiny-bin/pytorch_model.bin"))
+        #expect(a.tensors.map(\.name) == b.tensors.map(\.name))
+        for t in b.tensors { #expect(Array(try a.bytes(t)) == Array(try b.bytes(t))) }
+        // Without the ZIP64 records the sentinels cannot be resolved.
+        let locator = try #require((0..<eocd).last { Array(bytes[$0..<$0 + 4]) == le(UInt32(0x0706_4B50)) })
+        bytes.replaceSubrange(locator..<locator + 4, with: [0, 0, 0, 0])
+        expectError(bytes, "zip64 archive without its locator")
+    }
+
     func write(_ bytes: [UInt8]) -> String {
         let path = makeTemporaryDirectory() + "/pytorch_model.bin"
         writeFile(path, bytes)
@@ -66,10 +82,24 @@ import VFFNFormats
         let at = try #require((0..<good.count - 4).first { Array(good[$0..<$0 + 4]) == le(Float(5).bitPattern) })
         flipped[at] ^= 0x01
         expectError(flipped, "zip entry \"archive/data/0\" is corrupt: CRC32 \(String(crc32(Array(Self.floats.dropLast(4)) + [flipped[at], flipped[at + 1], flipped[at + 2], flipped[at + 3]]), radix: 16)), expected \(String(crc32(Self.floats), radix: 16))")
+        // The central directory's sizes for the storage entry, inflated past the end of the file.
+        var outOfBounds = good
+        let cd = try #require((0..<good.count - 4).last { Array(good[$0..<$0 + 4]) == le(UInt32(0x0201_4B50)) && String(decoding: good[($0 + 46)...].prefix(14), as: UTF8.self) == "archive/data/0" })
+        outOfBounds.replaceSubrange(cd + 20..<cd + 28, with: le(UInt32(1 << 30)) + le(UInt32(1 << 30)))
+        expectError(outOfBounds, "zip entry \"archive/data/0\" data (1073741824 bytes at \(try #require(localDataOffset(good, "archive/data/0")))) runs past the end of the \(good.count)-byte file (truncated?)")
+        var badLocal = good
+        badLocal.replaceSubrange(cd + 42..<cd + 46, with: le(UInt32(good.count + 10)))
+        expectError(badLocal, "zip entry \"archive/data/0\" local header offset \(good.count + 10) is outside the file")
         expectError(Zip.archive([Zip.Entry("top.txt", [1])]), "zip archive is not a torch.save checkpoint (its first entry is not in a folder)")
         expectError(Zip.archive([Zip.Entry("archive/version", [0x33])]), "zip archive has no archive/data.pkl; not a torch.save checkpoint")
         expectError(PickleOps.torchArchive(pickle: PickleOps.stateDict([]), storages: [], byteorder: "big"),
                     "tensors are stored big-endian; only little-endian is supported")
+    }
+
+    /// Where an entry's data starts: after its 30-byte local header and name (no extra field here).
+    func localDataOffset(_ archive: [UInt8], _ name: String) -> Int? {
+        (0..<archive.count - 4).first { Array(archive[$0..<$0 + 4]) == le(UInt32(0x0403_4B50)) && String(decoding: archive[($0 + 30)...].prefix(name.utf8.count), as: UTF8.self) == name }
+            .map { $0 + 30 + name.utf8.count }
     }
 
     @Test func malformedPickles() throws {
