@@ -4,7 +4,7 @@ APT_PACKAGES := libopenblas-dev zlib1g-dev libjson-c-dev
 DEMO_SRC := fixtures/llama-gqa-sharded
 DEMO_DST := out/demo-llama-vffn
 
-.PHONY: all deps build test test-real demo fixtures clean
+.PHONY: all deps build test test-real demo fixtures fuzz clean
 
 all: build
 
@@ -39,6 +39,34 @@ test-real: deps
 	echo "$(REAL_SHA256)  $(REAL_MODEL)/model.safetensors" | sha256sum -c --quiet
 	$(SWIFT) build --build-tests
 	VFFN_REAL_CHECKPOINT=$(REAL_MODEL) $(SWIFT) test --skip-build --filter RealCheckpointTests
+
+# libFuzzer on every binary parser: each target in Fuzz/ is compiled with the VFFNFormats sources
+# under -sanitize=fuzzer,address and run for FUZZ_SECONDS, starting from the fixtures. Corpora
+# grow in .build/fuzz/corpus-*; crashes land in .build/fuzz/artifacts/.
+FUZZ_TARGETS := json safetensors gguf torch pickle vffn
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS ?= 2
+
+fuzz: deps
+	@mkdir -p .build/fuzz/artifacts
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "building fuzz target $$t"; \
+	  swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name VFFNFormats -I Sources/CZlib -I Sources/CJSONC \
+	    Sources/VFFNFormats/*.swift Fuzz/Support.swift Fuzz/$$t.swift -lz -ljson-c -o .build/fuzz/$$t 2>&1 | grep -v "ld.gold: warning" || true; \
+	  test -x .build/fuzz/$$t || exit 1; \
+	  mkdir -p .build/fuzz/corpus-$$t; \
+	done
+	@cp fixtures/*/config.json fixtures/*/*.index.json fixtures/goldens/*.json .build/fuzz/corpus-json/ 2>/dev/null; \
+	for f in fixtures/*/*.safetensors; do cp $$f .build/fuzz/corpus-safetensors/$$(echo $$f | tr / _); done; \
+	cp fixtures/gguf/*.gguf .build/fuzz/corpus-gguf/; \
+	for f in fixtures/*/*.bin; do cp $$f .build/fuzz/corpus-torch/$$(echo $$f | tr / _); done; \
+	python3 -c 'import sys, zipfile; [open(".build/fuzz/corpus-pickle/" + f.replace("/", "_") + ".pkl", "wb").write(zipfile.ZipFile(f).read(next(n for n in zipfile.ZipFile(f).namelist() if n.endswith("data.pkl")))) for f in sys.argv[1:]]' fixtures/*/*.bin; \
+	cp fixtures/vffn/*.vffn .build/fuzz/corpus-vffn/
+	@printf '%s\n' $(FUZZ_TARGETS) | xargs -P $(FUZZ_JOBS) -I{} sh -c \
+	  '.build/fuzz/{} .build/fuzz/corpus-{} -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -max_len=1048576 \
+	     -artifact_prefix=.build/fuzz/artifacts/{}- -print_final_stats=1 > .build/fuzz/{}.log 2>&1; \
+	   echo "fuzz {}: exit $$?, $$(grep -c . .build/fuzz/{}.log) log lines, $$(ls .build/fuzz/corpus-{} | wc -l) corpus files"'
+	@if ls .build/fuzz/artifacts/* >/dev/null 2>&1; then echo "findings in .build/fuzz/artifacts:"; ls .build/fuzz/artifacts; exit 1; fi
 
 # Converts the shipped tiny Llama (GQA, 4 shards), then verifies the result against it.
 demo: build

@@ -81,6 +81,10 @@ enum Pickle {
             if let m = marks.last, stack.count < m { throw fail("stack underflow past a mark") }
             return v
         }
+        func top() throws(VFFNError) -> Value {
+            guard let v = stack.last else { throw fail("memoizing from an empty stack") }
+            return v
+        }
         func popMark() throws(VFFNError) -> [Value] {
             guard let m = marks.popLast() else { throw fail("no mark to pop to") }
             guard m <= stack.count else { throw fail("stack underflow past a mark") }
@@ -149,9 +153,9 @@ enum Pickle {
             case 0x58: try push(.string(try text(try length(UInt64(try r.u32("BINUNICODE length"))))))
             case 0x8C: try push(.string(try text(Int(try r.u8("SHORT_BINUNICODE length")))))
             case 0x55: try push(.string(try text(Int(try r.u8("SHORT_BINSTRING length")))))
-            case 0x71: memo[try memoKey(UInt64(try r.u8("BINPUT")))] = stack.last ?? .none   // BINPUT
-            case 0x72: memo[try memoKey(UInt64(try r.u32("LONG_BINPUT")))] = stack.last ?? .none
-            case 0x94: memo[memo.count] = stack.last ?? .none                                // MEMOIZE
+            case 0x71: memo[try memoKey(UInt64(try r.u8("BINPUT")))] = try top()             // BINPUT
+            case 0x72: memo[try memoKey(UInt64(try r.u32("LONG_BINPUT")))] = try top()       // LONG_BINPUT
+            case 0x94: memo[memo.count] = try top()                                          // MEMOIZE
             case 0x68: try push(try get(Int(try r.u8("BINGET"))))
             case 0x6A: try push(try get(try memoKey(UInt64(try r.u32("LONG_BINGET")))))
             case 0x63: // GLOBAL "module\nname\n"

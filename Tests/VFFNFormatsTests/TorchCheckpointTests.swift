@@ -116,6 +116,7 @@ import VFFNFormats
         expectError(archive([0x80, 0x05, 0x2E]), "pickle: pickle protocol 5 is not supported (at most 4) at byte 2")
         expectError(archive([0x80, 0x02, 0x52]), "pickle: stack underflow at byte 3")
         expectError(archive([0x80, 0x02, 0x68, 0x07]), "pickle: memo index 7 was never stored at byte 4")
+        expectError(archive([0x80, 0x02, 0x71, 0x00, 0x2E]), "pickle: memoizing from an empty stack at byte 4")
         expectError(archive([0x80, 0x02, 0x58] + le(UInt32(1_000_000)) + [0x61]), "pickle: length 1000000 runs past the end of the pickle at byte 7")
         expectError(archive([0x80, 0x02, 0x28]), "truncated pickle: opcode at byte 3 runs past the end of the 3-byte file")
         // A training checkpoint: {"model": {...}} rather than the state dict itself.

@@ -38,6 +38,20 @@ import VFFNFormats
         #expect(packed.auxiliaryFiles() == original.auxiliaryFiles())
     }
 
+    /// Containers written by an earlier build of the tool (fixtures/vffn) still read: the format
+    /// is a contract with files already on users' disks.
+    @Test func committedContainersStillRead() throws {
+        let packed = try Checkpoint(path: Fixtures.path("vffn/mistral-f16.vffn")), dir = try Checkpoint(path: Fixtures.path("mistral-f16"))
+        for name in dir.tensorNames { #expect(Array(try packed.bytes(name)!) == Array(try dir.bytes(name)!)) }
+        let out = makeTemporaryDirectory() + "/m"
+        try VFFNContainer(path: Fixtures.path("vffn/mistral-f16.vffn")).unpack(to: out)
+        try expectIdenticalTrees(Fixtures.path("mistral-f16"), out)
+        let converted = try VFFNContainer(path: Fixtures.path("vffn/qwen2-bf16-e8k2d4-deflate.vffn"))
+        #expect(converted.tensorEntries.allSatisfy { $0.encoding == .deflate })
+        #expect(converted.config["versatile_ffn"]?["num_experts"]?.intValue == 8)
+        #expect(converted.tensors.count == 30)
+    }
+
     @Test func compressionShrinksRepetitiveData() throws {
         let dir = makeTemporaryDirectory()
         let src = dir + "/src"
