@@ -205,26 +205,50 @@ import VFFNFormats
         return src
     }
 
-    @Test(arguments: [SIGINT, SIGTERM])
-    func interruptedConversionLeavesNothing(signal: Int32) throws {
-        let dir = makeTemporaryDirectory()
+    /// Starts `args` (SRC and DST substituted) on the large checkpoint and signals it once its
+    /// temporary output exists, so the signal lands mid-write. Returns the exit status.
+    func interrupt(_ args: [String], dst: String, in dir: String, with signal: Int32) throws -> Int32 {
         let src = try largeCheckpoint(in: dir)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Fixtures.executable)
-        p.arguments = ["convert", src, dir + "/dst", "--quiet"]
+        p.arguments = args.map { $0 == "SRC" ? src : $0 == "DST" ? dir + "/" + dst : $0 }
         p.standardError = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
         try p.run()
-        // Wait until the temporary exists, so the signal arrives mid-conversion.
         var sawPartial = false
-        for _ in 0..<2000 where !sawPartial {
-            sawPartial = (try FileManager.default.contentsOfDirectory(atPath: dir)).contains { $0.hasPrefix(".dst.partial-") }
+        for _ in 0..<4000 where !sawPartial {
+            sawPartial = (try FileManager.default.contentsOfDirectory(atPath: dir)).contains { $0.hasPrefix("." + dst + ".partial-") }
             if !sawPartial { usleep(1000) }
         }
-        #expect(sawPartial)
+        #expect(sawPartial, "no temporary output appeared")
         kill(p.processIdentifier, signal)
         p.waitUntilExit()
-        #expect(p.terminationStatus == 128 + signal)
+        return p.terminationStatus
+    }
+
+    static let interruptible: [[String]] = [
+        ["convert", "SRC", "DST", "--quiet"],
+        ["convert", "SRC", "DST", "--output-format", "vffn", "--compress", "--quiet"],
+        ["pack", "SRC", "DST"],
+    ]
+
+    @Test(arguments: [SIGINT, SIGTERM], interruptible)
+    func interruptedWritesLeaveNothing(signal: Int32, args: [String]) throws {
+        let dir = makeTemporaryDirectory()
+        #expect(try interrupt(args, dst: "out", in: dir, with: signal) == 128 + signal)
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["large"])
+    }
+
+    /// kill -9 cannot be caught: the temporary stays, no DST appears, and the next run removes
+    /// the dead process's temporary before writing its own.
+    @Test func aKilledRunsTemporaryIsRemovedByTheNext() throws {
+        let dir = makeTemporaryDirectory()
+        #expect(try interrupt(["pack", "SRC", "DST"], dst: "out.vffn", in: dir, with: SIGKILL) == SIGKILL)
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir)
+        #expect(left.count == 2 && left.contains { $0.hasPrefix(".out.vffn.partial-") } && !left.contains("out.vffn"))
+        let again = try run(["pack", Fixtures.path("mistral-f16"), dir + "/out.vffn"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["large", "out.vffn"])
     }
 
     @Test func argumentErrorsAreUsageErrors() throws {
