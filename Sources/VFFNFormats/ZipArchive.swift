@@ -132,7 +132,7 @@ final class ZipArchive: @unchecked Sendable {
             data = stored
         } else {
             data = try inflated.bytes(e.name) { () throws(VFFNError) in
-                try Deflate.inflateRaw(stored, length: e.size, path: path, what: "zip entry \"\(e.name)\"")
+                try Deflate.inflate(stored, length: e.size, raw: true, path: path, what: "zip entry \"\(e.name)\"")
             }
         }
         verified.lock()

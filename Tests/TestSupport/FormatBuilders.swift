@@ -68,21 +68,30 @@ public enum Zip {
     public struct Entry: Sendable {
         public var name: String
         public var data: [UInt8]
-        public init(_ name: String, _ data: [UInt8]) {
+        /// Store the data as a deflate stream (method 8), made of one uncompressed block.
+        public var deflated: Bool
+        /// The uncompressed size the directory claims (default: the real one).
+        public var declaredSize: UInt32?
+        public init(_ name: String, _ data: [UInt8], deflated: Bool = false, declaredSize: UInt32? = nil) {
             self.name = name
             self.data = data
+            self.deflated = deflated
+            self.declaredSize = declaredSize
         }
     }
 
-    /// A zip archive of stored (method 0) entries with correct CRCs, sizes and directory.
+    /// A zip archive with correct CRCs, sizes and directory. Deflated entries use a "stored"
+    /// deflate block (BFINAL, BTYPE 00, LEN, ~LEN, bytes): valid deflate without a compressor.
     public static func archive(_ entries: [Entry]) -> [UInt8] {
         var out: [UInt8] = [], central: [UInt8] = []
         for e in entries {
             let offset = UInt32(out.count), crc = crc32(e.data), name = Array(e.name.utf8)
-            out += le(UInt32(0x0403_4B50)) + le(UInt16(20)) + le(UInt16(0)) + le(UInt16(0)) + le(UInt32(0)) + le(crc)
-                + le(UInt32(e.data.count)) + le(UInt32(e.data.count)) + le(UInt16(name.count)) + le(UInt16(0)) + name + e.data
-            central += le(UInt32(0x0201_4B50)) + le(UInt16(20)) + le(UInt16(20)) + le(UInt16(0)) + le(UInt16(0)) + le(UInt32(0)) + le(crc)
-                + le(UInt32(e.data.count)) + le(UInt32(e.data.count)) + le(UInt16(name.count)) + le(UInt16(0)) + le(UInt16(0))
+            let stored = e.deflated ? [0x01] + le(UInt16(e.data.count)) + le(~UInt16(e.data.count)) + e.data : e.data
+            let method = UInt16(e.deflated ? 8 : 0), size = e.declaredSize ?? UInt32(e.data.count)
+            out += le(UInt32(0x0403_4B50)) + le(UInt16(20)) + le(UInt16(0)) + le(method) + le(UInt32(0)) + le(crc)
+                + le(UInt32(stored.count)) + le(size) + le(UInt16(name.count)) + le(UInt16(0)) + name + stored
+            central += le(UInt32(0x0201_4B50)) + le(UInt16(20)) + le(UInt16(20)) + le(UInt16(0)) + le(method) + le(UInt32(0)) + le(crc)
+                + le(UInt32(stored.count)) + le(size) + le(UInt16(name.count)) + le(UInt16(0)) + le(UInt16(0))
                 + le(UInt16(0)) + le(UInt16(0)) + le(UInt32(0)) + le(offset) + name
         }
         let cdOffset = UInt32(out.count)
@@ -115,8 +124,10 @@ public enum PickleOps {
     }
 
     /// A torch.save archive (`archive/data.pkl`, `archive/data/<key>`, version, byteorder).
-    public static func torchArchive(pickle: [UInt8], storages: [(String, [UInt8])], byteorder: String = "little") -> [UInt8] {
+    public static func torchArchive(pickle: [UInt8], storages: [(String, [UInt8])], byteorder: String = "little",
+                                    deflated: Bool = false, declaredSize: UInt32? = nil) -> [UInt8] {
         Zip.archive([Zip.Entry("archive/data.pkl", pickle), Zip.Entry("archive/byteorder", Array(byteorder.utf8))]
-                    + storages.map { Zip.Entry("archive/data/" + $0.0, $0.1) } + [Zip.Entry("archive/version", Array("3\n".utf8))])
+                    + storages.map { Zip.Entry("archive/data/" + $0.0, $0.1, deflated: deflated, declaredSize: declaredSize) }
+                    + [Zip.Entry("archive/version", Array("3\n".utf8))])
     }
 }

@@ -102,6 +102,24 @@ import VFFNFormats
             .map { $0 + 30 + name.utf8.count }
     }
 
+    /// Deflated storages read like stored ones; a deflated entry that claims to expand far beyond
+    /// its bytes (a zip bomb's claim) costs only what it really inflates to, and is refused.
+    @Test func deflatedEntriesAndSizeClaims() throws {
+        let dict = PickleOps.stateDict([PickleOps.tensor("w", key: "0", numel: 6, shape: [2, 3], stride: [3, 1])])
+        let f = try TorchCheckpointFile(path: write(PickleOps.torchArchive(pickle: dict, storages: [("0", Self.floats)], deflated: true)))
+        #expect(FloatCodec.decode(try f.bytes(f.info("w")!), as: .F32) == [0, 1, 2, 3, 4, 5])
+        // 2^30 floats claimed (4 GiB), 24 bytes present.
+        let huge = PickleOps.stateDict([PickleOps.tensor("w", key: "0", numel: 1 << 30, shape: [1 << 30], stride: [1])])
+        expectError(PickleOps.torchArchive(pickle: huge, storages: [("0", Self.floats)], deflated: true, declaredSize: 4_294_963_200),
+                    "tensor \"w\": storage record archive/data/0 holds 4294963200 bytes, but 1073741824 F32 elements need 4294967296")
+        let claimed = PickleOps.stateDict([PickleOps.tensor("w", key: "0", numel: 1 << 29, shape: [1 << 29], stride: [1])])
+        expectError(PickleOps.torchArchive(pickle: claimed, storages: [("0", Self.floats)], deflated: true, declaredSize: 1 << 31),
+                    "zip entry \"archive/data/0\" inflates to 24 bytes, expected 2147483648")
+        let short = PickleOps.stateDict([PickleOps.tensor("w", key: "0", numel: 2, shape: [2], stride: [1])])
+        expectError(PickleOps.torchArchive(pickle: short, storages: [("0", Self.floats)], deflated: true, declaredSize: 8),
+                    "zip entry \"archive/data/0\" inflates to more than the 8 bytes it declares")
+    }
+
     @Test func malformedPickles() throws {
         func archive(_ pickle: [UInt8], storages: [(String, [UInt8])] = [("0", TorchCheckpointTests.floats)]) -> [UInt8] {
             PickleOps.torchArchive(pickle: pickle, storages: storages)
