@@ -226,6 +226,40 @@ import VFFNSurgery
         }
     }
 
+    /// A copy of mistral-f16 with one tensor changed by `transform`.
+    func mistral(_ transform: @escaping (TensorInfo, [UInt8]) -> TensorRecord) throws -> Checkpoint {
+        let dir = makeTemporaryDirectory() + "/m"
+        try copyDirectory(Fixtures.path("mistral-f16"), to: dir)
+        try rewriteTensors(dir, transform)
+        return try Checkpoint(path: dir)
+    }
+
+    @Test func refusesSourcesWhoseTensorsCannotBeSliced() throws {
+        // A gate name already taken by a tensor of the source (without a versatile_ffn config).
+        let taken = try mistral { t, b in
+            TensorRecord(name: t.name == "model.layers.0.mlp.up_proj.weight" ? "model.layers.0.mlp.expert_gate.weight" : t.name,
+                         dtype: t.dtype, shape: t.shape, bytes: .owned(b))
+        }
+        #expect { try UpcyclePlan(source: taken, experts: 8, topK: 2, maxDepth: 4) } throws: {
+            ($0 as? VFFNError)?.message == "missing FFN tensor \"model.layers.0.mlp.up_proj.weight\" (expected shape [64, 32])"
+        }
+        // A source that already holds a tensor under a gate's name, beside all its own.
+        let extra = makeTemporaryDirectory() + "/m"
+        try copyDirectory(Fixtures.path("mistral-f16"), to: extra)
+        let original = try SafeTensorsFile(path: Fixtures.path("mistral-f16/model.safetensors"))
+        let records = original.tensors.map { TensorRecord(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: .mapped(original.bytes($0))) }
+        let squatter = TensorRecord(name: "model.layers.1.mlp.depth_predictor.weight", dtype: .F16, shape: [4, 32], bytes: .owned([UInt8](repeating: 0, count: 256)))
+        try SafeTensorsWriter.write(records + [squatter], metadata: nil, to: extra + "/model.safetensors")
+        #expect { try UpcyclePlan(source: Checkpoint(path: extra), experts: 8, topK: 2, maxDepth: 4) } throws: {
+            ($0 as? VFFNError)?.message == "already holds a tensor named \"model.layers.1.mlp.depth_predictor.weight\""
+        }
+        // FFN weights stored as integers cannot be sliced into float sub-experts.
+        let ints = try mistral { t, b in TensorRecord(name: t.name, dtype: t.name.hasSuffix("mlp.down_proj.weight") ? .I16 : t.dtype, shape: t.shape, bytes: .owned(b)) }
+        #expect { try UpcyclePlan(source: ints, experts: 8, topK: 2, maxDepth: 4) } throws: {
+            ($0 as? VFFNError)?.message == "tensor \"model.layers.0.mlp.down_proj.weight\" has dtype I16; FFN weights must be F32, F16 or BF16"
+        }
+    }
+
     @Test func existingDestinationIsKeptWithoutForce() throws {
         let dir = makeTemporaryDirectory()
         let dst = dir + "/dst"
