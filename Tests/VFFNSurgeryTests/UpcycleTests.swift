@@ -235,7 +235,7 @@ import VFFNSurgery
     }
 
     @Test func refusesSourcesWhoseTensorsCannotBeSliced() throws {
-        // A gate name already taken by a tensor of the source (without a versatile_ffn config).
+        // An FFN tensor saved under another name (here a gate's) is reported missing, not guessed at.
         let taken = try mistral { t, b in
             TensorRecord(name: t.name == "model.layers.0.mlp.up_proj.weight" ? "model.layers.0.mlp.expert_gate.weight" : t.name,
                          dtype: t.dtype, shape: t.shape, bytes: .owned(b))
