@@ -317,6 +317,11 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         }
     }
 
+    public func storedRegion(_ info: TensorInfo) -> FileRegion? {
+        guard let i = index[info.name], stored[i].type != 8, (try? permutedHeads(info.name)) == .some(nil) else { return nil }
+        return FileRegion(path: path, offset: stored[i].range.lowerBound, count: stored[i].range.count)
+    }
+
     /// `y[i*32 + j] = qs[j] * d` for 34-byte blocks `{f16 d; i8 qs[32]}`, as little-endian f32.
     static func dequantizeQ8_0(_ raw: UnsafeRawBufferPointer) -> [UInt8] {
         let blocks = raw.count / 34

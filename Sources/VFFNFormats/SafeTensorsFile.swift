@@ -115,6 +115,10 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
         index[name].map { tensors[$0] }
     }
 
+    public func storedRegion(_ info: TensorInfo) -> FileRegion? {
+        FileRegion(path: path, offset: 8 + headerSize + info.dataOffsets.lowerBound, count: info.byteCount)
+    }
+
     /// The raw little-endian bytes of a tensor, valid as long as this file object lives. They
     /// are always mapped, never decoded, so this cannot fail.
     public func bytes(_ info: TensorInfo) -> UnsafeRawBufferPointer {

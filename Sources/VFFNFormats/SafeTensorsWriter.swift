@@ -4,16 +4,43 @@ import Glibc
 import Darwin
 #endif
 
-/// Where a tensor's bytes come from when it is written: straight out of a mapped source file
-/// (dense tensors, never decoded) or from memory (new gate tensors).
+/// A byte range of a file that holds exactly a tensor's bytes as presented, so a writer can copy
+/// it file to file in the kernel without ever reading it into the process.
+public struct FileRegion: Sendable, Equatable {
+    public let path: String
+    public let offset: Int
+    public let count: Int
+
+    public init(path: String, offset: Int, count: Int) {
+        self.path = path
+        self.offset = offset
+        self.count = count
+    }
+}
+
+/// Where a tensor's bytes come from when it is written: a region of a source file (copied in
+/// the kernel), mapped source bytes (decoded or checksummed on the way), or memory (new gates).
 public enum TensorBytes: @unchecked Sendable {
     case mapped(UnsafeRawBufferPointer)
     case owned([UInt8])
+    /// `mapped` is the same bytes, for writers that must look at them (checksums, deflate).
+    case region(FileRegion, mapped: UnsafeRawBufferPointer)
 
     public var count: Int {
         switch self {
         case let .mapped(b): return b.count
         case let .owned(a): return a.count
+        case let .region(r, _): return r.count
+        }
+    }
+
+    /// The bytes themselves, for writers that need to read them.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws(VFFNError) -> R) throws(VFFNError) -> R {
+        switch self {
+        case let .mapped(b), let .region(_, b): return try body(b)
+        case let .owned(a):
+            let result = a.withUnsafeBytes { b in Result { () throws(VFFNError) in try body(b) } }
+            return try result.get()
         }
     }
 }
@@ -37,7 +64,9 @@ public enum SafeTensorsWriter {
     /// starts aligned), then every tensor's bytes in header order. Tensors are laid out by
     /// decreasing element size, then name, as the reference writer does, so that each tensor is
     /// naturally aligned without padding (the format forbids gaps).
-    public static func write(_ tensors: [TensorRecord], metadata: [(String, String)]?, to path: String) throws(VFFNError) {
+    /// `written` is called after each tensor with its byte count (for progress).
+    public static func write(_ tensors: [TensorRecord], metadata: [(String, String)]?, to path: String,
+                             written: (Int) -> Void = { _ in }) throws(VFFNError) {
         let ordered = tensors.sorted { ($0.dtype.bitSize, $1.name) > ($1.dtype.bitSize, $0.name) }
         var members: [(String, JSON)] = []
         if let metadata { members.append(("__metadata__", .object(metadata.map { ($0, .string($1)) }))) }
@@ -63,7 +92,9 @@ public enum SafeTensorsWriter {
             switch t.bytes {
             case let .mapped(b): try file.write(b)
             case let .owned(a): try file.write(a)
+            case let .region(r, _): try file.copy(r)
             }
+            written(t.bytes.count)
         }
         try file.finish()
     }
@@ -74,6 +105,8 @@ public enum SafeTensorsWriter {
 public final class OutputFile {
     public let path: String
     private var fd: Int32
+    /// The source file `copy` last read from, kept open across the tensors of one shard.
+    private var source: (path: String, fd: Int32)?
 
     public init(path: String) throws(VFFNError) {
         self.path = path
@@ -81,7 +114,50 @@ public final class OutputFile {
         guard fd >= 0 else { throw .io(path, "cannot create: \(String(cString: strerror(errno)))") }
     }
 
-    deinit { if fd >= 0 { close(fd) } }
+    deinit {
+        if fd >= 0 { close(fd) }
+        if let source { close(source.fd) }
+    }
+
+    /// Appends a region of another file: `sendfile` moves the bytes in the kernel (no
+    /// page of them enters this process, so memory does not grow with the checkpoint); where the
+    /// kernel or filesystem cannot, a bounded buffer does the same.
+    public func copy(_ region: FileRegion) throws(VFFNError) {
+        if source?.path != region.path {
+            if let source { close(source.fd) }
+            let s = open(region.path, O_RDONLY | O_CLOEXEC)
+            guard s >= 0 else { throw .io(region.path, "cannot open: \(String(cString: strerror(errno)))") }
+            source = (region.path, s)
+        }
+        let src = source!.fd
+        var offset = off_t(region.offset)
+        var left = region.count
+        while left > 0 {
+            let n = sendfile(fd, src, &offset, min(left, 1 << 30))
+            if n > 0 { left -= n; continue }
+            if n == 0 { throw .badInput(region.path, "ended \(left) bytes before the region at \(region.offset) (truncated while copying?)") }
+            if errno == EINTR { continue }
+            if [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP, EPERM].contains(errno) {
+                try copyBuffered(src, from: Int(offset), count: left, sourcePath: region.path)
+                return
+            }
+            throw .io(path, "copy from \(region.path) failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    private func copyBuffered(_ src: Int32, from start: Int, count: Int, sourcePath: String) throws(VFFNError) {
+        var buffer = [UInt8](repeating: 0, count: min(count, 1 << 22))
+        var done = 0
+        while done < count {
+            let want = min(buffer.count, count - done)
+            let n = buffer.withUnsafeMutableBytes { pread(src, $0.baseAddress!, want, off_t(start + done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw .io(sourcePath, n == 0 ? "ended early (truncated while copying?)" : "read failed: \(String(cString: strerror(errno)))") }
+            let chunk = buffer.withUnsafeBytes { b in Result { () throws(VFFNError) in try write(UnsafeRawBufferPointer(rebasing: b[0..<n])) } }
+            try chunk.get()
+            done += n
+        }
+    }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws(VFFNError) {
         var done = 0

@@ -62,6 +62,13 @@ public protocol TensorFile: AnyObject, Sendable {
     /// decoded (inflated, dequantized, un-permuted) once and kept. Throws when a stored checksum
     /// does not match: corrupt bytes are never returned as data.
     func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer
+    /// Where the tensor's bytes lie in the file exactly as `bytes` would return them, when
+    /// they do (no decoding, no checksum to check first): a writer may copy them file to file.
+    func storedRegion(_ info: TensorInfo) -> FileRegion?
+}
+
+extension TensorFile {
+    public func storedRegion(_ info: TensorInfo) -> FileRegion? { nil }
 }
 
 /// A whole file mapped read-only. Readers parse their headers from it through `ByteReader`,

@@ -367,12 +367,7 @@ extension VFFNContainer {
             if n > 0 { try out.write([UInt8](repeating: 0, count: n)); offset += n }
         }
         func place(_ b: TensorBytes) throws(VFFNError) -> Placement {
-            switch b {
-            case let .mapped(p): return try place(p)
-            case let .owned(a):
-                let r = a.withUnsafeBytes { p in Result { () throws(VFFNError) in try place(p) } }
-                return try r.get()
-            }
+            try b.withBytes { (p) throws(VFFNError) in try place(p) }
         }
         var tp: [Placement?] = [], fp: [Placement?] = [], sp: [Placement?] = []
         for (i, t) in tensors.enumerated() {

@@ -87,7 +87,7 @@ public struct UpcyclePlan: @unchecked Sendable {
     /// Writes the converted checkpoint to `destination`, atomically. Returns a summary.
     @discardableResult
     public func write(to destination: String, format: OutputFormat = .safetensors, compress: Bool = false, force: Bool = false,
-                      progress: (String) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
+                      progress: @escaping @Sendable (ConversionProgress) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
         let d = layout.hiddenSize
         for g in layers {
             guard g.expertGate.count == numExperts * d, g.depthPredictor.count == maxDepth * d else {
@@ -102,15 +102,18 @@ public struct UpcyclePlan: @unchecked Sendable {
         }
         let output = try AtomicOutput(destination: destination, force: force, directory: format == .safetensors)
         let dir = output.temporary
+        // Every shard's records first (no tensor byte is read for this), then the writing.
+        var shardRecords: [(name: String, metadata: [(String, String)], records: [TensorRecord])] = []
         var weightMap: [(String, String)] = []
-        var containerTensors: [VFFNContainer.TensorToWrite] = []
-        var containerShards: [VFFNContainer.ShardToWrite] = []
         var totalSize = 0, totalParameters = 0, copied = 0, copiedBytes = 0
-        for (i, shard) in source.shards.enumerated() {
+        for shard in source.shards {
             let fileName = source.safetensorsName(of: shard)
             var records: [TensorRecord] = []
             for t in shard.tensors {
-                records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .mapped(try shard.bytes(t))))
+                // Bytes stored exactly as presented are copied file to file by the kernel.
+                let mapped = try shard.bytes(t)
+                let bytes: TensorBytes = shard.storedRegion(t).map { .region($0, mapped: mapped) } ?? .mapped(mapped)
+                records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: bytes))
             }
             copied += records.count
             copiedBytes += records.reduce(0) { $0 + $1.bytes.count }
@@ -120,20 +123,29 @@ public struct UpcyclePlan: @unchecked Sendable {
             }
             // transformers refuses safetensors without a "format" entry, so sources that have no
             // safetensors metadata get the one torch-made files carry.
-            let metadata = shard.metadata ?? [("format", "pt")]
-            switch format {
-            case .safetensors:
-                progress("shard \(i + 1)/\(source.shards.count): \(fileName), \(records.count) tensors")
-                try SafeTensorsWriter.write(records, metadata: metadata, to: dir + "/" + fileName)
-            case .vffn:
-                containerTensors += records.map { VFFNContainer.TensorToWrite($0, shard: fileName) }
-                containerShards.append(VFFNContainer.ShardToWrite(name: fileName, metadata: metadata, header: nil))
-            }
+            shardRecords.append((fileName, shard.metadata ?? [("format", "pt")], records))
             for r in records {
                 weightMap.append((r.name, fileName))
                 totalSize += r.bytes.count
                 totalParameters += r.shape.reduce(1, *)
             }
+        }
+        let shardsToWrite = shardRecords
+        let meter = ProgressMeter(ConversionProgress(tensorsTotal: shardRecords.reduce(0) { $0 + $1.records.count }, bytesTotal: totalSize), report: progress)
+        if format == .safetensors {
+            // Shards are independent files: write them side by side, as many at once as there
+            // are cores, so a checkpoint converts at the disk's speed rather than one core's.
+            let failure = FirstError()
+            DispatchQueue.concurrentPerform(iterations: shardRecords.count) { i in
+                guard !failure.isSet else { return }
+                let s = shardsToWrite[i]
+                do {
+                    try SafeTensorsWriter.write(s.records, metadata: s.metadata, to: dir + "/" + s.name) { meter.add(tensors: 1, bytes: $0) }
+                } catch {
+                    failure.record(error)
+                }
+            }
+            if let error = failure.error { throw error }
         }
         var indexText: String?
         if let index = source.index {
@@ -158,9 +170,13 @@ public struct UpcyclePlan: @unchecked Sendable {
             var files = [VFFNContainer.Blob(name: "config.json", bytes: .owned(Array(configText.utf8)))]
             if let indexText { files.append(.init(name: Checkpoint.indexName, bytes: .owned(Array(indexText.utf8)))) }
             for name in auxiliary { files.append(.init(name: name, bytes: .owned(try source.auxiliaryFileContents(name)))) }
+            let containerTensors = shardRecords.flatMap { s in s.records.map { VFFNContainer.TensorToWrite($0, shard: s.name) } }
+            let containerShards = shardRecords.map { VFFNContainer.ShardToWrite(name: $0.name, metadata: $0.metadata, header: nil) }
+            var last = 0
             try VFFNContainer.write(config: convertedConfig, tensors: containerTensors, files: files, shards: containerShards,
-                                    compress: compress, to: dir) { done, total in
-                if done == total || done % 64 == 0 { progress("\(done)/\(total) tensors written to \(format.rawValue)") }
+                                    compress: compress, to: dir) { done, _ in
+                meter.add(tensors: done - last, bytes: containerTensors[last..<done].reduce(0) { $0 + $1.record.bytes.count })
+                last = done
             }
         }
         try output.commit()
@@ -173,6 +189,49 @@ public struct UpcyclePlan: @unchecked Sendable {
         let f = try OutputFile(path: path)
         try f.write(text)
         try f.finish()
+    }
+}
+
+/// How far a conversion is, for a progress display.
+public struct ConversionProgress: Sendable {
+    public var tensorsDone = 0
+    public let tensorsTotal: Int
+    public var bytesDone = 0
+    public let bytesTotal: Int
+}
+
+/// Adds up progress from the shard writers (any thread) and reports it serially.
+final class ProgressMeter: @unchecked Sendable {
+    private var state: ConversionProgress
+    private let report: @Sendable (ConversionProgress) -> Void
+    private let lock = NSLock()
+
+    init(_ state: ConversionProgress, report: @escaping @Sendable (ConversionProgress) -> Void) {
+        self.state = state
+        self.report = report
+    }
+
+    func add(tensors: Int, bytes: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        state.tensorsDone += tensors
+        state.bytesDone += bytes
+        report(state)
+    }
+}
+
+/// The first error thrown by any of several concurrent workers.
+final class FirstError: @unchecked Sendable {
+    private var stored: VFFNError?
+    private let lock = NSLock()
+
+    var error: VFFNError? { lock.lock(); defer { lock.unlock() }; return stored }
+    var isSet: Bool { error != nil }
+
+    func record(_ e: any Error) {
+        lock.lock()
+        defer { lock.unlock() }
+        if stored == nil { stored = (e as? VFFNError) ?? .io("", "\(e)") }
     }
 }
 

@@ -42,7 +42,7 @@ struct Convert: ParsableCommand {
     @Flag(help: "Replace DST if it exists.")
     var force = false
 
-    @Flag(help: "Print nothing but errors.")
+    @Flag(help: "Print nothing but errors (no summary, no progress line).")
     var quiet = false
 
     func validate() throws {
@@ -54,8 +54,9 @@ struct Convert: ParsableCommand {
         try reportingErrors {
             let started = Date()
             let plan = try UpcyclePlan(source: Checkpoint(path: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed)
-            let summary = try plan.write(to: destination, format: outputFormat, compress: compress, force: force,
-                                         progress: { if !quiet { note("  \($0)") } })
+            let line = ProgressLine(quiet: quiet)
+            let summary = try plan.write(to: destination, format: outputFormat, compress: compress, force: force, progress: line.update)
+            line.finish()
             guard !quiet else { return }
             let seconds = Date().timeIntervalSince(started)
             print("""
