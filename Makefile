@@ -4,7 +4,7 @@ APT_PACKAGES := libopenblas-dev zlib1g-dev libjson-c-dev
 DEMO_SRC := fixtures/llama-gqa-sharded
 DEMO_DST := out/demo-llama-vffn
 
-.PHONY: all deps build test test-asan test-real demo fixtures fuzz clean
+.PHONY: all deps build test test-asan test-real bench demo fixtures fuzz clean
 
 all: build
 
@@ -23,6 +23,10 @@ build: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# Speed and memory against named peers in the same run (bench/run.sh); needs PyPI once.
+bench: build
+	bench/run.sh
 
 # The whole test suite, and the executable it drives, built with AddressSanitizer.
 test-asan: deps

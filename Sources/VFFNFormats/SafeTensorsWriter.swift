@@ -25,12 +25,15 @@ public enum TensorBytes: @unchecked Sendable {
     case owned([UInt8])
     /// `mapped` is the same bytes, for writers that must look at them (checksums, deflate).
     case region(FileRegion, mapped: UnsafeRawBufferPointer)
+    /// `count` bytes made only when written (a permuted tensor), so a writer holds one at a time.
+    case deferred(count: Int, make: @Sendable () -> [UInt8])
 
     public var count: Int {
         switch self {
         case let .mapped(b): return b.count
         case let .owned(a): return a.count
         case let .region(r, _): return r.count
+        case let .deferred(n, _): return n
         }
     }
 
@@ -41,6 +44,8 @@ public enum TensorBytes: @unchecked Sendable {
         case let .owned(a):
             let result = a.withUnsafeBytes { b in Result { () throws(VFFNError) in try body(b) } }
             return try result.get()
+        case let .deferred(_, make):
+            return try TensorBytes.owned(make()).withBytes(body)
         }
     }
 }
@@ -93,6 +98,7 @@ public enum SafeTensorsWriter {
             case let .mapped(b): try file.write(b)
             case let .owned(a): try file.write(a)
             case let .region(r, _): try file.copy(r)
+            case let .deferred(_, make): try file.write(make())
             }
             written(t.bytes.count)
         }

@@ -80,16 +80,17 @@ public enum BERT: Architecture {
                 for c in 0..<d { x.data[t * d + c] = (word[c] + type0[c]) + position[c] }
             }
             x = embeddingNorm(x)
-            var traced: [Matrix] = []
+            var traced: [Matrix] = [], ffnInputs: [Matrix] = []
             var routing: [RoutingStats] = []
             for (i, layer) in layers.enumerated() {
                 let a = attention(q: layer.q(x), k: layer.k(x), v: layer.v(x), heads: H, kvHeads: H, headDim: hd,
                                   scale: 1 / Float(hd).squareRoot(), mask: .bidirectional)
                 x = layer.attentionNorm(layer.o(a) + x)
+                if trace { ffnInputs.append(x) }
                 x = try ffnStep(i, x, mode: mode, routing: &routing)
                 if trace { traced.append(x) }
             }
-            return ForwardResult(output: x, layerOutputs: traced, routing: routing)
+            return ForwardResult(output: x, layerOutputs: traced, ffnInputs: ffnInputs, routing: routing)
         }
     }
 
@@ -109,10 +110,12 @@ public enum BERT: Architecture {
         // The FFN sub-layer spans two modules (intermediate, output), so its gates hang off the layer.
         let sites = (0..<c.numLayers).map { i in
             let p = (base.isEmpty ? "" : base + ".") + "encoder.layer.\(i)"
-            return FFNSite(layer: i, prefix: p, tensors: ["\(p).intermediate.dense.weight", "\(p).intermediate.dense.bias",
-                                                          "\(p).output.dense.weight", "\(p).output.dense.bias"])
+            return FFNSite(layer: i, prefix: p, tensors: [
+                FFNTensor("\(p).intermediate.dense.weight", shape: [I, d], neuronAxis: 0), FFNTensor("\(p).intermediate.dense.bias", shape: [I], neuronAxis: 0),
+                FFNTensor("\(p).output.dense.weight", shape: [d, I], neuronAxis: 1), FFNTensor("\(p).output.dense.bias", shape: [d], neuronAxis: nil),
+            ])
         }
-        try checkSites(sites, shapes: [[I, d], [I], [d, I], [d]], in: checkpoint)
+        try checkSites(sites, in: checkpoint)
         return FFNLayout(hiddenSize: d, intermediateSize: I, sites: sites)
     }
 

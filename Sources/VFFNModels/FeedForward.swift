@@ -5,6 +5,9 @@ public protocol FeedForward: Sendable {
     /// The bias added after the output projection, if any: it is not split among sub-experts,
     /// so the partition identity is `sum_e f_e(h) = f(h) + (N-1) * outputBias`.
     var outputBias: [Float]? { get }
+    /// The projection whose row n (`[d]`) is what neuron n responds to: gate_proj, c_fc,
+    /// intermediate.dense. Informed gate initializations read it.
+    var inputProjection: Linear { get }
     func callAsFunction(_ h: Matrix) -> Matrix
     /// `f` restricted to intermediate neurons `neurons`.
     func restricted(to neurons: Range<Int>) -> Self
@@ -34,6 +37,7 @@ public struct GatedFeedForward: FeedForward {
 
     public var intermediateSize: Int { gate.outFeatures }
     public var outputBias: [Float]? { down.bias }
+    public var inputProjection: Linear { gate }
 
     public func callAsFunction(_ h: Matrix) -> Matrix {
         var a = gate(h)
@@ -63,6 +67,7 @@ public struct UngatedFeedForward: FeedForward {
 
     public var intermediateSize: Int { input.outFeatures }
     public var outputBias: [Float]? { output.bias }
+    public var inputProjection: Linear { input }
 
     public func callAsFunction(_ h: Matrix) -> Matrix {
         var a = input(h)

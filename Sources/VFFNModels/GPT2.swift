@@ -78,7 +78,7 @@ public enum GPT2: Architecture {
                 let word = tokenEmbedding.row(id), position = positionEmbedding.row(t)
                 for c in 0..<d { x.data[t * d + c] = word[c] + position[c] }
             }
-            var traced: [Matrix] = []
+            var traced: [Matrix] = [], ffnInputs: [Matrix] = []
             var routing: [RoutingStats] = []
             for (i, layer) in layers.enumerated() {
                 let h = layer.inputNorm(x)
@@ -87,10 +87,11 @@ public enum GPT2: Architecture {
                 let a = attention(q: layer.q(h), k: layer.k(h), v: layer.v(h), heads: H, kvHeads: H, headDim: hd,
                                   scale: scale, mask: .causal(window: nil))
                 x = x + layer.o(a)
+                if trace { ffnInputs.append(x) }
                 x = try ffnStep(i, x, mode: mode, routing: &routing)
                 if trace { traced.append(x) }
             }
-            return ForwardResult(output: lmHead(finalNorm(x)), layerOutputs: traced, routing: routing)
+            return ForwardResult(output: lmHead(finalNorm(x)), layerOutputs: traced, ffnInputs: ffnInputs, routing: routing)
         }
     }
 
@@ -109,9 +110,13 @@ public enum GPT2: Architecture {
         let d = c.hiddenSize, I = c.intermediateSize
         let sites = (0..<c.numLayers).map { i in
             let p = (base.isEmpty ? "" : base + ".") + "h.\(i).mlp"
-            return FFNSite(layer: i, prefix: p, tensors: ["\(p).c_fc.weight", "\(p).c_fc.bias", "\(p).c_proj.weight", "\(p).c_proj.bias"])
+            // Conv1D stores [in, out]: neurons are c_fc's columns and c_proj's rows.
+            return FFNSite(layer: i, prefix: p, tensors: [
+                FFNTensor("\(p).c_fc.weight", shape: [d, I], neuronAxis: 1), FFNTensor("\(p).c_fc.bias", shape: [I], neuronAxis: 0),
+                FFNTensor("\(p).c_proj.weight", shape: [I, d], neuronAxis: 0), FFNTensor("\(p).c_proj.bias", shape: [d], neuronAxis: nil),
+            ])
         }
-        try checkSites(sites, shapes: [[d, I], [I], [I, d], [d]], in: checkpoint)
+        try checkSites(sites, in: checkpoint)
         return FFNLayout(hiddenSize: d, intermediateSize: I, sites: sites)
     }
 

@@ -11,6 +11,8 @@ public struct ForwardResult: Sendable {
     public let output: Matrix
     /// The residual stream after each layer, when traced.
     public let layerOutputs: [Matrix]
+    /// What each layer's FFN sub-layer received (the `x` its gates read), when traced.
+    public let ffnInputs: [Matrix]
     /// Per layer, where tokens went (empty in dense mode).
     public let routing: [RoutingStats]
 }
@@ -57,13 +59,36 @@ extension LanguageModel {
     }
 }
 
+/// One tensor of an FFN and how its intermediate neurons are laid out in it.
+public struct FFNTensor: Sendable, Equatable {
+    public let name: String
+    public let shape: [Int]
+    /// The axis that indexes the intermediate neurons; nil for an output bias, which every
+    /// sub-expert shares whole.
+    public let neuronAxis: Int?
+
+    public init(_ name: String, shape: [Int], neuronAxis: Int?) {
+        self.name = name
+        self.shape = shape
+        self.neuronAxis = neuronAxis
+    }
+}
+
 /// The FFN tensors of one layer, as surgery needs them.
 public struct FFNSite: Sendable {
     public let layer: Int
     /// Key prefix of the FFN module, e.g. `model.layers.3.mlp`; gates are named under it.
     public let prefix: String
-    /// The FFN's weight tensors; the first one's dtype is the dtype the gates are stored in.
-    public let tensors: [String]
+    /// Every tensor of the FFN. The first is the input projection (gate_proj, c_fc,
+    /// intermediate.dense) whose per-neuron weight vectors, of length d, describe what each neuron
+    /// responds to; its dtype is the dtype the gates are stored in.
+    public let tensors: [FFNTensor]
+
+    public init(layer: Int, prefix: String, tensors: [FFNTensor]) {
+        self.layer = layer
+        self.prefix = prefix
+        self.tensors = tensors
+    }
 }
 
 public struct FFNLayout: Sendable {
@@ -158,9 +183,10 @@ func languageModelHead(_ store: WeightStore, tied: Bool, embedding: Linear) thro
 }
 
 /// Checks that every FFN tensor surgery will slice exists with the shape the config implies.
-func checkSites(_ sites: [FFNSite], shapes: [[Int]], in checkpoint: Checkpoint) throws(VFFNError) {
+func checkSites(_ sites: [FFNSite], in checkpoint: Checkpoint) throws(VFFNError) {
     for site in sites {
-        for (name, shape) in zip(site.tensors, shapes) {
+        for t in site.tensors {
+            let (name, shape) = (t.name, t.shape)
             guard let info = checkpoint.info(name) else {
                 throw .badInput(checkpoint.path, "missing FFN tensor \"\(name)\" (expected shape \(shape))")
             }

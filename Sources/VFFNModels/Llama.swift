@@ -168,14 +168,15 @@ public enum Llama: Architecture {
             for (t, id) in tokens.enumerated() {
                 x.data.replaceSubrange(t * d..<(t + 1) * d, with: embedding.row(id))
             }
-            var traced: [Matrix] = []
+            var traced: [Matrix] = [], ffnInputs: [Matrix] = []
             var routing: [RoutingStats] = []
             for (i, layer) in layers.enumerated() {
                 x = x + attention(layer, layer.inputNorm(x))
+                if trace { ffnInputs.append(x) }
                 x = try ffnStep(i, x, mode: mode, routing: &routing)
                 if trace { traced.append(x) }
             }
-            return ForwardResult(output: lmHead(finalNorm(x)), layerOutputs: traced, routing: routing)
+            return ForwardResult(output: lmHead(finalNorm(x)), layerOutputs: traced, ffnInputs: ffnInputs, routing: routing)
         }
 
         /// Causal grouped-query attention over positions 0..<T with rotary embeddings.
@@ -213,12 +214,18 @@ public enum Llama: Architecture {
 
     public static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout {
         let c = try config(checkpoint)
+        let d = c.hiddenSize, I = c.intermediateSize
         let sites = (0..<c.numLayers).map { i in
             let p = "model.layers.\(i).mlp"
-            return FFNSite(layer: i, prefix: p, tensors: ["\(p).gate_proj.weight", "\(p).up_proj.weight", "\(p).down_proj.weight"])
+            var tensors = [FFNTensor("\(p).gate_proj.weight", shape: [I, d], neuronAxis: 0), FFNTensor("\(p).up_proj.weight", shape: [I, d], neuronAxis: 0),
+                           FFNTensor("\(p).down_proj.weight", shape: [d, I], neuronAxis: 1)]
+            if c.mlpBias {
+                tensors += [FFNTensor("\(p).gate_proj.bias", shape: [I], neuronAxis: 0), FFNTensor("\(p).up_proj.bias", shape: [I], neuronAxis: 0),
+                            FFNTensor("\(p).down_proj.bias", shape: [d], neuronAxis: nil)]
+            }
+            return FFNSite(layer: i, prefix: p, tensors: tensors)
         }
-        let shapes = [[c.intermediateSize, c.hiddenSize], [c.intermediateSize, c.hiddenSize], [c.hiddenSize, c.intermediateSize]]
-        try checkSites(sites, shapes: shapes, in: checkpoint)
+        try checkSites(sites, in: checkpoint)
         return FFNLayout(hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, sites: sites)
     }
 

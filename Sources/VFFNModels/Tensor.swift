@@ -219,6 +219,13 @@ public enum Norm: Sendable {
     /// `w * (x - mean) / sqrt(var + eps) + b` with the biased variance, as torch's LayerNorm.
     case layer(weight: [Float], bias: [Float], eps: Float)
 
+    /// The per-feature scale the norm applies last (its weight).
+    public var scale: [Float] {
+        switch self {
+        case let .rms(weight, _), let .layer(weight, _, _): return weight
+        }
+    }
+
     public func callAsFunction(_ x: Matrix) -> Matrix {
         var out = x
         let n = x.cols

@@ -116,7 +116,7 @@ public struct VersatileFFNLayer: Sendable {
     public var maxDepth: Int { depthPredictor.outFeatures }
 
     /// Top-k of one token's router logits, ties to the lower index, and the softmax over them.
-    static func route(_ logits: ArraySlice<Float>, k: Int) -> [(expert: Int, weight: Float)] {
+    public static func route(_ logits: ArraySlice<Float>, k: Int) -> [(expert: Int, weight: Float)] {
         let base = logits.startIndex
         let chosen = logits.indices.sorted { (logits[$0], base - $0) > (logits[$1], base - $1) }.prefix(k).map { $0 - base }
         let top = chosen.map { logits[base + $0] }.max()!

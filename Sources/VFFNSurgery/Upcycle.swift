@@ -28,11 +28,18 @@ public struct UpcyclePlan: @unchecked Sendable {
     public let topK: Int
     public let maxDepth: Int
     public let seed: UInt64
+    public let options: GateOptions
     public var layers: [LayerGates]
+    /// Per layer, the neuron order of the written FFN (position p holds source neuron
+    /// `permutations[l][p]`); nil when neurons keep their order.
+    public let permutations: [[Int]]?
+    /// The calibration tokens and, per layer, the depth histogram reached on them (`calibrated`).
+    public let calibration: (tokens: [Int], target: [Double], layers: [DepthCalibration])?
 
-    public static let toolVersion = "vffn-convert 0.1.0"
+    public static let toolVersion = "vffn-convert 0.2.0"
 
-    public init(source: Checkpoint, experts: Int, topK: Int, maxDepth: Int, seed: UInt64 = 0) throws(VFFNError) {
+    public init(source: Checkpoint, experts: Int, topK: Int, maxDepth: Int, seed: UInt64 = 0,
+                options: GateOptions = GateOptions()) throws(VFFNError) {
         let configPath = source.configPath
         if source.config[VersatileFFNSettings.key] != nil {
             throw .badInput(configPath, "is already a VersatileFFN checkpoint (config.json has \"versatile_ffn\")")
@@ -52,11 +59,60 @@ public struct UpcyclePlan: @unchecked Sendable {
         self.topK = topK
         self.maxDepth = maxDepth
         self.seed = seed
-        self.layers = layout.sites.map { site in
-            LayerGates(site: site, dtype: source.info(site.tensors[0])!.dtype,
+        self.options = options
+        var layers = layout.sites.map { site in
+            LayerGates(site: site, dtype: source.info(site.tensors[0].name)!.dtype,
                        expertGate: initializer.values(layer: site.layer, tensor: .expertGate, count: experts * d),
                        depthPredictor: initializer.values(layer: site.layer, tensor: .depthPredictor, count: maxDepth * d))
         }
+        var permutations: [[Int]]?
+        var calibration: (tokens: [Int], target: [Double], layers: [DepthCalibration])?
+        if options.depthInit == .shallow {
+            for i in layers.indices { layers[i].depthPredictor = [Float](repeating: 0, count: maxDepth * d) }
+        }
+        if options.needsModel {
+            let model = try Architectures.load(source)
+            if options.split == .cluster {
+                permutations = model.ffnSublayers.enumerated().map { i, sub in
+                    var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(i) << 8 | 0x10)
+                    return BalancedKMeans.clusters(InformedInit.neuronKeys(sub), k: experts, rng: &rng).flatMap { $0 }
+                }
+            }
+            if options.routerInit == .centroid {
+                for (i, sub) in model.ffnSublayers.enumerated() {
+                    let keys = InformedInit.neuronKeys(sub)
+                    let ordered = permutations.map { keys.gather($0[i]) } ?? keys
+                    layers[i].expertGate = InformedInit.centroidRouter(keys: ordered, experts: experts)
+                }
+            }
+            if options.depthInit == .calibrated {
+                let tokens = options.calibrationTokens ?? GateOptions.builtinCalibration(vocabSize: model.vocabSize, maxTokens: model.maxTokens, hiddenSize: model.hiddenSize)
+                let target = try Self.depthTarget(options.depthTarget, depth: maxDepth)
+                // The dense model's FFN inputs: a neuron permutation does not change them.
+                let inputs = try model.forward(tokens, mode: .dense, trace: true).ffnInputs
+                var fitted: [DepthCalibration] = []
+                for i in layers.indices {
+                    var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(i) << 8 | 0x20)
+                    let (rows, result) = InformedInit.calibratedDepth(inputs[i], target: target, rng: &rng)
+                    layers[i].depthPredictor = rows
+                    fitted.append(result)
+                }
+                calibration = (tokens, target, fitted)
+            }
+        }
+        self.layers = layers
+        self.permutations = permutations
+        self.calibration = calibration
+    }
+
+    /// The depth histogram asked for: D non-negative fractions summing to 1 (uniform if nil).
+    static func depthTarget(_ given: [Double]?, depth: Int) throws(VFFNError) -> [Double] {
+        guard let t = given else { return [Double](repeating: 1 / Double(depth), count: depth) }
+        guard t.count == depth else { throw .usage("--depth-target has \(t.count) fractions for --max-depth \(depth)") }
+        guard t.allSatisfy({ $0 >= 0 }), abs(t.reduce(0, +) - 1) < 1e-6 else {
+            throw .usage("--depth-target fractions must be non-negative and sum to 1 (they sum to \(t.reduce(0, +)))")
+        }
+        return t
     }
 
     public var settings: VersatileFFNSettings {
@@ -70,7 +126,17 @@ public struct UpcyclePlan: @unchecked Sendable {
         var section = settings.json
         if case var .object(members) = section {
             members += [("gate_init", .string(GateInitializer.description)), ("seed", .number(String(seed))),
-                        ("tool", .string(Self.toolVersion))]
+                        ("router_init", .string(options.routerInit.rawValue)), ("depth_init", .string(options.depthInit.rawValue)),
+                        ("neuron_permutation", .bool(permutations != nil))]
+            if permutations != nil { members.append(("split_method", .string(NeuronSplit.clusterMethod))) }
+            if let c = calibration {
+                members.append(("depth_calibration", .object([
+                    ("target", .array(c.target.map { .number(String($0)) })),
+                    ("tokens", .array(c.tokens.map { .int($0) })),
+                    ("histograms", .array(c.layers.map { .array($0.histogram.map { .int($0) }) })),
+                ])))
+            }
+            members.append(("tool", .string(Self.toolVersion)))
             section = .object(members)
         }
         return source.config.setting(VersatileFFNSettings.key, to: section)
@@ -106,10 +172,24 @@ public struct UpcyclePlan: @unchecked Sendable {
         var shardRecords: [(name: String, metadata: [(String, String)], records: [TensorRecord])] = []
         var weightMap: [(String, String)] = []
         var totalSize = 0, totalParameters = 0, copied = 0, copiedBytes = 0
+        // FFN tensors whose neurons are reordered, with the order for their layer.
+        var permuted: [String: (FFNTensor, [Int])] = [:]
+        if let permutations {
+            for (l, site) in layout.sites.enumerated() {
+                for t in site.tensors where t.neuronAxis != nil { permuted[t.name] = (t, permutations[l]) }
+            }
+        }
         for shard in source.shards {
             let fileName = source.safetensorsName(of: shard)
             var records: [TensorRecord] = []
             for t in shard.tensors {
+                if let (f, order) = permuted[t.name] {
+                    let source = MappedBytes(bytes: try shard.bytes(t)), size = t.dtype.bitSize / 8
+                    records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .deferred(count: source.bytes.count) {
+                        permuteNeurons(source.bytes, shape: f.shape, axis: f.neuronAxis!, elementSize: size, permutation: order)
+                    }))
+                    continue
+                }
                 // Bytes stored exactly as presented are copied file to file by the kernel.
                 let mapped = try shard.bytes(t)
                 let bytes: TensorBytes = shard.storedRegion(t).map { .region($0, mapped: mapped) } ?? .mapped(mapped)
@@ -117,7 +197,7 @@ public struct UpcyclePlan: @unchecked Sendable {
             }
             copied += records.count
             copiedBytes += records.reduce(0) { $0 + $1.bytes.count }
-            for g in layers where source.shard(of: g.site.tensors[0]) === shard {
+            for g in layers where source.shard(of: g.site.tensors[0].name) === shard {
                 records.append(TensorRecord(name: g.expertGateName, dtype: g.dtype, shape: [numExperts, d], bytes: .owned(FloatCodec.encode(g.expertGate, as: g.dtype))))
                 records.append(TensorRecord(name: g.depthPredictorName, dtype: g.dtype, shape: [maxDepth, d], bytes: .owned(FloatCodec.encode(g.depthPredictor, as: g.dtype))))
             }
@@ -190,6 +270,11 @@ public struct UpcyclePlan: @unchecked Sendable {
         try f.write(text)
         try f.finish()
     }
+}
+
+/// Bytes of a source file that the checkpoint keeps mapped for as long as the plan lives.
+struct MappedBytes: @unchecked Sendable {
+    let bytes: UnsafeRawBufferPointer
 }
 
 /// How far a conversion is, for a progress display.

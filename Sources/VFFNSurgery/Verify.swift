@@ -37,6 +37,29 @@ public enum Verifier {
     /// a reordered sum is ~1e-7 relative; anything near 1e-5 means the slices are wrong.
     public static let partitionTolerance: Float = 1e-5
     public static let probeRows = 16
+    /// Relative difference allowed between the permuted and the source dense output.
+    public static let permutationTolerance: Float = 1e-5
+    /// Largest difference allowed between a calibrated depth fraction and its target.
+    public static let calibrationTolerance = 0.05
+
+    /// Re-runs the calibration tokens through the dense model and the converted depth predictors:
+    /// each layer's depth histogram must be the target recorded at conversion.
+    static func calibratedDepth(_ model: any LanguageModel, calibration: JSON, path: String) throws(VFFNError) -> VerificationReport.Check {
+        guard let tokens = calibration["tokens"]?.arrayValue?.compactMap(\.intValue), !tokens.isEmpty,
+              let target = calibration["target"]?.arrayValue?.compactMap(\.doubleValue) else {
+            throw .badInput(path, "versatile_ffn.depth_calibration needs \"tokens\" and \"target\"")
+        }
+        let inputs = try model.forward(tokens, mode: .dense, trace: true).ffnInputs
+        var worst = 0.0, histograms: [String] = []
+        for (i, layer) in model.versatileLayers!.enumerated() {
+            guard target.count == layer.maxDepth else { throw .badInput(path, "depth_calibration.target has \(target.count) fractions for max_depth \(layer.maxDepth)") }
+            let counts = InformedInit.depthHistogram(inputs[i], predictor: layer.depthPredictor.values, depth: layer.maxDepth)
+            for (c, t) in zip(counts, target) { worst = max(worst, abs(Double(c) / Double(tokens.count) - t)) }
+            histograms.append(counts.map(String.init).joined(separator: " "))
+        }
+        return .init(name: "calibrated depth histogram", passed: worst <= calibrationTolerance,
+                     detail: "\(tokens.count) calibration tokens, target \(target.map { String(format: "%.2f", $0) }.joined(separator: " ")); per layer \(histograms.joined(separator: " | ")); largest deviation \(String(format: "%.3f", worst))")
+    }
 
     public static func verify(destination: String, source: String? = nil, probeTokens: [Int]? = nil, seed: UInt64 = 0) throws(VFFNError) -> VerificationReport {
         let dst = try Checkpoint(path: destination)
@@ -44,8 +67,14 @@ public enum Verifier {
             throw .badInput(destination + "/config.json", "has no \"versatile_ffn\" section; not a converted checkpoint")
         }
         var checks: [VerificationReport.Check] = []
-        if let source {
-            checks.append(try denseTensorsIdentical(source: Checkpoint(path: source), destination: dst, settings: settings))
+        let section = dst.config[VersatileFFNSettings.key]!
+        let permuted = section["neuron_permutation"]?.boolValue == true
+        // With a neuron permutation the FFN tensors are reordered on purpose: the dense forward
+        // pass below proves the function unchanged instead of their bytes.
+        let reordered = permuted ? Set(try Architectures.lookup(dst).ffnLayout(dst).sites.flatMap { $0.tensors.filter { $0.neuronAxis != nil }.map(\.name) }) : []
+        let sourceCheckpoint = try source.map { (p) throws(VFFNError) in try Checkpoint(path: p) }
+        if let sourceCheckpoint {
+            checks.append(try denseTensorsIdentical(source: sourceCheckpoint, destination: dst, settings: settings, reordered: reordered))
         }
         let model = try Architectures.load(dst)
         guard let versatile = model.versatileLayers else { preconditionFailure("settings read but no gates loaded") }
@@ -63,6 +92,21 @@ public enum Verifier {
                             detail: denseFinite ? "dense \(model.outputKind.rawValue) finite on \(tokens.count) probe tokens" : "dense forward produced NaN or Inf: the weights themselves are bad"))
         checks.append(.init(name: "dense equivalence (max depth 1)", passed: outputDiff == 0 && denseFinite,
                             detail: "max |\(model.outputKind.rawValue) difference| = \(format(outputDiff))"))
+        if permuted {
+            if let sourceCheckpoint {
+                let original = try Architectures.load(sourceCheckpoint).forward(tokens, mode: .dense, trace: false).output
+                let diff = dense.output.maxAbsDifference(original)
+                let relative = diff / max(original.maxAbs, .leastNormalMagnitude)
+                checks.append(.init(name: "dense function unchanged by the neuron permutation", passed: relative <= permutationTolerance,
+                                    detail: "max |\(model.outputKind.rawValue) difference| vs the source = \(format(diff)) (\(format(relative)) relative; float rounding of reordered sums)"))
+            } else {
+                checks.append(.init(name: "dense function unchanged by the neuron permutation", passed: true,
+                                    detail: "not checked: pass --source to compare the dense forward pass with the source's"))
+            }
+        }
+        if let calibration = section["depth_calibration"] {
+            checks.append(try calibratedDepth(model, calibration: calibration, path: dst.configPath))
+        }
         let fullFinite = full.output.isFinite
         checks.append(.init(name: "VersatileFFN forward finite", passed: fullFinite,
                             detail: fullFinite ? "\(model.outputKind.rawValue) finite, max |value| \(format(full.output.maxAbs))" : "VersatileFFN forward produced NaN or Inf"))
@@ -98,10 +142,20 @@ public enum Verifier {
 
     /// Every tensor of SRC is in DST with the same dtype, shape and bytes; DST adds exactly the
     /// gate tensors its config names.
-    static func denseTensorsIdentical(source: Checkpoint, destination: Checkpoint, settings: VersatileFFNSettings) throws(VFFNError) -> VerificationReport.Check {
+    static func denseTensorsIdentical(source: Checkpoint, destination: Checkpoint, settings: VersatileFFNSettings,
+                                      reordered: Set<String> = []) throws(VFFNError) -> VerificationReport.Check {
         var mismatches: [String] = []
-        var bytes = 0
+        var bytes = 0, permuted = 0
         for name in source.tensorNames {
+            if reordered.contains(name) {
+                // Reordered on purpose: dtype and shape must match; the dense forward pass below
+                // checks the values.
+                guard let a = source.info(name), let b = destination.info(name), a.dtype == b.dtype, a.shape == b.shape else {
+                    mismatches.append("\(name): missing or reshaped"); continue
+                }
+                permuted += 1
+                continue
+            }
             let a = source.info(name)!
             guard let b = destination.info(name) else { mismatches.append("\(name): missing"); continue }
             guard a.dtype == b.dtype, a.shape == b.shape else {
@@ -117,7 +171,7 @@ public enum Verifier {
         }
         let passed = mismatches.isEmpty
         let detail = passed
-            ? "\(source.tensorNames.count) tensors, \(bytes) bytes identical to the source"
+            ? "\(source.tensorNames.count - permuted) tensors, \(bytes) bytes identical to the source" + (permuted > 0 ? "; \(permuted) FFN tensors neuron-permuted" : "")
             : "\(mismatches.count) differ: " + mismatches.prefix(3).joined(separator: "; ") + (mismatches.count > 3 ? "; ..." : "")
         return .init(name: "dense tensors bit-identical", passed: passed, detail: detail)
     }

@@ -33,6 +33,21 @@ struct Convert: ParsableCommand {
     @Option(help: "Seed of the gate initialization.")
     var seed: UInt64 = 0
 
+    @Option(help: "How neurons form the sub-expert slices: contiguous (stored order) or cluster (balanced k-means; the FFN tensors are permuted, the dense function is not changed).")
+    var split: NeuronSplit = .contiguous
+
+    @Option(name: .customLong("router-init"), help: "expert_gate init: random (the paper's) or centroid (row e = slice e's normalized centroid).")
+    var routerInit: RouterInit = .random
+
+    @Option(name: .customLong("depth-init"), help: "depth_predictor init: random (the paper's), shallow (every token one loop) or calibrated (see --depth-target).")
+    var depthInit: DepthInit = .random
+
+    @Option(help: "With --depth-init calibrated: a file of token ids (separated by spaces, commas or newlines) to calibrate on; default: 256 built-in ids.")
+    var calibration: String?
+
+    @Option(name: .customLong("depth-target"), help: "With --depth-init calibrated: the fractions of calibration tokens at depths 1...D, e.g. 0.4,0.3,0.2,0.1 (default: uniform).")
+    var depthTarget: String?
+
     @Option(name: .customLong("output-format"), help: "safetensors (a Hugging Face directory) or vffn (one container file).")
     var outputFormat: UpcyclePlan.OutputFormat = .safetensors
 
@@ -47,13 +62,36 @@ struct Convert: ParsableCommand {
 
     func validate() throws {
         if compress && outputFormat != .vffn { throw ValidationError("--compress applies only to --output-format vffn") }
+        if (calibration != nil || depthTarget != nil) && depthInit != .calibrated {
+            throw ValidationError("--calibration and --depth-target apply only to --depth-init calibrated")
+        }
+        if let depthTarget, depthTarget.split(separator: ",").contains(where: { Double($0.trimmingCharacters(in: .whitespaces)) == nil }) {
+            throw ValidationError("--depth-target must be comma-separated numbers, e.g. 0.4,0.3,0.2,0.1")
+        }
+    }
+
+    /// The gate options, reading the calibration file if one is given.
+    func gateOptions() throws(VFFNError) -> GateOptions {
+        var tokens: [Int]?
+        if let calibration {
+            guard let data = FileManager.default.contents(atPath: calibration) else { throw .badInput(calibration, "cannot read the calibration tokens") }
+            let words = String(decoding: data, as: UTF8.self).split { $0 == "," || $0.isWhitespace }
+            let ids = words.compactMap { Int($0) }
+            guard ids.count == words.count, !ids.isEmpty, ids.allSatisfy({ $0 >= 0 }) else {
+                throw .badInput(calibration, "must hold non-negative integer token ids separated by spaces, commas or newlines")
+            }
+            tokens = ids
+        }
+        return GateOptions(split: split, routerInit: routerInit, depthInit: depthInit, calibrationTokens: tokens,
+                           depthTarget: depthTarget.map { $0.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces))! } })
     }
 
     func run() throws {
         removePartialOutputOnSignals()
         try reportingErrors {
             let started = Date()
-            let plan = try UpcyclePlan(source: Checkpoint(path: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed)
+            let plan = try UpcyclePlan(source: Checkpoint(path: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed,
+                                       options: gateOptions())
             let line = ProgressLine(quiet: quiet)
             let summary = try plan.write(to: destination, format: outputFormat, compress: compress, force: force, progress: line.update)
             line.finish()
@@ -66,9 +104,17 @@ struct Convert: ParsableCommand {
               \(summary.copiedTensors) dense tensors (\(summary.copiedBytes) bytes) copied unchanged, \(summary.gateTensors) gate tensors added as \(summary.gateDType?.rawValue ?? "?")
               \(summary.shards) shard(s), \(summary.auxiliaryFiles.count) other file(s) copied, written as \(outputFormat.rawValue)\(compress ? " (deflated)" : "")
             """)
+            print("  neurons \(split == .cluster ? "clustered (balanced k-means) and permuted" : "in stored order"), router \(routerInit.rawValue), depth \(depthInit.rawValue)")
+            if let c = plan.calibration {
+                print("  calibrated depth on \(c.tokens.count) tokens, target \(c.target.map { String(format: "%.2f", $0) }.joined(separator: " ")): "
+                      + c.layers.map { $0.histogram.map(String.init).joined(separator: " ") }.joined(separator: " | "))
+            }
             for n in summary.sourceNotes { print("  note: \(n)") }
         }
     }
 }
 
 extension UpcyclePlan.OutputFormat: ExpressibleByArgument {}
+extension NeuronSplit: ExpressibleByArgument {}
+extension RouterInit: ExpressibleByArgument {}
+extension DepthInit: ExpressibleByArgument {}

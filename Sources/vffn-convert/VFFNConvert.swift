@@ -18,7 +18,7 @@ struct VFFNConvert: ParsableCommand {
         Exit codes: 0 success; 1 verification failed; 64 usage error; 65 bad input \
         (unreadable, malformed or unsupported checkpoint); 74 I/O error.
         """,
-        subcommands: [Convert.self, Verify.self, Run.self, Inspect.self, Pack.self, Unpack.self])
+        subcommands: [Convert.self, Verify.self, Run.self, Inspect.self, Stats.self, Pack.self, Unpack.self])
 }
 
 /// Runs a command body, turning the library's errors into one line on stderr and an exit code.

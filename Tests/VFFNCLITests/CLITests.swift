@@ -164,6 +164,37 @@ import VFFNFormats
         #expect(try run(["unpack", dir + "/d.vffn", dir + "/d2"]).status == 64)
     }
 
+    @Test func informedGatesAndStatsFromTheCommandLine() throws {
+        let dir = makeTemporaryDirectory()
+        writeFile(dir + "/calibration.txt", "1 5 17\n42, 99 3 64 7 120 33 250 0\n")
+        let c = try run(["convert", Fixtures.path("llama-gqa-sharded"), dir + "/dst", "--split", "cluster", "--router-init", "centroid",
+                         "--depth-init", "calibrated", "--calibration", dir + "/calibration.txt", "--depth-target", "0.5,0.25,0.25,0"])
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(c.stdout.contains("neurons clustered (balanced k-means) and permuted, router centroid, depth calibrated"))
+        #expect(c.stdout.contains("calibrated depth on 12 tokens, target 0.50 0.25 0.25 0.00: 6 3 3 0 | 6 3 3 0"), "\(c.stdout)")
+        let v = try run(["verify", dir + "/dst", "--source", Fixtures.path("llama-gqa-sharded")])
+        #expect(v.status == 0, "\(v.stdout)")
+        #expect(v.stdout.contains("[pass] dense function unchanged by the neuron permutation"))
+        #expect(v.stdout.contains("[pass] calibrated depth histogram: 12 calibration tokens"))
+        let s = try run(["stats", dir + "/dst", "--tokens", Fixtures.tokens.map(String.init).joined(separator: ","), "--json"])
+        #expect(s.status == 0, "\(s.stderr)")
+        let json = try JSON.parse(s.stdout)
+        #expect(json["tokens"]?.intValue == 12)
+        let layers = try #require(json["layers"]?.arrayValue)
+        #expect(layers.count == 2)
+        #expect(layers[0]["depth_histogram"]?.arrayValue?.compactMap(\.intValue).reduce(0, +) == 12)
+        #expect(layers[0]["expert_load"]?.arrayValue?.compactMap(\.intValue).reduce(0, +) == 24)
+        #expect((layers[0]["energy_captured"]?.doubleValue ?? 0) > 0.25)
+        let table = try run(["stats", dir + "/dst"])
+        #expect(table.stdout.contains("mean energy captured:"))
+        let bad = try run(["convert", Fixtures.path("llama-gqa-sharded"), dir + "/bad", "--depth-target", "0.5,0.5"])
+        #expect(bad.status == 64 && bad.stderr.contains("--calibration and --depth-target apply only to --depth-init calibrated"))
+        writeFile(dir + "/junk.txt", "1 2 three")
+        let junk = try run(["convert", Fixtures.path("llama-gqa-sharded"), dir + "/bad", "--depth-init", "calibrated", "--calibration", dir + "/junk.txt"])
+        #expect(junk.status == 65 && junk.stderr.contains("junk.txt: must hold non-negative integer token ids"))
+        #expect(try run(["stats", Fixtures.path("llama-gqa-sharded")]).status == 65)
+    }
+
     @Test func malformedShardFailsConversionCleanly() throws {
         let dir = makeTemporaryDirectory()
         try copyDirectory(Fixtures.path("llama-gqa-sharded"), to: dir + "/src")
