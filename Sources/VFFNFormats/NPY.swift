@@ -3,7 +3,12 @@ import Foundation
 /// NumPy `.npy` v1.0, float32 little-endian, C order: how `run` hands logits to Python.
 public enum NPY {
     public static func encode(_ values: [Float], shape: [Int]) -> [UInt8] {
-        precondition(shape.reduce(1, *) == values.count)
+        header(shape: shape, count: values.count) + FloatCodec.encode(values, as: .F32)
+    }
+
+    /// Magic, version, header length and the padded header dict.
+    static func header(shape: [Int], count: Int) -> [UInt8] {
+        precondition(shape.reduce(1, *) == count)
         let shapeText = shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
         var header = "{'descr': '<f4', 'fortran_order': False, 'shape': \(shapeText), }"
         // numpy pads so that data starts on a 64-byte boundary and ends the header with '\n'.
@@ -13,7 +18,6 @@ public enum NPY {
         let n = UInt16(header.utf8.count)
         out += [UInt8(n & 0xFF), UInt8(n >> 8)]
         out += Array(header.utf8)
-        out += FloatCodec.encode(values, as: .F32)
         return out
     }
 
@@ -43,7 +47,15 @@ public enum NPY {
     public static func write(_ values: [Float], shape: [Int], to path: String, force: Bool = true) throws(VFFNError) {
         let out = try AtomicOutput(destination: path, force: force, directory: false)
         let file = try OutputFile(path: out.temporary)
-        try file.write(encode(values, shape: shape))
+        try file.write(header(shape: shape, count: values.count))
+        // Little-endian hosts hold f32 exactly as .npy stores it: write the values in place
+        // rather than building a second copy of a [T, vocab] array.
+        #if _endian(little)
+        let written = values.withUnsafeBytes { b in Result { () throws(VFFNError) in try file.write(b) } }
+        try written.get()
+        #else
+        try file.write(FloatCodec.encode(values, as: .F32))
+        #endif
         try file.finish()
         try out.commit()
     }
