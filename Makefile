@@ -73,7 +73,8 @@ fuzz: deps
 	cp fixtures/gguf/*.gguf .build/fuzz/corpus-gguf/; \
 	for f in fixtures/*/*.bin; do cp $$f .build/fuzz/corpus-torch/$$(echo $$f | tr / _); done; \
 	python3 -c 'import sys, zipfile; [open(".build/fuzz/corpus-pickle/" + f.replace("/", "_") + ".pkl", "wb").write(zipfile.ZipFile(f).read(next(n for n in zipfile.ZipFile(f).namelist() if n.endswith("data.pkl")))) for f in sys.argv[1:]]' fixtures/*/*.bin; \
-	cp fixtures/vffn/*.vffn .build/fuzz/corpus-vffn/
+	cp fixtures/vffn/*.vffn .build/fuzz/corpus-vffn/; \
+	for t in $(FUZZ_TARGETS); do cp Fuzz/regressions/$$t-* .build/fuzz/corpus-$$t/ 2>/dev/null || true; done
 	@printf '%s\n' $(FUZZ_TARGETS) | xargs -P $(FUZZ_JOBS) -I{} sh -c \
 	  '.build/fuzz/{} .build/fuzz/corpus-{} -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -max_len=1048576 \
 	     -artifact_prefix=.build/fuzz/artifacts/{}- -print_final_stats=1 > .build/fuzz/{}.log 2>&1; \

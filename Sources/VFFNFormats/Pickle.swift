@@ -70,6 +70,18 @@ enum Pickle {
     /// Evaluates a pickled state dict into (name, tensor) pairs in their stored order.
     static func stateDict(_ bytes: UnsafeRawBufferPointer, path: String) throws(VFFNError) -> [(String, TensorRef)] {
         var r = ByteReader(bytes, path: path, context: "pickle")
+        // A pickle can put a list or dict inside itself (memo + APPEND); such cycles would
+        // outlive the call under reference counting, so every box is emptied on the way out.
+        // (Found by fuzzing, as a leak.)
+        var boxes: [AnyObject] = []
+        defer {
+            for b in boxes {
+                if let l = b as? ListBox { l.items = [] }
+                if let d = b as? DictBox { d.items = [] }
+            }
+        }
+        func list() -> Value { let l = ListBox(); boxes.append(l); return .list(l) }
+        func dict() -> Value { let d = DictBox(); boxes.append(d); return .dict(d) }
         var stack: [Value] = []
         var marks: [Int] = []
         var memo: [Int: Value] = [:]
@@ -127,8 +139,8 @@ enum Pickle {
                 return try tensors(in: top, path: path)
             case 0x28: marks.append(stack.count)                             // MARK
             case 0x29: try push(.tuple([]))                                  // EMPTY_TUPLE
-            case 0x5D: try push(.list(ListBox()))                            // EMPTY_LIST
-            case 0x7D: try push(.dict(DictBox()))                            // EMPTY_DICT
+            case 0x5D: try push(list())                                      // EMPTY_LIST
+            case 0x7D: try push(dict())                                      // EMPTY_DICT
             case 0x74: try push(.tuple(try popMark()))                       // TUPLE
             case 0x85: let a = try pop(); try push(.tuple([a]))              // TUPLE1
             case 0x86: let b = try pop(), a = try pop(); try push(.tuple([a, b]))
@@ -178,7 +190,9 @@ enum Pickle {
                 try push(try persistent(try pop(), fail: fail))
             case 0x52: // REDUCE
                 let args = try pop(), callable = try pop()
-                try push(try reduce(callable, args, fail: fail))
+                let made = try reduce(callable, args, fail: fail)
+                if case let .dict(d) = made { boxes.append(d) }
+                try push(made)
             case 0x62: // BUILD: state on OrderedDicts (`_metadata`) and tensors is dropped.
                 _ = try pop()
                 guard let target = stack.last else { throw fail("BUILD without a target") }

@@ -52,7 +52,10 @@ final class ZipArchive: @unchecked Sendable {
             guard try loc.u32("signature") == 0x0706_4B50 else { throw .badInput(path, "zip64 archive without its locator") }
             _ = try loc.u32("disk")
             let recordOffset = try loc.u64("zip64 record offset")
-            guard recordOffset <= UInt64(bytes.count - 56) else { throw .badInput(path, "zip64 record offset \(recordOffset) is outside the file") }
+            // (Found by fuzzing: a file shorter than the record made `bytes.count - 56` negative.)
+            guard bytes.count >= 56, recordOffset <= UInt64(bytes.count - 56) else {
+                throw .badInput(path, "zip64 record offset \(recordOffset) is outside the file")
+            }
             var z = ByteReader(bytes, path: path, offset: Int(recordOffset), context: "zip64 end-of-central-directory")
             guard try z.u32("signature") == 0x0606_4B50 else { throw .badInput(path, "zip64 end-of-central-directory record not found where its locator points") }
             _ = try z.take(20, "record size and versions")

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
-import VFFNFormats
+@testable import VFFNFormats
 
 /// torch.save archives: read without running anything, and refused clearly when malformed.
 @Suite struct TorchCheckpointTests {
@@ -149,6 +149,22 @@ import VFFNFormats
                     "tensor \"w\": view (offset 2, shape [2, 3], stride [3, 1]) reaches element 7 of a 6-element storage")
         expectError(archive(PickleOps.stateDict([PickleOps.tensor("w", storage: "ComplexFloatStorage", key: "0", numel: 3, shape: [3], stride: [1])])),
                     "pickle global torch.ComplexFloatStorage at byte 83 is not allowed: a state dict needs only tensors, storages and OrderedDict, and nothing in a checkpoint is executed")
+    }
+
+    /// Inputs the fuzzers found (Fuzz/regressions), kept so they stay fixed.
+    @Test func fuzzerFindingsStayFixed() throws {
+        // A ZIP64 locator in a file shorter than a ZIP64 record: `count - 56` went negative.
+        let short = try #require(FileManager.default.contents(atPath: Fixtures.packageRoot + "/Fuzz/regressions/torch-zip64-locator-in-a-short-file"))
+        // (Its first bytes are not a zip magic, so it is opened as a zip directly, as the fuzzer did.)
+        let path = write(Array(short))
+        #expect { try TorchCheckpointFile(path: path) } throws: {
+            ($0 as? VFFNError)?.description == path + ": zip64 record offset 135023 is outside the file"
+        }
+        // A dict stored in itself (EMPTY_DICT, BINPUT, BINGET..., SETITEM): a reference cycle
+        // that leaked once the error unwound (LeakSanitizer; `make test-asan` re-checks it).
+        let cycle = try #require(FileManager.default.contents(atPath: Fixtures.packageRoot + "/Fuzz/regressions/pickle-self-containing-list"))
+        let outcome = Array(cycle).withUnsafeBytes { b in Result { () throws(VFFNError) in try Pickle.stateDict(b, path: "cycle") } }
+        #expect(throws: VFFNError.self) { try outcome.get() }
     }
 
     @Test func legacyTorchFilesAreNamed() throws {
