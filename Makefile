@@ -59,12 +59,12 @@ FUZZ_JOBS ?= 2
 fuzz: deps
 	@mkdir -p .build/fuzz/artifacts
 	@# Built from a snapshot of the sources, so editing them meanwhile changes nothing.
-	@rm -rf .build/fuzz/src && mkdir -p .build/fuzz/src && cp Sources/VFFNFormats/*.swift Fuzz/*.swift .build/fuzz/src/
+	@rm -rf .build/fuzz/src && mkdir -p .build/fuzz/src/targets && cp Sources/VFFNFormats/*.swift Fuzz/Support.swift .build/fuzz/src/ \
+	  && cp Fuzz/*.swift .build/fuzz/src/targets/ && rm .build/fuzz/src/targets/Support.swift
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "building fuzz target $$t"; rm -f .build/fuzz/$$t; \
-	  ls .build/fuzz/src/*.swift | grep -v -E '/($(shell echo $(FUZZ_TARGETS) | tr ' ' '|'))\.swift$$' > .build/fuzz/sources; \
 	  swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name VFFNFormats -I Sources/CZlib -I Sources/CJSONC \
-	    $$(cat .build/fuzz/sources) .build/fuzz/src/$$t.swift -lz -ljson-c -o .build/fuzz/$$t 2>&1 | grep -v "ld.gold: warning" || true; \
+	    .build/fuzz/src/*.swift .build/fuzz/src/targets/$$t.swift -lz -ljson-c -o .build/fuzz/$$t 2>&1 | grep -v "ld.gold: warning" || true; \
 	  test -x .build/fuzz/$$t || exit 1; \
 	  mkdir -p .build/fuzz/corpus-$$t; \
 	done
