@@ -59,12 +59,14 @@ FUZZ_JOBS ?= 2
 fuzz: deps
 	@mkdir -p .build/fuzz/artifacts
 	@# Built from a snapshot of the sources, so editing them meanwhile changes nothing.
-	@rm -rf .build/fuzz/src && mkdir -p .build/fuzz/src/targets && cp Sources/VFFNFormats/*.swift Fuzz/Support.swift .build/fuzz/src/ \
+	@rm -rf .build/fuzz/src && mkdir -p .build/fuzz/src/targets .build/fuzz/csystem && cp Sources/VFFNFormats/*.swift Fuzz/Support.swift .build/fuzz/src/ \
 	  && cp Fuzz/*.swift .build/fuzz/src/targets/ && rm .build/fuzz/src/targets/Support.swift
+	@cp Sources/CSystem/include/csystem.h .build/fuzz/csystem/ && printf 'module CSystem {\n  header "csystem.h"\n  export *\n}\n' > .build/fuzz/csystem/module.modulemap \
+	  && clang -O2 -fsanitize=address -c Sources/CSystem/csystem.c -I Sources/CSystem/include -o .build/fuzz/csystem.o
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "building fuzz target $$t"; rm -f .build/fuzz/$$t; \
-	  swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name VFFNFormats -I Sources/CZlib -I Sources/CJSONC \
-	    .build/fuzz/src/*.swift .build/fuzz/src/targets/$$t.swift -lz -ljson-c -o .build/fuzz/$$t 2>&1 | grep -v "ld.gold: warning" || true; \
+	  swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name VFFNFormats -I Sources/CZlib -I Sources/CJSONC -I .build/fuzz/csystem \
+	    .build/fuzz/src/*.swift .build/fuzz/src/targets/$$t.swift .build/fuzz/csystem.o -lz -ljson-c -o .build/fuzz/$$t 2>&1 | grep -v "ld.gold: warning" || true; \
 	  test -x .build/fuzz/$$t || exit 1; \
 	  mkdir -p .build/fuzz/corpus-$$t; \
 	done

@@ -20,7 +20,9 @@ let package = Package(
                        providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c",
                        providers: [.apt(["libjson-c-dev"])]),
-        .target(name: "VFFNFormats", dependencies: ["CZlib", "CJSONC"]),
+        // copy_file_range, which Swift's Glibc module does not export.
+        .target(name: "CSystem"),
+        .target(name: "VFFNFormats", dependencies: ["CZlib", "CJSONC", "CSystem"]),
         .target(name: "VFFNModels", dependencies: ["VFFNFormats", "COpenBLAS"]),
         .target(name: "VFFNSurgery", dependencies: ["VFFNFormats", "VFFNModels"]),
         .executableTarget(

@@ -36,6 +36,7 @@ measure() {
   local times=() rss=0
   for _ in $(seq "$REPEAT"); do
     rm -rf "$WORK/out" "$WORK/out.npy"
+    sync   # the previous run's writeback must not land in this run's time
     /usr/bin/time -f "%e %M" -o "$WORK/time.txt" "$@" > /dev/null 2> "$WORK/stderr.txt" || { cat "$WORK/stderr.txt" >&2; exit 1; }
     read -r t m < "$WORK/time.txt"
     times+=("$t"); [ "$m" -gt "$rss" ] && rss=$m
@@ -46,8 +47,10 @@ measure() {
 cat "$BIG"/*.safetensors > /dev/null; cat "$SMALL"/*.safetensors > /dev/null   # warm the page cache
 
 read -r t_cp m_cp < <(measure cp -r "$BIG" "$WORK/out")
+read -r t_cps m_cps < <(measure sh -c "cp -r '$BIG' '$WORK/out' && sync")
 read -r t_st m_st < <(measure "$PY" bench/peers.py safetensors-copy "$BIG" "$WORK/out")
 read -r t_cv m_cv < <(measure "$TOOL" convert "$BIG" "$WORK/out" --quiet)
+read -r t_cvn m_cvn < <(measure "$TOOL" convert "$BIG" "$WORK/out" --quiet --no-fsync)
 read -r t_run m_run < <(measure "$TOOL" run "$SMALL" --tokens "$TOKENS" --out "$WORK/out.npy" --dense)
 read -r t_py m_py < <(measure "$PY" bench/peers.py forward "$SMALL" --tokens 256)
 inner=$("$PY" bench/peers.py forward "$SMALL" --tokens 256 2>/dev/null)
@@ -66,8 +69,10 @@ echo
 echo "| task                               | tool                                         |    time   |  peak RSS | throughput  | ratio |"
 echo "|---|---|---|---|---|---|"
 row "$TASK" "cp -r (peer)" "$t_cp" "$m_cp" "$(gbps "$t_cp")" "1.00x"
+row "$TASK" "cp -r && sync (peer, durable)" "$t_cps" "$m_cps" "$(gbps "$t_cps")" "$(ratio "$t_cps" "$t_cp") of cp"
 row "$TASK" "safetensors load+save, Python (peer)" "$t_st" "$m_st" "$(gbps "$t_st")" "$(ratio "$t_st" "$t_cp") of cp"
-row "$TASK" "vffn-convert convert (N 8, k 2, D 4)" "$t_cv" "$m_cv" "$(gbps "$t_cv")" "$(ratio "$t_cv" "$t_cp") of cp, $(ratio "$t_cv" "$t_st") of safetensors"
+row "$TASK" "vffn-convert convert --no-fsync" "$t_cvn" "$m_cvn" "$(gbps "$t_cvn")" "$(ratio "$t_cvn" "$t_cp") of cp"
+row "$TASK" "vffn-convert convert (fsync, the default)" "$t_cv" "$m_cv" "$(gbps "$t_cv")" "$(ratio "$t_cv" "$t_cps") of cp+sync, $(ratio "$t_cv" "$t_st") of safetensors"
 row "forward, 256 tokens, whole process" "transformers eager f32, python (peer)" "$t_py" "$m_py" "-" "1.00x"
 row "forward, 256 tokens, whole process" "vffn-convert run --dense" "$t_run" "$m_run" "-" "$(ratio "$t_run" "$t_py") of transformers"
 echo

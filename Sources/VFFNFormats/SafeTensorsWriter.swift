@@ -1,3 +1,4 @@
+import CSystem
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -125,7 +126,7 @@ public final class OutputFile {
         if let source { close(source.fd) }
     }
 
-    /// Appends a region of another file: `sendfile` moves the bytes in the kernel (no
+    /// Appends a region of another file: `copy_file_range` moves the bytes in the kernel (no
     /// page of them enters this process, so memory does not grow with the checkpoint); where the
     /// kernel or filesystem cannot, a bounded buffer does the same.
     public func copy(_ region: FileRegion) throws(VFFNError) {
@@ -136,10 +137,10 @@ public final class OutputFile {
             source = (region.path, s)
         }
         let src = source!.fd
-        var offset = off_t(region.offset)
+        var offset = Int64(region.offset)
         var left = region.count
         while left > 0 {
-            let n = sendfile(fd, src, &offset, min(left, 1 << 30))
+            let n = vffn_copy_file_range(src, &offset, fd, nil, min(left, 1 << 30))
             if n > 0 { left -= n; continue }
             if n == 0 { throw .badInput(region.path, "ended \(left) bytes before the region at \(region.offset) (truncated while copying?)") }
             if errno == EINTR { continue }
@@ -194,8 +195,16 @@ public final class OutputFile {
         }
     }
 
+    /// Whether `finish` waits for the data to reach the disk (fsync) before an output is renamed
+    /// into place. On by default: a crash after the rename must not leave a checkpoint of empty
+    /// files. `--no-fsync` turns it off for outputs that are synced or discarded anyway; the
+    /// rename still happens only after every byte is written.
+    nonisolated(unsafe) public static var durable = true
+
     public func finish() throws(VFFNError) {
-        guard fsync(fd) == 0 else { throw .io(path, "fsync failed: \(String(cString: strerror(errno)))") }
+        if Self.durable {
+            guard fsync(fd) == 0 else { throw .io(path, "fsync failed: \(String(cString: strerror(errno)))") }
+        }
         let r = close(fd)
         fd = -1
         guard r == 0 else { throw .io(path, "close failed: \(String(cString: strerror(errno)))") }

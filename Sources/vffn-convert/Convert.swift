@@ -57,6 +57,9 @@ struct Convert: ParsableCommand {
     @Flag(help: "Replace DST if it exists.")
     var force = false
 
+    @Flag(name: .customLong("no-fsync"), help: "Do not wait for DST to reach the disk before renaming it into place (faster; not crash-safe).")
+    var noFsync = false
+
     @Flag(help: "Print nothing but errors (no summary, no progress line).")
     var quiet = false
 
@@ -92,6 +95,7 @@ struct Convert: ParsableCommand {
             let started = Date()
             let plan = try UpcyclePlan(source: Checkpoint(path: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed,
                                        options: gateOptions())
+            OutputFile.durable = !noFsync
             let line = ProgressLine(quiet: quiet)
             let summary = try plan.write(to: destination, format: outputFormat, compress: compress, force: force, progress: line.update)
             line.finish()
