@@ -31,6 +31,8 @@ import VFFNFormats
         let c = try run(["convert", src, dir + "/dst", "--experts", "4", "--top-k", "2", "--max-depth", "3"])
         #expect(c.status == 0, "\(c.stderr)")
         #expect(c.stdout.contains("4 sub-experts of 16 neurons, top-2, max depth 3, seed 0"))
+        // stderr is a pipe here, not a terminal: no progress line.
+        #expect(c.stderr.isEmpty, "\(c.stderr)")
         let v = try run(["verify", dir + "/dst", "--source", src])
         #expect(v.status == 0, "\(v.stdout)\(v.stderr)")
         #expect(v.stdout.contains("[pass] dense tensors bit-identical: 21 tensors, 139904 bytes identical to the source"))
@@ -255,6 +257,33 @@ import VFFNFormats
         kill(p.processIdentifier, signal)
         p.waitUntilExit()
         return p.terminationStatus
+    }
+
+    /// On a terminal, a conversion longer than a second draws a progress line (tensors, bytes,
+    /// rate); `--quiet` silences it. `script` gives the child a pseudo-terminal.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+    func progressLineOnATerminalOnly() throws {
+        let dir = makeTemporaryDirectory()
+        let src = try largeCheckpoint(in: dir)
+        func onTerminal(_ extra: String) throws -> String {
+            let command = "\(Fixtures.executable) convert \(src) \(dir)/out.vffn --output-format vffn --compress --force \(extra)"
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+            p.arguments = ["-qec", command, "/dev/null"]
+            let pipe = Pipe()
+            p.standardOutput = pipe
+            p.standardError = pipe
+            try p.run()
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0)
+            return String(decoding: data, as: UTF8.self)
+        }
+        let shown = try onTerminal("")
+        #expect(shown.contains(" tensors, ") && shown.contains("/s"), "\(shown)")
+        #expect(shown.contains("14/14 tensors"), "\(shown)")
+        let quiet = try onTerminal("--quiet")
+        #expect(!quiet.contains(" tensors, "), "\(quiet)")
     }
 
     static let interruptible: [[String]] = [
