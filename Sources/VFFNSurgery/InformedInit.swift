@@ -98,7 +98,7 @@ enum InformedInit {
         let T = x.rows, d = x.cols, D = target.count
         var mean = [Float](repeating: 0, count: d)
         for t in 0..<T { for c in 0..<d { mean[c] += x.data[t * d + c] / Float(T) } }
-        let u = onesDirection(x)
+        let u = onesDirection(x), uHat = unit(u)
         // Power iteration on the centered inputs, seeded, for the direction of largest variance.
         var v = unit((0..<d).map { _ in Float(rng.truncatedNormal(limit: 3)) })
         for _ in 0..<50 {
@@ -109,8 +109,8 @@ enum InformedInit {
                 for c in 0..<d { next[c] += p * (x.data[t * d + c] - mean[c]) }
             }
             // Keep v orthogonal to u, so s and r measure different things.
-            let along = zip(next, u).reduce(0) { $0 + $1.0 * $1.1 }
-            v = unit(zip(next, u).map { $0 - along * $1 })
+            let along = zip(next, uHat).reduce(0) { $0 + $1.0 * $1.1 }
+            v = unit(zip(next, uHat).map { $0 - along * $1 })
         }
         let rho = (0..<T).map { t -> Float in
             var s: Float = 0, r: Float = 0
@@ -153,10 +153,93 @@ enum InformedInit {
             }
         }
         var predictor = rows(taus)
+        // When some inputs project negatively on u the ratio is not monotone; sorting by angle
+        // in the (u, v) plane may then do better. Keep whichever is closer to the target.
+        let counts = wanted.enumerated().map { l, k in k - (l > 0 ? wanted[l - 1] : 0) } + [T - (wanted.last ?? 0)]
+        func miss(_ p: [Float]) -> Int { zip(depthHistogram(x, predictor: p, depth: D), counts).reduce(0) { $0 + abs($1.0 - $1.1) } }
+        if miss(predictor) > 0 {
+            // Candidate planes: (u, v), and the inputs' two leading uncentered directions.
+            let p1 = leadingDirection(x, orthogonalTo: [], rng: &rng)
+            let p2 = leadingDirection(x, orthogonalTo: [p1], rng: &rng)
+            for (e1, e2) in [(v, uHat), (p2, p1)] {
+                if let angular = angularDepth(x, counts: counts, e1: e1, e2: e2), miss(angular) < miss(predictor) { predictor = angular }
+            }
+        }
         // Scaling does not move an argmax; give the rows the paper's magnitude.
         let largest = (0..<D).map { l in (0..<d).reduce(Float(0)) { $0 + predictor[l * d + $1] * predictor[l * d + $1] }.squareRoot() }.max()!
         if largest > 0 { predictor = predictor.map { $0 * paperRowNorm(d) / largest } }
         return (predictor, DepthCalibration(histogram: depthHistogram(x, predictor: predictor, depth: D)))
+    }
+
+    /// Depths by angle: each input's direction in the plane of e2 (x-axis) and e1 (y-axis); the
+    /// depths take consecutive arcs of the circle holding `counts` inputs, the wrap from depth D
+    /// back to 1 lying in the widest empty arc. Bias-free linear logits can cut the plane into
+    /// any such fan of convex arcs: row k is the vertex, between edges with outward normals at
+    /// its two boundary angles, of the polygon circumscribed about the unit circle (the fan is
+    /// that polygon's normal fan). Nil when an arc would span half a turn or more, or is empty.
+    static func angularDepth(_ x: Matrix, counts: [Int], e1: [Float], e2: [Float]) -> [Float]? {
+        let T = x.rows, d = x.cols, D = counts.count
+        guard D >= 3, counts.allSatisfy({ $0 > 0 }) else { return nil }
+        let theta = (0..<T).map { t -> Double in
+            var a: Float = 0, b: Float = 0
+            for c in 0..<d { a += x.data[t * d + c] * e1[c]; b += x.data[t * d + c] * e2[c] }
+            return atan2(Double(a), Double(b))
+        }
+        let order = (0..<T).sorted { theta[$0] < theta[$1] }
+        func gap(_ i: Int) -> Double {
+            let next = theta[order[(i + 1) % T]] + (i + 1 == T ? 2 * Double.pi : 0)
+            return next - theta[order[i]]
+        }
+        // Where the run of depths starts around the circle: every start is tried, and the one
+        // whose widest arc is narrowest wins (every arc must stay under half a turn).
+        func layout(_ start: Int) -> (boundaries: [Double], widest: Double) {
+            var angles: [Double] = []
+            for i in 0..<T {
+                let j = (start + i) % T
+                angles.append(theta[order[j]] + (j < start ? 2 * Double.pi : 0))
+            }
+            var boundaries: [Double] = []   // after depth k, for k = 0..<D-1; then the wrap
+            var end = 0
+            for k in 0..<D - 1 {
+                end += counts[k]
+                boundaries.append((angles[end - 1] + angles[end]) / 2)
+            }
+            boundaries.append(angles[T - 1] + gap((start + T - 1) % T) / 2)
+            let arcs = (0..<D).map { k in boundaries[k] - (k == 0 ? boundaries[D - 1] - 2 * Double.pi : boundaries[k - 1]) }
+            return (boundaries, arcs.contains { $0 <= 0 } ? .infinity : arcs.max()!)
+        }
+        let best = (0..<T).map(layout).min { $0.widest < $1.widest }!
+        guard best.widest < Double.pi - 1e-6 else { return nil }
+        let boundaries = best.boundaries
+        var rows = [Float](repeating: 0, count: D * d)
+        for k in 0..<D {
+            let a = k == 0 ? boundaries[D - 1] : boundaries[k - 1], b = boundaries[k]
+            // Solve [cos a, sin a; cos b, sin b] w = [1, 1].
+            let det = cos(a) * sin(b) - sin(a) * cos(b)
+            let wx = (sin(b) - sin(a)) / det, wy = (cos(a) - cos(b)) / det
+            for c in 0..<d { rows[k * d + c] = Float(wx) * e2[c] + Float(wy) * e1[c] }
+        }
+        return rows
+    }
+
+    /// The unit direction of largest ⟨x, e⟩² over the inputs (uncentered), orthogonal to `others`.
+    static func leadingDirection(_ x: Matrix, orthogonalTo others: [[Float]], rng: inout Xoshiro256StarStar) -> [Float] {
+        let T = x.rows, d = x.cols
+        var e = unit((0..<d).map { _ in Float(rng.truncatedNormal(limit: 3)) })
+        for _ in 0..<50 {
+            var next = [Float](repeating: 0, count: d)
+            for t in 0..<T {
+                var p: Float = 0
+                for c in 0..<d { p += x.data[t * d + c] * e[c] }
+                for c in 0..<d { next[c] += p * x.data[t * d + c] }
+            }
+            for o in others {
+                let along = zip(next, o).reduce(0) { $0 + $1.0 * $1.1 }
+                next = zip(next, o).map { $0 - along * $1 }
+            }
+            e = unit(next)
+        }
+        return e
     }
 
     /// Tokens at depth 1...D under a predictor (argmax + 1, ties to the lower depth).

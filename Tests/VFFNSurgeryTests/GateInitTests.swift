@@ -128,6 +128,20 @@ import VFFNModels
         #expect(report.passed)
     }
 
+    /// More calibration tokens (84) than hidden dimensions (32): no direction projects every
+    /// input to 1, so the fit sorts inputs by angle in a plane instead (the normal fan of a
+    /// circumscribed polygon), and still reaches the target.
+    @Test(arguments: ["mistral-f16", "llama-gqa-sharded", "qwen2-bf16-tied"])
+    func calibratedDepthWithMoreTokensThanDimensions(fixture: String) throws {
+        let tokens = Array(stride(from: 0, to: 250, by: 3))
+        let (plan, dst) = try convert(fixture, GateOptions(depthInit: .calibrated, calibrationTokens: tokens, depthTarget: [0.4, 0.3, 0.2, 0.1]))
+        let want = [34, 25, 17, 8]
+        for layer in try #require(plan.calibration).layers {
+            for (count, w) in zip(layer.histogram, want) { #expect(abs(count - w) <= 1, "\(layer.histogram)") }
+        }
+        #expect(try Verifier.verify(destination: dst).passed)
+    }
+
     @Test func depthTargetsThatCannotBeMet() throws {
         for (target, message) in [([0.5, 0.5], "--depth-target has 2 fractions for --max-depth 4"),
                                   ([0.5, 0.5, 0.5, -0.5], "--depth-target fractions must be non-negative and sum to 1 (they sum to 1.0)"),
