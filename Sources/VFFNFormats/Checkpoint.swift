@@ -172,7 +172,24 @@ public final class Checkpoint: @unchecked Sendable {
     public func auxiliaryFiles() -> [String] {
         if !isDirectory { return (shards[0] as? SingleFileCheckpoint)?.embeddedFileNames ?? [] }
         let weights = Set(shards.map { ($0.path as NSString).lastPathComponent } + [Self.indexName, Self.torchIndexName, "config.json"])
-        return Self.filesBelow(path).filter { !weights.contains($0) }
+        return Self.filesBelow(path).filter { !weights.contains($0) && !Self.isWeightFile($0) }
+    }
+
+    /// Weight files of the directory that this checkpoint does not read: the same model in other
+    /// formats (Hugging Face repositories often ship pytorch_model.bin beside model.safetensors,
+    /// Mistral's consolidated.safetensors, TensorFlow and Flax weights, ONNX exports). A
+    /// conversion does not copy them: they would be stale dense copies without the gates.
+    public func otherWeightFiles() -> [String] {
+        guard isDirectory else { return [] }
+        let read = Set(shards.map { ($0.path as NSString).lastPathComponent } + [Self.indexName, Self.torchIndexName])
+        return Self.filesBelow(path).filter { !read.contains($0) && Self.isWeightFile($0) }
+    }
+
+    static let weightSuffixes = [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".ot", ".onnx", ".onnx_data", ".vffn",
+                                 ".safetensors.index.json", ".bin.index.json", ".h5.index.json", ".msgpack.index.json"]
+
+    static func isWeightFile(_ name: String) -> Bool {
+        weightSuffixes.contains { name.hasSuffix($0) }
     }
 
     /// Every regular file under `root` (following symlinks), as sorted relative paths.

@@ -37,7 +37,9 @@ extension VFFNContainer {
         }
         let present = [Checkpoint.indexName, Checkpoint.torchIndexName].filter { FileManager.default.fileExists(atPath: source.path + "/" + $0) }
         var files: [Blob] = []
-        for name in (["config.json"] + present + source.auxiliaryFiles()).sorted() {
+        // Everything in the directory goes in, weights in other formats included: unpack must
+        // give back exactly what was packed.
+        for name in (["config.json"] + present + source.auxiliaryFiles() + source.otherWeightFiles()).sorted() {
             files.append(Blob(name: name, bytes: .owned(try source.auxiliaryFileContents(name))))
         }
         let output = try AtomicOutput(destination: destination, force: force, directory: false)

@@ -262,7 +262,14 @@ public struct UpcyclePlan: @unchecked Sendable {
         try output.commit()
         return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
                                  copiedTensors: copied, copiedBytes: copiedBytes, gateTensors: 2 * layers.count,
-                                 totalSize: totalSize, auxiliaryFiles: auxiliary, sourceNotes: source.notes)
+                                 totalSize: totalSize, auxiliaryFiles: auxiliary,
+                                 sourceNotes: source.notes + Self.skippedNote(source.otherWeightFiles()))
+    }
+
+    static func skippedNote(_ files: [String]) -> [String] {
+        guard !files.isEmpty else { return [] }
+        let list = files.prefix(4).joined(separator: ", ") + (files.count > 4 ? ", ..." : "")
+        return ["\(files.count) weight file(s) in other formats not copied (stale dense copies without gates): \(list)"]
     }
 
     private func writeText(_ text: String, to path: String) throws(VFFNError) {

@@ -83,6 +83,29 @@ import VFFNSurgery
         #expect(try Verifier.verify(destination: dst, source: root + "/snapshots/abc").passed)
     }
 
+    /// Hugging Face repositories often hold the same weights in several formats; DST gets only
+    /// the converted ones, and the summary says what was left out.
+    @Test func weightsInOtherFormatsAreNotCopied() throws {
+        let src = makeTemporaryDirectory() + "/both"
+        try copyDirectory(Fixtures.path("mistral-f16"), to: src)
+        try FileManager.default.copyItem(atPath: Fixtures.path("bert-tiny-bin/pytorch_model.bin"), toPath: src + "/pytorch_model.bin")
+        try FileManager.default.createDirectory(atPath: src + "/onnx", withIntermediateDirectories: false)
+        writeFile(src + "/onnx/model.onnx", "onnx")
+        writeFile(src + "/consolidated.safetensors", "not read")
+        let checkpoint = try Checkpoint(path: src)
+        #expect(checkpoint.format == .safetensors)
+        #expect(checkpoint.otherWeightFiles() == ["consolidated.safetensors", "onnx/model.onnx", "pytorch_model.bin"])
+        let dst = makeTemporaryDirectory() + "/dst"
+        let summary = try UpcyclePlan(source: checkpoint, experts: 8, topK: 2, maxDepth: 4).write(to: dst)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dst).sorted() == ["README.md", "config.json", "generation_config.json", "model.safetensors"])
+        #expect(summary.sourceNotes == ["3 weight file(s) in other formats not copied (stale dense copies without gates): consolidated.safetensors, onnx/model.onnx, pytorch_model.bin"])
+        // pack keeps everything, so unpack gives the directory back as it was.
+        try VFFNContainer.pack(checkpoint, to: dst + ".vffn")
+        try VFFNContainer(path: dst + ".vffn").unpack(to: dst + "-unpacked")
+        #expect(FileManager.default.contents(atPath: dst + "-unpacked/pytorch_model.bin") == FileManager.default.contents(atPath: src + "/pytorch_model.bin"))
+        #expect(FileManager.default.contents(atPath: dst + "-unpacked/onnx/model.onnx") == Data("onnx".utf8))
+    }
+
     @Test func gatesAreStoredInTheSourceFloatDtype() throws {
         let qwen = try Checkpoint(path: try convert("qwen2-bf16-tied", experts: 12, topK: 3, maxDepth: 2))
         #expect(qwen.info("model.layers.0.mlp.expert_gate.weight")!.dtype == .BF16)
