@@ -361,5 +361,22 @@ struct RealCheckpointTests {
         let d = try cli.run(["run", dir + "/vffn", "--tokens", tokens, "--out", dir + "/converted-dense.npy", "--dense"])
         #expect(d.status == 0)
         #expect(try NPY.decode(Array(FileManager.default.contents(atPath: dir + "/converted-dense.npy")!)).values == dense)
+
+        // Informed gates on trained weights: the permutation keeps the function, the calibration
+        // hits its target, and clustered slices with centroid routing keep more of the FFN.
+        let informed = try cli.run(["convert", source, dir + "/informed", "--split", "cluster", "--router-init", "centroid",
+                                    "--depth-init", "calibrated", "--depth-target", "0.4,0.3,0.2,0.1", "--quiet"])
+        #expect(informed.status == 0, "\(informed.stderr)")
+        let iv = try cli.run(["verify", dir + "/informed", "--source", source])
+        print(iv.stdout)
+        #expect(iv.status == 0)
+        func energy(_ path: String) throws -> Double {
+            let s = try cli.run(["stats", path, "--tokens", tokens, "--json"])
+            let layers = try JSON.parse(s.stdout)["layers"]!.arrayValue!
+            return layers.compactMap { $0["energy_captured"]?.doubleValue }.reduce(0, +) / Double(layers.count)
+        }
+        let random = try energy(dir + "/vffn"), clustered = try energy(dir + "/informed")
+        print("all-MiniLM-L6-v2 energy captured: random \(random), cluster + centroid \(clustered)")
+        #expect(clustered > random)
     }
 }
