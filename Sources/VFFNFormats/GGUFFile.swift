@@ -72,6 +72,8 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     public let stored: [StoredTensor]
     public let tensors: [TensorInfo]
     private let index: [String: Int]
+    /// Per Hugging Face tensor, the stored tensor it comes from.
+    private let hfIndex: [Int]
     private let file: MappedFile
     private let decoded = DecodedCache()
     private let config: Result<JSON, VFFNError>
@@ -162,21 +164,32 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         // The Hugging Face view. Types are checked here so a Q4_K file fails when opened, by name.
         var infos: [TensorInfo] = []
         var index: [String: Int] = [:]
+        var hfIndex: [Int] = []   // per Hugging Face tensor, its stored tensor
+        var storedIndex = -1
         let arch = values["general.architecture"].flatMap { if case let .string(s) = $0 { s } else { nil } }
         for t in stored {
+            storedIndex += 1
             guard Self.supportedTypes.contains(t.type) else {
                 throw .badInput(path, "GGUF tensor \"\(t.ggufName)\" is \(Self.types[t.type]!.name); only F32, F16, BF16 and Q8_0 are supported")
             }
             guard arch == "llama" else { break }
+            // llama3 rope scaling as per-frequency divisors: it becomes rope_scaling in config.json.
+            if t.ggufName == "rope_freqs.weight" { continue }
             let name = try Self.huggingFaceName(t.ggufName, path: path)
             let dtype: DType = t.type == 1 ? .F16 : t.type == 30 ? .BF16 : .F32
             index[name] = infos.count
             infos.append(TensorInfo(name: name, dtype: dtype, shape: t.dims.reversed(), dataOffsets: t.range))
+            hfIndex.append(storedIndex)
         }
         tensors = infos
         self.index = index
+        self.hfIndex = hfIndex
+        let mapped = file.bytes
+        let ropeFactors: [Float]? = stored.first { $0.ggufName == "rope_freqs.weight" }.map { t in
+            t.type == 0 ? FloatCodec.decode(UnsafeRawBufferPointer(rebasing: mapped[t.range]), as: .F32) : []
+        }
         config = arch == "llama"
-            ? Result { () throws(VFFNError) in try Self.llamaConfig(values, tensors: infos, path: path) }
+            ? Result { () throws(VFFNError) in try Self.llamaConfig(values, tensors: infos, ropeFactors: ropeFactors, path: path) }
             : .failure(.badInput(path, "GGUF architecture \(arch.map { "\"\($0)\"" } ?? "(none)") is not supported; only llama is mapped to Hugging Face names"))
     }
 
@@ -238,14 +251,11 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
            parts[3] == "weight" || parts[3] == "bias" {
             return "model.layers.\(layer).\(hf).\(parts[3])"
         }
-        if name == "rope_freqs.weight" {
-            throw .badInput(path, "GGUF tensor rope_freqs.weight (llama3 rope frequency factors) is not supported")
-        }
         throw .badInput(path, "GGUF tensor \"\(name)\" has no Hugging Face Llama equivalent")
     }
 
     /// config.json for the Hugging Face Llama, from the `llama.*` keys.
-    static func llamaConfig(_ v: [String: Value], tensors: [TensorInfo], path: String) throws(VFFNError) -> JSON {
+    static func llamaConfig(_ v: [String: Value], tensors: [TensorInfo], ropeFactors: [Float]?, path: String) throws(VFFNError) -> JSON {
         func int(_ key: String) throws(VFFNError) -> Int {
             guard let x = v[key]?.asInt, x > 0 else { throw .badInput(path, "GGUF metadata \"\(key)\" is missing or not a positive integer") }
             return x
@@ -278,13 +288,74 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
             let headDim = try int("llama.attention.key_length")
             if headDim != hidden / heads { members.append(("head_dim", .int(headDim))) }
         }
-        if case let .string(type)? = v["llama.rope.scaling.type"], type != "none" {
+        if let factors = ropeFactors {
+            let theta = try number("llama.rope.freq_base") ?? 10000
+            let dim = v["llama.rope.dimension_count"]?.asInt ?? hidden / heads
+            let original = v["llama.rope.scaling.original_context_length"]?.asInt ?? 8192
+            guard factors.count == dim / 2, let s = llama3Scaling(factors, theta: theta, dim: dim, original: original) else {
+                throw .badInput(path, "GGUF rope_freqs.weight (\(factors.count) values) does not match llama3 rope scaling for rotary dimension \(dim)")
+            }
+            if let s {
+                members.append(("rope_scaling", .object([
+                    ("rope_type", .string("llama3")), ("factor", .number(String(s.factor))),
+                    ("low_freq_factor", .number(String(s.low))), ("high_freq_factor", .number(String(s.high))),
+                    ("original_max_position_embeddings", .int(original)),
+                ])))
+            }
+        } else if case let .string(type)? = v["llama.rope.scaling.type"], type != "none" {
             guard type == "linear", let factor = try number("llama.rope.scaling.factor") else {
                 throw .badInput(path, "GGUF rope scaling \"\(type)\" is not supported (only linear)")
             }
             members.append(("rope_scaling", .object([("type", .string("linear")), ("factor", .number(String(factor)))])))
         }
         return .object(members)
+    }
+
+    /// The llama3 rope-scaling parameters that give `factors` (llama.cpp's `rope_freqs`: inverse
+    /// frequency i is divided by factor i): `factor` is the largest; the smooth band, where
+    /// `1/f = (1 - s)/factor + s` with `s = (original/wavelength - low)/(high - low)`, fixes low
+    /// and high (two or more band frequencies by least squares, one with llama3's low of 1, none
+    /// by thresholds just outside the unscaled and fully scaled wavelengths). Returns
+    /// `.some(nil)` when nothing is scaled, nil when no parameters reproduce the factors.
+    static func llama3Scaling(_ factors: [Float], theta: Double, dim: Int, original: Int) -> (factor: Double, low: Double, high: Double)?? {
+        let f = factors.map(Double.init)
+        guard f.allSatisfy({ $0.isFinite && $0 >= 1 - 1e-6 }) else { return nil }   // divisors, never shrinking a wavelength
+        let factor = f.max() ?? 1
+        if factor <= 1 + 1e-6 { return .some(nil) }
+        let wavelength = (0..<f.count).map { i in 2 * Double.pi / Double(1 / Float(pow(theta, Double(2 * i) / Double(dim)))) }
+        let unscaled = f.indices.filter { abs(f[$0] - 1) < 1e-6 }
+        let full = f.indices.filter { abs(f[$0] - factor) < 1e-6 * factor }
+        let band = f.indices.filter { !unscaled.contains($0) && !full.contains($0) }
+        let o = Double(original)
+        var low = 1.0, high = 4.0
+        let points = band.map { i in (x: o / wavelength[i], s: (1 / f[i] - 1 / factor) / (1 - 1 / factor)) }
+        if points.count >= 2 {
+            let n = Double(points.count), sx = points.reduce(0) { $0 + $1.x }, sy = points.reduce(0) { $0 + $1.s }
+            let sxx = points.reduce(0) { $0 + $1.x * $1.x }, sxy = points.reduce(0) { $0 + $1.x * $1.s }
+            let a = (n * sxy - sx * sy) / (n * sxx - sx * sx), b = (sy - a * sx) / n
+            guard a > 0 else { return nil }
+            low = -b / a
+            high = low + 1 / a
+        } else if let p = points.first {
+            guard p.s > 0 else { return nil }
+            high = low + (p.x - low) / p.s
+        } else {
+            let longestUnscaled = unscaled.map { wavelength[$0] }.max() ?? 0
+            let shortestFull = full.map { wavelength[$0] }.min() ?? .infinity
+            high = o / (longestUnscaled * 1.001)
+            low = shortestFull.isFinite ? o / (shortestFull * 0.999) : 1
+        }
+        guard low > 0, high > low else { return nil }
+        // The parameters must give back every factor, as llama.cpp's converter computes them.
+        for i in f.indices {
+            let w = wavelength[i]
+            let expected: Double = w < o / high ? 1 : w > o / low ? factor : {
+                let s = (o / w - low) / (high - low)
+                return 1 / ((1 - s) / factor + s)
+            }()
+            if abs(expected - f[i]) > 1e-4 * max(1, f[i]) { return nil }
+        }
+        return (factor, low, high)
     }
 
     public func info(_ name: String) -> TensorInfo? { index[name].map { tensors[$0] } }
@@ -300,7 +371,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
 
     public func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer {
         guard let i = index[info.name] else { throw .badInput(path, "has no tensor \"\(info.name)\"") }
-        let t = stored[i]   // the Hugging Face view lists the stored tensors one for one
+        let t = stored[hfIndex[i]]
         let raw = UnsafeRawBufferPointer(rebasing: file.bytes[t.range])
         let heads = try permutedHeads(info.name)
         if t.type != 8 && heads == nil { return raw }
@@ -318,8 +389,8 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     }
 
     public func storedRegion(_ info: TensorInfo) -> FileRegion? {
-        guard let i = index[info.name], stored[i].type != 8, (try? permutedHeads(info.name)) == .some(nil) else { return nil }
-        return FileRegion(path: path, offset: stored[i].range.lowerBound, count: stored[i].range.count)
+        guard let i = index[info.name], stored[hfIndex[i]].type != 8, (try? permutedHeads(info.name)) == .some(nil) else { return nil }
+        return FileRegion(path: path, offset: stored[hfIndex[i]].range.lowerBound, count: stored[hfIndex[i]].range.count)
     }
 
     /// `y[i*32 + j] = qs[j] * d` for 34-byte blocks `{f16 d; i8 qs[32]}`, as little-endian f32.
@@ -362,6 +433,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         let q8 = stored.filter { $0.type == 8 }.count
         if q8 > 0 { notes.append("\(q8) Q8_0 tensor(s) dequantized to F32 (written as F32 by convert)") }
         if tensors.contains(where: { $0.name.hasSuffix("q_proj.weight") }) { notes.append("q_proj/k_proj rows un-permuted from llama.cpp's rotary layout") }
+        if stored.contains(where: { $0.ggufName == "rope_freqs.weight" }) { notes.append("rope_freqs.weight expressed as llama3 rope_scaling in config.json") }
         notes.append("config.json derived from the GGUF llama.* metadata; the GGUF tokenizer is not converted")
         return notes
     }

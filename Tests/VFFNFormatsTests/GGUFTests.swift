@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
-import VFFNFormats
+@testable import VFFNFormats
 
 /// GGUF: llama.cpp's layout mapped back to Hugging Face, and every malformed header refused.
 @Suite struct GGUFTests {
@@ -38,6 +38,44 @@ import VFFNFormats
                 for i in block..<block + 32 { #expect(abs(a[i] - b[i]) <= step * 0.5 + amax * 1e-3, "\(name)[\(i)]") }
             }
         }
+    }
+
+    /// llama.cpp stores llama3 rope scaling as per-frequency divisors (`rope_freqs.weight`); they
+    /// become `rope_scaling` in config.json again, and the model runs as transformers runs the
+    /// original safetensors.
+    @Test func llama3RopeFrequenciesBecomeRopeScaling() throws {
+        let g = try Checkpoint(path: Fixtures.path("gguf/llama3-rope-f32.gguf"))
+        #expect(!g.contains("rope_freqs.weight"))
+        let scaling = try #require(g.config["rope_scaling"])
+        #expect(scaling["rope_type"]?.stringValue == "llama3" && scaling["factor"]?.doubleValue == 8)
+        #expect(abs(scaling["low_freq_factor"]!.doubleValue! - 1) < 1e-6 && abs(scaling["high_freq_factor"]!.doubleValue! - 8) < 1e-5)
+        #expect(scaling["original_max_position_embeddings"]?.intValue == 8192)
+        #expect(g.notes.contains("rope_freqs.weight expressed as llama3 rope_scaling in config.json"))
+    }
+
+    /// Factors made with llama.cpp's formula come back to their parameters, whether the smooth
+    /// band holds several frequencies, one, or none; factors no parameters give are refused.
+    @Test func llama3ScalingFromFactorsByHand() throws {
+        func factors(theta: Double, dim: Int, factor: Double, low: Double, high: Double, original: Double) -> [Float] {
+            (0..<dim / 2).map { i in
+                let w = 2 * Double.pi / Double(1 / Float(pow(theta, Double(2 * i) / Double(dim))))
+                if w < original / high { return 1 }
+                if w > original / low { return Float(factor) }
+                let s = (original / w - low) / (high - low)
+                return Float(1 / ((1 - s) / factor + s))
+            }
+        }
+        // Two band frequencies, many, and one with no frequency scaled fully (then any parameters
+        // that give the same divisors are as good: the factor found is the largest divisor).
+        for (theta, dim, low, high) in [(10000.0, 16, 1.0, 8.0), (500000.0, 128, 1.0, 4.0), (10000.0, 8, 1.0, 4.0)] {
+            let f = factors(theta: theta, dim: dim, factor: 8, low: low, high: high, original: 8192)
+            let s = try #require(GGUFFile.llama3Scaling(f, theta: theta, dim: dim, original: 8192) ?? nil, "\(theta) \(dim)")
+            #expect(s.factor == Double(f.max()!))
+            #expect(factors(theta: theta, dim: dim, factor: s.factor, low: s.low, high: s.high, original: 8192).elementsEqual(f) { abs($0 - $1) <= 1e-4 * $1 })
+        }
+        #expect(GGUFFile.llama3Scaling([1, 1, 1, 1], theta: 10000, dim: 8, original: 8192)! == nil)
+        #expect(GGUFFile.llama3Scaling([1, 3, 2, 8], theta: 10000, dim: 8, original: 8192) == nil)
+        #expect(GGUFFile.llama3Scaling([0, 0, 0, 0], theta: 10000, dim: 8, original: 8192) == nil)
     }
 
     @Test func handMadeGGUFWithF16AndBF16() throws {
@@ -133,7 +171,9 @@ import VFFNFormats
         expectError(file([.init("blk.0.ffn_gate.weight", [256, 16], type: 12, offset: 0)], data: [UInt8](repeating: 0, count: 2304)),
                     "GGUF tensor \"blk.0.ffn_gate.weight\" is Q4_K; only F32, F16, BF16 and Q8_0 are supported")
         expectError(file([.init("blk.0.ffn_weird.weight", [8], type: 0, offset: 0)]), "GGUF tensor \"blk.0.ffn_weird.weight\" has no Hugging Face Llama equivalent")
-        expectError(file([.init("rope_freqs.weight", [8], type: 0, offset: 0)]), "GGUF tensor rope_freqs.weight (llama3 rope frequency factors) is not supported")
+        expectError(file([.init("token_embd.weight", [8, 4], type: 0, offset: 0), .init("rope_freqs.weight", [8], type: 0, offset: 128)],
+                         data: [UInt8](repeating: 0, count: 160)),
+                    "GGUF rope_freqs.weight (8 values) does not match llama3 rope scaling for rotary dimension 4")
         // Not a Llama: the tensors parse, but there is no Hugging Face model to map them to.
         var qwen = meta
         qwen[0] = GGUF.str("general.architecture", "qwen2")

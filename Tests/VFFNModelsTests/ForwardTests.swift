@@ -14,7 +14,7 @@ import VFFNModels
         "\(fixture)\(dense ? "-dense" : "")-\(fixture.hasPrefix("bert") ? "hidden" : "logits").npy"
     }
 
-    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "llama3-rope", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
@@ -44,6 +44,11 @@ import VFFNModels
     }
 
     /// The same weights in another format give the same output, bit for bit.
+    @Test func llama3GGUFRunsAsTransformersRunsItsSource() throws {
+        let out = try Architectures.load(Checkpoint(path: Fixtures.path("gguf/llama3-rope-f32.gguf"))).forward(Fixtures.tokens, mode: .dense, trace: false).output
+        #expect(relativeError(out.data, try Fixtures.golden("llama3-rope-dense-logits.npy").values) < Self.tolerance)
+    }
+
     @Test(arguments: [("gguf/llama-gqa-f32.gguf", "llama-gqa-sharded"), ("gguf/llama-gqa-f32-v2.gguf", "llama-gqa-sharded"),
                       ("llama-bin-deflated", "llama-gqa-sharded"), ("gpt2-bin-sharded", "gpt2-tiny"), ("bert-tiny-bin", "bert-tiny")])
     func otherFormatsRunExactlyAsTheirSafetensorsTwin(fixture: String, twin: String) throws {
