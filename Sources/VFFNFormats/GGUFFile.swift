@@ -48,6 +48,9 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         39: ("MXFP4", 32, 17),
     ]
     static let supportedTypes: Set<Int32> = [0, 1, 8, 30]
+    /// The GGUF architectures mapped back, with their Hugging Face class. Both use llama.cpp's
+    /// Llama tensor names; only llama's Q/K rows are permuted (Qwen2 rotates in NeoX order).
+    static let architectures = ["llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"]
     static let maxNameLength = 64          // GGML_MAX_NAME, terminator included
     static let maxStringLength = 1 << 30   // GGUF_MAX_STRING_LENGTH
     static let maxAlignment: UInt32 = 1 << 20
@@ -69,6 +72,8 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     public let version: UInt32
     public let values: [String: Value]
     public let alignment: Int
+    /// `general.architecture`.
+    public let architecture: String
     public let stored: [StoredTensor]
     public let tensors: [TensorInfo]
     private let index: [String: Int]
@@ -172,7 +177,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
             guard Self.supportedTypes.contains(t.type) else {
                 throw .badInput(path, "GGUF tensor \"\(t.ggufName)\" is \(Self.types[t.type]!.name); only F32, F16, BF16 and Q8_0 are supported")
             }
-            guard arch == "llama" else { break }
+            guard let arch, Self.architectures[arch] != nil else { break }
             // llama3 rope scaling as per-frequency divisors: it becomes rope_scaling in config.json.
             if t.ggufName == "rope_freqs.weight" { continue }
             let name = try Self.huggingFaceName(t.ggufName, path: path)
@@ -188,9 +193,10 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         let ropeFactors: [Float]? = stored.first { $0.ggufName == "rope_freqs.weight" }.map { t in
             t.type == 0 ? FloatCodec.decode(UnsafeRawBufferPointer(rebasing: mapped[t.range]), as: .F32) : []
         }
-        config = arch == "llama"
-            ? Result { () throws(VFFNError) in try Self.llamaConfig(values, tensors: infos, ropeFactors: ropeFactors, path: path) }
-            : .failure(.badInput(path, "GGUF architecture \(arch.map { "\"\($0)\"" } ?? "(none)") is not supported; only llama is mapped to Hugging Face names"))
+        architecture = arch ?? ""
+        config = arch.flatMap { Self.architectures[$0] } != nil
+            ? Result { () throws(VFFNError) in try Self.huggingFaceConfig(values, architecture: arch!, tensors: infos, ropeFactors: ropeFactors, path: path) }
+            : .failure(.badInput(path, "GGUF architecture \(arch.map { "\"\($0)\"" } ?? "(none)") is not supported; only llama and qwen2 are mapped to Hugging Face names"))
     }
 
     static func string(_ r: inout ByteReader, what: String) throws(VFFNError) -> String {
@@ -254,8 +260,8 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         throw .badInput(path, "GGUF tensor \"\(name)\" has no Hugging Face Llama equivalent")
     }
 
-    /// config.json for the Hugging Face Llama, from the `llama.*` keys.
-    static func llamaConfig(_ v: [String: Value], tensors: [TensorInfo], ropeFactors: [Float]?, path: String) throws(VFFNError) -> JSON {
+    /// config.json for the Hugging Face model, from the `<arch>.*` keys (`llama.*`, `qwen2.*`).
+    static func huggingFaceConfig(_ v: [String: Value], architecture arch: String, tensors: [TensorInfo], ropeFactors: [Float]?, path: String) throws(VFFNError) -> JSON {
         func int(_ key: String) throws(VFFNError) -> Int {
             guard let x = v[key]?.asInt, x > 0 else { throw .badInput(path, "GGUF metadata \"\(key)\" is missing or not a positive integer") }
             return x
@@ -268,30 +274,30 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         guard let embedding = tensors.first(where: { $0.name == "model.embed_tokens.weight" }), embedding.shape.count == 2 else {
             throw .badInput(path, "GGUF file has no 2-D token_embd.weight")
         }
-        let heads = try int("llama.attention.head_count")
-        let hidden = try int("llama.embedding_length")
+        let heads = try int("\(arch).attention.head_count")
+        let hidden = try int("\(arch).embedding_length")
         var members: [(String, JSON)] = [
-            ("architectures", .array([.string("LlamaForCausalLM")])),
-            ("model_type", .string("llama")),
+            ("architectures", .array([.string(Self.architectures[arch]!)])),
+            ("model_type", .string(arch)),
             ("vocab_size", .int(embedding.shape[0])),
             ("hidden_size", .int(hidden)),
-            ("intermediate_size", .int(try int("llama.feed_forward_length"))),
-            ("num_hidden_layers", .int(try int("llama.block_count"))),
+            ("intermediate_size", .int(try int("\(arch).feed_forward_length"))),
+            ("num_hidden_layers", .int(try int("\(arch).block_count"))),
             ("num_attention_heads", .int(heads)),
-            ("num_key_value_heads", .int(v["llama.attention.head_count_kv"] == nil ? heads : try int("llama.attention.head_count_kv"))),
-            ("max_position_embeddings", .int(try int("llama.context_length"))),
-            ("rms_norm_eps", .number(String(try number("llama.attention.layer_norm_rms_epsilon") ?? 1e-5))),
-            ("rope_theta", .number(String(try number("llama.rope.freq_base") ?? 10000))),
+            ("num_key_value_heads", .int(v["\(arch).attention.head_count_kv"] == nil ? heads : try int("\(arch).attention.head_count_kv"))),
+            ("max_position_embeddings", .int(try int("\(arch).context_length"))),
+            ("rms_norm_eps", .number(String(try number("\(arch).attention.layer_norm_rms_epsilon") ?? 1e-5))),
+            ("rope_theta", .number(String(try number("\(arch).rope.freq_base") ?? 10000))),
             ("tie_word_embeddings", .bool(!tensors.contains { $0.name == "lm_head.weight" })),
         ]
-        if v["llama.attention.key_length"] != nil {
-            let headDim = try int("llama.attention.key_length")
+        if v["\(arch).attention.key_length"] != nil {
+            let headDim = try int("\(arch).attention.key_length")
             if headDim != hidden / heads { members.append(("head_dim", .int(headDim))) }
         }
         if let factors = ropeFactors {
-            let theta = try number("llama.rope.freq_base") ?? 10000
-            let dim = v["llama.rope.dimension_count"]?.asInt ?? hidden / heads
-            let original = v["llama.rope.scaling.original_context_length"]?.asInt ?? 8192
+            let theta = try number("\(arch).rope.freq_base") ?? 10000
+            let dim = v["\(arch).rope.dimension_count"]?.asInt ?? hidden / heads
+            let original = v["\(arch).rope.scaling.original_context_length"]?.asInt ?? 8192
             guard factors.count == dim / 2, let s = llama3Scaling(factors, theta: theta, dim: dim, original: original) else {
                 throw .badInput(path, "GGUF rope_freqs.weight (\(factors.count) values) does not match llama3 rope scaling for rotary dimension \(dim)")
             }
@@ -302,8 +308,8 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
                     ("original_max_position_embeddings", .int(original)),
                 ])))
             }
-        } else if case let .string(type)? = v["llama.rope.scaling.type"], type != "none" {
-            guard type == "linear", let factor = try number("llama.rope.scaling.factor") else {
+        } else if case let .string(type)? = v["\(arch).rope.scaling.type"], type != "none" {
+            guard type == "linear", let factor = try number("\(arch).rope.scaling.factor") else {
                 throw .badInput(path, "GGUF rope scaling \"\(type)\" is not supported (only linear)")
             }
             members.append(("rope_scaling", .object([("type", .string("linear")), ("factor", .number(String(factor)))])))
@@ -363,7 +369,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     /// Q and K as llama.cpp stores them: within each head, row 2i+j holds what Hugging Face keeps
     /// at row j*(d/2)+i. Returns the head count to undo it with, or nil for other tensors.
     private func permutedHeads(_ name: String) throws(VFFNError) -> Int? {
-        guard name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.k_proj.weight")
+        guard architecture == "llama", name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.k_proj.weight")
            || name.hasSuffix("self_attn.q_proj.bias") || name.hasSuffix("self_attn.k_proj.bias") else { return nil }
         let c = try config.get()
         return name.contains("q_proj") ? c["num_attention_heads"]!.intValue! : c["num_key_value_heads"]!.intValue!
@@ -432,9 +438,11 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         var notes: [String] = []
         let q8 = stored.filter { $0.type == 8 }.count
         if q8 > 0 { notes.append("\(q8) Q8_0 tensor(s) dequantized to F32 (written as F32 by convert)") }
-        if tensors.contains(where: { $0.name.hasSuffix("q_proj.weight") }) { notes.append("q_proj/k_proj rows un-permuted from llama.cpp's rotary layout") }
+        if architecture == "llama", tensors.contains(where: { $0.name.hasSuffix("q_proj.weight") }) {
+            notes.append("q_proj/k_proj rows un-permuted from llama.cpp's rotary layout")
+        }
         if stored.contains(where: { $0.ggufName == "rope_freqs.weight" }) { notes.append("rope_freqs.weight expressed as llama3 rope_scaling in config.json") }
-        notes.append("config.json derived from the GGUF llama.* metadata; the GGUF tokenizer is not converted")
+        notes.append("config.json derived from the GGUF \(architecture).* metadata; the GGUF tokenizer is not converted")
         return notes
     }
 }

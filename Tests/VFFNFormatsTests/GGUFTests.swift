@@ -40,6 +40,19 @@ import TestSupport
         }
     }
 
+    /// Qwen2 as llama.cpp writes it: BF16 tensors, q/k/v biases, no Q/K permutation, no output
+    /// tensor (tied): the same tensors and config as the safetensors original.
+    @Test func qwen2GGUFIsTheSafetensorsCheckpoint() throws {
+        let g = try Checkpoint(path: Fixtures.path("gguf/qwen2-bf16.gguf")), s = try Checkpoint(path: Fixtures.path("qwen2-bf16-tied"))
+        #expect(g.tensorNames.sorted() == s.tensorNames.sorted())
+        for name in s.tensorNames {
+            #expect(g.info(name)!.dtype == .BF16)
+            #expect(Array(try g.bytes(name)!) == Array(try s.bytes(name)!), "\(name)")
+        }
+        #expect(g.config["model_type"]?.stringValue == "qwen2" && g.config["tie_word_embeddings"]?.boolValue == true)
+        #expect(!g.notes.contains { $0.contains("un-permuted") })
+    }
+
     /// llama.cpp stores llama3 rope scaling as per-frequency divisors (`rope_freqs.weight`); they
     /// become `rope_scaling` in config.json again, and the model runs as transformers runs the
     /// original safetensors.
@@ -175,9 +188,9 @@ import TestSupport
                          data: [UInt8](repeating: 0, count: 160)),
                     "GGUF rope_freqs.weight (8 values) does not match llama3 rope scaling for rotary dimension 4")
         // Not a Llama: the tensors parse, but there is no Hugging Face model to map them to.
-        var qwen = meta
-        qwen[0] = GGUF.str("general.architecture", "qwen2")
-        expectError(file([Self.norm], kvs: qwen), "GGUF architecture \"qwen2\" is not supported; only llama is mapped to Hugging Face names")
+        var mamba = meta
+        mamba[0] = GGUF.str("general.architecture", "mamba")
+        expectError(file([Self.norm], kvs: mamba), "GGUF architecture \"mamba\" is not supported; only llama and qwen2 are mapped to Hugging Face names")
         // A llama missing a size the config needs.
         expectError(file([.init("token_embd.weight", [8, 4], type: 0, offset: 0)], data: [UInt8](repeating: 0, count: 128), kvs: meta.filter { !String(decoding: $0, as: UTF8.self).contains("block_count") }),
                     "GGUF metadata \"llama.block_count\" is missing or not a positive integer")

@@ -44,13 +44,16 @@ import VFFNModels
     }
 
     /// The same weights in another format give the same output, bit for bit.
-    @Test func llama3GGUFRunsAsTransformersRunsItsSource() throws {
-        let out = try Architectures.load(Checkpoint(path: Fixtures.path("gguf/llama3-rope-f32.gguf"))).forward(Fixtures.tokens, mode: .dense, trace: false).output
-        #expect(relativeError(out.data, try Fixtures.golden("llama3-rope-dense-logits.npy").values) < Self.tolerance)
+    /// GGUFs against transformers: llama3 rope scaling (from rope_freqs) against the original
+    /// safetensors, Qwen2 against transformers' own GGUF loader.
+    @Test(arguments: [("gguf/llama3-rope-f32.gguf", "llama3-rope-dense-logits.npy"), ("gguf/qwen2-bf16.gguf", "qwen2-bf16-gguf-logits.npy")])
+    func ggufRunsAsTransformersRunsIt(fixture: String, golden: String) throws {
+        let out = try Architectures.load(Checkpoint(path: Fixtures.path(fixture))).forward(Fixtures.tokens, mode: .dense, trace: false).output
+        #expect(relativeError(out.data, try Fixtures.golden(golden).values) < Self.tolerance)
     }
 
     @Test(arguments: [("gguf/llama-gqa-f32.gguf", "llama-gqa-sharded"), ("gguf/llama-gqa-f32-v2.gguf", "llama-gqa-sharded"),
-                      ("llama-bin-deflated", "llama-gqa-sharded"), ("gpt2-bin-sharded", "gpt2-tiny"), ("bert-tiny-bin", "bert-tiny")])
+                      ("gguf/qwen2-bf16.gguf", "qwen2-bf16-tied"), ("llama-bin-deflated", "llama-gqa-sharded"), ("gpt2-bin-sharded", "gpt2-tiny"), ("bert-tiny-bin", "bert-tiny")])
     func otherFormatsRunExactlyAsTheirSafetensorsTwin(fixture: String, twin: String) throws {
         let a = try Architectures.load(Checkpoint(path: Fixtures.path(fixture))).forward(Fixtures.tokens, mode: .dense, trace: false).output
         let b = try Architectures.load(Checkpoint(path: Fixtures.path(twin))).forward(Fixtures.tokens, mode: .dense, trace: false).output
