@@ -8,7 +8,7 @@ struct Convert: ParsableCommand {
         abstract: "Convert a dense checkpoint into a VersatileFFN checkpoint.",
         discussion: """
         SRC is a Hugging Face directory (safetensors or pytorch_model.bin, single or sharded), a \
-        .vffn container, or a llama.cpp .gguf file (Llama; its Q8_0 tensors are written as F32). \
+        .vffn container, or a llama.cpp .gguf file (Llama or Qwen2; Q8_0 tensors are written as F32). \
         Writes DST next to it under a temporary name and renames it only when complete. \
         The FFN's intermediate neurons are cut into N contiguous sub-experts (N must divide the \
         intermediate size); the new gates are drawn from a truncated normal (std 0.02) seeded by \
