@@ -170,10 +170,8 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         var infos: [TensorInfo] = []
         var index: [String: Int] = [:]
         var hfIndex: [Int] = []   // per Hugging Face tensor, its stored tensor
-        var storedIndex = -1
         let arch = values["general.architecture"].flatMap { if case let .string(s) = $0 { s } else { nil } }
-        for t in stored {
-            storedIndex += 1
+        for (storedIndex, t) in stored.enumerated() {
             guard Self.supportedTypes.contains(t.type) else {
                 throw .badInput(path, "GGUF tensor \"\(t.ggufName)\" is \(Self.types[t.type]!.name); only F32, F16, BF16 and Q8_0 are supported")
             }

@@ -60,7 +60,7 @@ public final class VFFNContainer: SingleFileCheckpoint, @unchecked Sendable {
     private let file: MappedFile
     private let index: [String: Int]
     private let decoded = DecodedCache()
-    private let verified = VerifiedSet()
+    private let verified = VerifiedSet<Int>()
 
     public init(path: String) throws(VFFNError) {
         self.path = path
@@ -260,12 +260,12 @@ extension String {
     func leftPadded(_ n: Int, with c: Character) -> String { String(repeating: c, count: max(0, n - count)) + self }
 }
 
-/// Entry offsets already checked, shared across threads that read tensors.
-private final class VerifiedSet: @unchecked Sendable {
-    private var set = Set<Int>()
+/// Entries whose checksum was already checked, shared across threads that read tensors.
+final class VerifiedSet<Key: Hashable>: @unchecked Sendable {
+    private var set = Set<Key>()
     private let lock = NSLock()
-    func contains(_ v: Int) -> Bool { lock.lock(); defer { lock.unlock() }; return set.contains(v) }
-    func insert(_ v: Int) { lock.lock(); set.insert(v); lock.unlock() }
+    func contains(_ v: Key) -> Bool { lock.lock(); defer { lock.unlock() }; return set.contains(v) }
+    func insert(_ v: Key) { lock.lock(); set.insert(v); lock.unlock() }
 }
 
 // MARK: - Writing

@@ -23,8 +23,7 @@ final class ZipArchive: @unchecked Sendable {
     let entries: [Entry]
     private let index: [String: Int]
     private let inflated = DecodedCache()
-    private let verified = NSLock()
-    private var checked = Set<String>()
+    private let verified = VerifiedSet<String>()
 
     init(_ file: MappedFile) throws(VFFNError) {
         self.file = file
@@ -138,17 +137,12 @@ final class ZipArchive: @unchecked Sendable {
                 try Deflate.inflate(stored, length: e.size, raw: true, path: path, what: "zip entry \"\(e.name)\"")
             }
         }
-        verified.lock()
-        let known = checked.contains(e.name)
-        verified.unlock()
-        if !known {
+        if !verified.contains(e.name) {
             let crc = CRC32.checksum(data)
             guard crc == e.crc32 else {
                 throw .badInput(path, "zip entry \"\(e.name)\" is corrupt: CRC32 \(String(crc, radix: 16)), expected \(String(e.crc32, radix: 16))")
             }
-            verified.lock()
-            checked.insert(e.name)
-            verified.unlock()
+            verified.insert(e.name)
         }
         return data
     }

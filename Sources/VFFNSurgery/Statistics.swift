@@ -20,9 +20,13 @@ public enum Statistics {
     /// Runs the converted model (VersatileFFN semantics) on `tokens` and measures every layer at
     /// the inputs it really receives.
     public static func compute(_ checkpoint: Checkpoint, tokens: [Int]) throws(VFFNError) -> [LayerStatistics] {
-        let model = try Architectures.load(checkpoint)
+        try compute(Architectures.load(checkpoint), tokens: tokens, configPath: checkpoint.configPath)
+    }
+
+    /// The same for a model already loaded.
+    public static func compute(_ model: any LanguageModel, tokens: [Int], configPath: String) throws(VFFNError) -> [LayerStatistics] {
         guard let layers = model.versatileLayers else {
-            throw .badInput(checkpoint.configPath, "has no \"versatile_ffn\" section; not a converted checkpoint")
+            throw .badInput(configPath, "has no \"versatile_ffn\" section; not a converted checkpoint")
         }
         let result = try model.forward(tokens, mode: .versatile(), trace: true)
         return layers.enumerated().map { i, layer in

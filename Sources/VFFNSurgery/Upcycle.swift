@@ -72,18 +72,21 @@ public struct UpcyclePlan: @unchecked Sendable {
         }
         if options.needsModel {
             let model = try Architectures.load(source)
-            if options.split == .cluster {
-                permutations = model.ffnSublayers.enumerated().map { i, sub in
-                    var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(i) << 8 | 0x10)
-                    return BalancedKMeans.clusters(InformedInit.neuronKeys(sub), k: experts, rng: &rng).flatMap { $0 }
-                }
-            }
-            if options.routerInit == .centroid {
+            if options.split == .cluster || options.routerInit == .centroid {
+                // One layer's neuron keys at a time ([I, d] floats each): both inits read them.
+                var orders: [[Int]] = []
                 for (i, sub) in model.ffnSublayers.enumerated() {
-                    let keys = InformedInit.neuronKeys(sub)
-                    let ordered = permutations.map { keys.gather($0[i]) } ?? keys
-                    layers[i].expertGate = InformedInit.centroidRouter(keys: ordered, experts: experts)
+                    var keys = InformedInit.neuronKeys(sub)
+                    if options.split == .cluster {
+                        var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(i) << 8 | 0x10)
+                        orders.append(BalancedKMeans.clusters(keys, k: experts, rng: &rng).flatMap { $0 })
+                        keys = keys.gather(orders[i])
+                    }
+                    if options.routerInit == .centroid {
+                        layers[i].expertGate = InformedInit.centroidRouter(keys: keys, experts: experts)
+                    }
                 }
+                if options.split == .cluster { permutations = orders }
             }
             if options.depthInit == .calibrated {
                 let tokens = options.calibrationTokens ?? GateOptions.builtinCalibration(vocabSize: model.vocabSize, maxTokens: model.maxTokens, hiddenSize: model.hiddenSize)

@@ -28,7 +28,7 @@ struct Stats: ParsableCommand {
             let checkpoint = try Checkpoint(path: path)
             let model = try Architectures.load(checkpoint)
             let ids = tokens?.ids ?? Verifier.defaultProbeTokens(vocabSize: model.vocabSize, seed: 0, count: min(32, model.maxTokens ?? 32))
-            let stats = try Statistics.compute(checkpoint, tokens: ids)
+            let stats = try Statistics.compute(model, tokens: ids, configPath: checkpoint.configPath)
             if json {
                 print(stats.json.setting("tokens", to: .int(ids.count)).pretty, terminator: "")
             } else {
