@@ -4,7 +4,7 @@ APT_PACKAGES := libopenblas-dev zlib1g-dev libjson-c-dev
 DEMO_SRC := fixtures/llama-gqa-sharded
 DEMO_DST := out/demo-llama-vffn
 
-.PHONY: all deps build test test-asan test-real bench demo fixtures fuzz clean
+.PHONY: all deps build test test-interop test-asan test-real bench demo fixtures fuzz clean
 
 all: build
 
@@ -23,6 +23,22 @@ build: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# Where users train: transformers loads `convert --emit-modeling` output with trust_remote_code,
+# and torch loads the OLMo export (interop/test_interop.py). torch and transformers are installed
+# from PyPI once, into a virtual environment under .build (CPU use only; about 6 GB with torch's
+# CUDA wheels, 1-2 minutes). pip is retried once: a registry hiccup is not a test failure.
+INTEROP_VENV := .build/interop/venv
+INTEROP_PACKAGES := torch==2.15.0 transformers==5.23.0 numpy safetensors pyyaml
+
+test-interop: build
+	@if ! $(INTEROP_VENV)/bin/python -c "import torch, transformers, yaml" 2>/dev/null; then \
+	  echo "installing torch and transformers into $(INTEROP_VENV)"; \
+	  python3 -m venv $(INTEROP_VENV) && \
+	  { $(INTEROP_VENV)/bin/pip install --quiet $(INTEROP_PACKAGES) || $(INTEROP_VENV)/bin/pip install --quiet $(INTEROP_PACKAGES); }; \
+	fi
+	HF_HOME=$(CURDIR)/.build/interop/hf HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert \
+	  $(INTEROP_VENV)/bin/python -m unittest -v interop/test_interop.py
 
 # Speed and memory against named peers in the same run (bench/run.sh); needs PyPI once.
 bench: build

@@ -24,7 +24,9 @@ let package = Package(
         .target(name: "CSystem"),
         .target(name: "VFFNFormats", dependencies: ["CZlib", "CJSONC", "CSystem"]),
         .target(name: "VFFNModels", dependencies: ["VFFNFormats", "COpenBLAS"]),
-        .target(name: "VFFNSurgery", dependencies: ["VFFNFormats", "VFFNModels"]),
+        // The transformers remote code that `convert --emit-modeling` writes, embedded in the binary.
+        .target(name: "VFFNSurgery", dependencies: ["VFFNFormats", "VFFNModels"],
+                resources: [.embedInCode("Resources/modeling_versatile_ffn.py")]),
         .executableTarget(
             name: "vffn-convert",
             dependencies: [

@@ -154,9 +154,12 @@ public struct UpcyclePlan: @unchecked Sendable {
     }
 
     /// Writes the converted checkpoint to `destination`, atomically. Returns a summary.
+    /// `emitModeling` adds the transformers remote code (`RemoteCode`) and its config.json entries.
     @discardableResult
     public func write(to destination: String, format: OutputFormat = .safetensors, compress: Bool = false, force: Bool = false,
+                      emitModeling: Bool = false,
                       progress: @escaping @Sendable (ConversionProgress) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
+        let config = emitModeling ? try RemoteCode.addingAutoMap(to: convertedConfig, path: source.configPath) : convertedConfig
         let d = layout.hiddenSize
         for g in layers {
             guard g.expertGate.count == numExperts * d, g.depthPredictor.count == maxDepth * d else {
@@ -242,21 +245,28 @@ public struct UpcyclePlan: @unchecked Sendable {
             ])
             indexText = newIndex.pretty
         }
-        let configText = convertedConfig.pretty
-        let auxiliary = source.auxiliaryFiles()
+        let configText = config.pretty
+        // Our remote code replaces a source file of the same name.
+        let auxiliary = source.auxiliaryFiles().filter { !emitModeling || $0 != RemoteCode.fileName }
         switch format {
         case .safetensors:
             if let indexText { try writeText(indexText, to: dir + "/" + Checkpoint.indexName) }
             try writeText(configText, to: dir + "/config.json")
             for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
+            if emitModeling {
+                let f = try OutputFile(path: dir + "/" + RemoteCode.fileName)
+                try f.write(RemoteCode.source)
+                try f.finish()
+            }
         case .vffn:
             var files = [VFFNContainer.Blob(name: "config.json", bytes: .owned(Array(configText.utf8)))]
             if let indexText { files.append(.init(name: Checkpoint.indexName, bytes: .owned(Array(indexText.utf8)))) }
             for name in auxiliary { files.append(.init(name: name, bytes: .owned(try source.auxiliaryFileContents(name)))) }
+            if emitModeling { files.append(.init(name: RemoteCode.fileName, bytes: .owned(RemoteCode.source))) }
             let containerTensors = shardRecords.flatMap { s in s.records.map { VFFNContainer.TensorToWrite($0, shard: s.name) } }
             let containerShards = shardRecords.map { VFFNContainer.ShardToWrite(name: $0.name, metadata: $0.metadata, header: nil) }
             var last = 0
-            try VFFNContainer.write(config: convertedConfig, tensors: containerTensors, files: files, shards: containerShards,
+            try VFFNContainer.write(config: config, tensors: containerTensors, files: files, shards: containerShards,
                                     compress: compress, to: dir) { done, _ in
                 meter.add(tensors: done - last, bytes: containerTensors[last..<done].reduce(0) { $0 + $1.record.bytes.count })
                 last = done

@@ -51,6 +51,9 @@ struct Convert: ParsableCommand {
     @Option(name: .customLong("output-format"), help: "safetensors (a Hugging Face directory) or vffn (one container file).")
     var outputFormat: UpcyclePlan.OutputFormat = .safetensors
 
+    @Flag(name: .customLong("emit-modeling"), help: "Also write modeling_versatile_ffn.py and config.json \"auto_map\" entries, so that transformers loads DST with trust_remote_code=True (AutoModelForCausalLM; AutoModel for BERT).")
+    var emitModeling = false
+
     @Flag(help: "With --output-format vffn: deflate each tensor and file (zlib).")
     var compress = false
 
@@ -97,7 +100,8 @@ struct Convert: ParsableCommand {
                                        options: gateOptions())
             OutputFile.durable = !noFsync
             let line = ProgressLine(quiet: quiet)
-            let summary = try plan.write(to: destination, format: outputFormat, compress: compress, force: force, progress: line.update)
+            let summary = try plan.write(to: destination, format: outputFormat, compress: compress, force: force,
+                                         emitModeling: emitModeling, progress: line.update)
             line.finish()
             guard !quiet else { return }
             let seconds = Date().timeIntervalSince(started)
@@ -113,6 +117,7 @@ struct Convert: ParsableCommand {
                 print("  calibrated depth on \(c.tokens.count) tokens, target \(c.target.map { String(format: "%.2f", $0) }.joined(separator: " ")): "
                       + c.layers.map { $0.histogram.map(String.init).joined(separator: " ") }.joined(separator: " | "))
             }
+            if emitModeling { print("  wrote \(RemoteCode.fileName): load with trust_remote_code=True") }
             for n in summary.sourceNotes { print("  note: \(n)") }
         }
     }

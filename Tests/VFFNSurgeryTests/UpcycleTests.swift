@@ -361,3 +361,54 @@ import VFFNSurgery
         #expect(throws: VFFNError.self) { try Verifier.verify(destination: Fixtures.path("mistral-f16")) }
     }
 }
+
+@Suite struct RemoteCodeTests {
+    static let cases: [(fixture: String, autoClass: String, modelClass: String)] = [
+        ("llama-gqa-sharded", "AutoModelForCausalLM", "VersatileLlamaForCausalLM"),
+        ("mistral-f16", "AutoModelForCausalLM", "VersatileMistralForCausalLM"),
+        ("qwen2-bf16-tied", "AutoModelForCausalLM", "VersatileQwen2ForCausalLM"),
+        ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
+        ("bert-tiny", "AutoModel", "VersatileBertModel"),
+    ]
+
+    /// The module written is the package's resource byte for byte, and config.json names the
+    /// class of the checkpoint's model_type (the Python side is checked by `make test-interop`).
+    @Test(arguments: cases.map(\.fixture))
+    func emitModelingWritesTheModuleAndAutoMap(fixture: String) throws {
+        let expected = Self.cases.first { $0.fixture == fixture }!
+        let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path(fixture)), experts: 4, topK: 2, maxDepth: 2)
+        let dst = makeTemporaryDirectory() + "/converted"
+        try plan.write(to: dst, emitModeling: true)
+        let written = try #require(FileManager.default.contents(atPath: dst + "/modeling_versatile_ffn.py"))
+        let resource = try #require(FileManager.default.contents(atPath: Fixtures.packageRoot + "/Sources/VFFNSurgery/Resources/modeling_versatile_ffn.py"))
+        #expect(written == resource)
+        #expect(String(decoding: written, as: UTF8.self).contains("class \(expected.modelClass)("))
+        let config = try Checkpoint(path: dst).config
+        #expect(config["auto_map"]!.objectMembers!.map(\.0) == [expected.autoClass])
+        #expect(config["auto_map"]![expected.autoClass]!.stringValue == "modeling_versatile_ffn." + expected.modelClass)
+        #expect(try Verifier.verify(destination: dst, source: Fixtures.path(fixture)).passed)
+
+        // Without the option, neither the module nor auto_map.
+        let plain = makeTemporaryDirectory() + "/plain"
+        try plan.write(to: plain)
+        #expect(!FileManager.default.fileExists(atPath: plain + "/modeling_versatile_ffn.py"))
+        #expect(try Checkpoint(path: plain).config["auto_map"] == nil)
+    }
+
+    @Test func emitModelingInsideAContainerAndKeepsOtherAutoMapEntries() throws {
+        let src = makeTemporaryDirectory() + "/src"
+        try copyDirectory(Fixtures.path("llama-gqa-sharded"), to: src)
+        let config = try Checkpoint(path: src).config.setting("auto_map", to: .object([
+            ("AutoTokenizer", .string("tokenization_custom.Custom")), ("AutoModelForCausalLM", .string("old.Model"))]))
+        writeFile(src + "/config.json", config.pretty)
+        let plan = try UpcyclePlan(source: Checkpoint(path: src), experts: 8, topK: 2, maxDepth: 4)
+        let dst = makeTemporaryDirectory() + "/converted.vffn"
+        try plan.write(to: dst, format: .vffn, emitModeling: true)
+        let unpacked = makeTemporaryDirectory() + "/unpacked"
+        try VFFNContainer(path: dst).unpack(to: unpacked)
+        #expect(FileManager.default.contents(atPath: unpacked + "/modeling_versatile_ffn.py") == Data(RemoteCode.source))
+        let autoMap = try Checkpoint(path: unpacked).config["auto_map"]!
+        #expect(autoMap.objectMembers!.map(\.0) == ["AutoTokenizer", "AutoModelForCausalLM"])
+        #expect(autoMap["AutoModelForCausalLM"]!.stringValue == "modeling_versatile_ffn.VersatileLlamaForCausalLM")
+    }
+}

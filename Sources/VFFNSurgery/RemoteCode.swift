@@ -1,0 +1,31 @@
+import VFFNFormats
+
+/// The transformers remote code written beside a converted checkpoint by `convert --emit-modeling`:
+/// one Python module (a resource of this package, embedded in the binary so that the executable
+/// needs no files beside it) and the `auto_map` entries of config.json that point at it.
+public enum RemoteCode {
+    public static let fileName = "modeling_versatile_ffn.py"
+
+    public static var source: [UInt8] { PackageResources.modeling_versatile_ffn_py }
+
+    /// The Auto class and the module's class for each model_type.
+    static let classes: [String: (autoClass: String, modelClass: String)] = [
+        "llama": ("AutoModelForCausalLM", "VersatileLlamaForCausalLM"),
+        "mistral": ("AutoModelForCausalLM", "VersatileMistralForCausalLM"),
+        "qwen2": ("AutoModelForCausalLM", "VersatileQwen2ForCausalLM"),
+        "gpt2": ("AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
+        "bert": ("AutoModel", "VersatileBertModel"),
+    ]
+
+    /// `config` with our `auto_map` entry added; any other entries it had are kept.
+    static func addingAutoMap(to config: JSON, path: String) throws(VFFNError) -> JSON {
+        let type = config["model_type"]?.stringValue ?? ""
+        guard let entry = classes[type] else {
+            throw .badInput(path, "model_type \"\(type)\" has no transformers remote code (supported: \(classes.keys.sorted().joined(separator: ", ")))")
+        }
+        let module = String(fileName.dropLast(3))
+        var members = (config["auto_map"]?.objectMembers ?? []).filter { $0.0 != entry.autoClass }
+        members.append((entry.autoClass, .string(module + "." + entry.modelClass)))
+        return config.setting("auto_map", to: .object(members))
+    }
+}

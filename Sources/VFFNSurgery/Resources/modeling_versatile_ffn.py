@@ -1,0 +1,278 @@
+# Written by vffn-convert (`convert --emit-modeling`) next to a converted checkpoint.
+#
+# transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
+#
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, gpt2
+#     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
+#
+# builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
+# block that reads the `expert_gate` / `depth_predictor` tensors named in config.json's
+# "versatile_ffn" section. Every dense tensor keeps its name, so the checkpoint loads as written.
+#
+# eval() follows the converter's SPEC section 1 exactly (and `vffn-convert run` to float rounding):
+#   width: top-k of expert_gate.x (ties to the lower index), softmax over the k logits,
+#          x_width = sum_i w_i S_{j_i}(x), sub-expert e = neurons [e*I/N, (e+1)*I/N)
+#   depth: L = argmax(depth_predictor.x) + 1, x_depth = S^L(x)
+#   mix:   m = (D - L) / D, out = (1 - m) x_depth + m x_width
+# train() follows the paper: a hard Gumbel-softmax over the depth logits (straight-through), at a
+# temperature that decays per training step from 5.0 to 0.1 (x0.99984 per step); every loop
+# 1..D is computed and kept, so each gets gradient through the straight-through weights; the mix
+# weight uses the expected loop count E[L] = sum_l l * p_l under the relaxed sample p. The step
+# counter advances once per training forward; trainers that accumulate gradients over several
+# forwards per optimizer step call `model.set_depth_temperature_step(step)` instead.
+#
+# S is the dense sub-layer: x + f(norm(x)) for pre-norm models, norm(x + f(x)) for BERT. The FFN's
+# own dropout (GPT-2's resid_pdrop, BERT's hidden_dropout_prob) is applied to f in training, as in
+# the dense model.
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+
+TEMPERATURE_START = 5.0
+TEMPERATURE_END = 0.1
+TEMPERATURE_DECAY = 0.99984
+
+
+def depth_temperature(step):
+    return max(TEMPERATURE_END, TEMPERATURE_START * TEMPERATURE_DECAY**step)
+
+
+class _PassThrough:
+    """Mixed into a pre-norm model's FFN norm: the layer's own call becomes the identity, so the
+    VersatileFFN block sees the residual stream x, and applies the norm itself via `normalize`.
+    The norm keeps its module path and parameters, so its weights load under their dense names."""
+
+    def forward(self, hidden_states):
+        return hidden_states
+
+    def normalize(self, hidden_states):
+        return super().forward(hidden_states)
+
+
+def _pass_through(norm):
+    base = type(norm)
+    norm.__class__ = type("PassThrough" + base.__name__, (_PassThrough, base), {})
+
+
+class _VersatileFFNMixin:
+    """The routing, depth and mix shared by the pre-norm and post-norm forms. A subclass supplies
+    `_neurons(x)` (the FFN's intermediate activations a, [.., I], and the FFN input), `_project(a)`
+    (the output projection without its bias), `_out_bias`, `_dropout` and `_sublayer(x)`."""
+
+    def _init_gates(self, config, hidden_size, intermediate_size):
+        settings = config.versatile_ffn
+        self.num_experts = int(settings["num_experts"])
+        self.top_k = int(settings["top_k"])
+        self.max_depth = int(settings["max_depth"])
+        if intermediate_size % self.num_experts != 0:
+            raise ValueError(f"intermediate size {intermediate_size} is not divisible by {self.num_experts} experts")
+        self.slice_width = intermediate_size // self.num_experts
+        self.expert_gate = nn.Linear(hidden_size, self.num_experts, bias=False)
+        self.depth_predictor = nn.Linear(hidden_size, self.max_depth, bias=False)
+        self.depth_step = 0
+
+    def _route(self, x):
+        logits = self.expert_gate(x)
+        # A stable descending sort breaks ties by the lower index, as SPEC section 1 requires.
+        chosen = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., : self.top_k]
+        weights = torch.softmax(logits.gather(-1, chosen), dim=-1)
+        return chosen, weights
+
+    def _expert_mask(self, chosen, weights):
+        """Per token, each intermediate neuron's weight: w_i on the slices of the chosen experts."""
+        per_expert = torch.zeros(*chosen.shape[:-1], self.num_experts, dtype=weights.dtype, device=weights.device)
+        per_expert = per_expert.scatter(-1, chosen, weights)
+        return per_expert.repeat_interleave(self.slice_width, dim=-1)
+
+    def _f_from(self, a):
+        f = self._project(a)
+        if self._out_bias is not None:
+            f = f + self._out_bias
+        return self._dropout(f)
+
+    def _depth_weights(self, x):
+        """(one-hot or straight-through loop weights [.., D], mix weight m [.., 1])."""
+        logits = self.depth_predictor(x)
+        depth = self.max_depth
+        if not self.training:
+            loops = logits.argmax(dim=-1)  # the first maximum: ties go to fewer loops
+            one_hot = F.one_hot(loops, depth).to(x.dtype)
+            m = (depth - (loops + 1)).to(x.dtype).unsqueeze(-1) / depth
+            return one_hot, m
+        tau = depth_temperature(self.depth_step)
+        self.depth_step += 1
+        gumbels = -torch.empty_like(logits).exponential_().log()
+        soft = torch.softmax((logits + gumbels) / tau, dim=-1)
+        index = soft.argmax(dim=-1)
+        hard = F.one_hot(index, depth).to(soft.dtype)
+        straight_through = hard - soft.detach() + soft
+        counts = torch.arange(1, depth + 1, dtype=soft.dtype, device=soft.device)
+        expected_loops = (soft * counts).sum(dim=-1, keepdim=True)
+        return straight_through, (depth - expected_loops) / depth
+
+    def _versatile(self, x):
+        chosen, weights = self._route(x)
+        x_width = self._width(x, chosen, weights)
+        loop_weights, m = self._depth_weights(x)
+        if not self.training:
+            # Only the chosen loop count's output is used; selecting it (rather than weighting all
+            # D outputs by 0 and 1) keeps the result exact.
+            outputs, y = [], x
+            for _ in range(self.max_depth):
+                y = self._sublayer(y)
+                outputs.append(y)
+            stacked = torch.stack(outputs, dim=-2)
+            index = loop_weights.argmax(dim=-1, keepdim=True).unsqueeze(-1).expand(*x.shape[:-1], 1, x.shape[-1])
+            x_depth = stacked.gather(-2, index).squeeze(-2)
+        else:
+            x_depth, y = torch.zeros_like(x), x
+            for loop in range(self.max_depth):
+                y = self._sublayer(y)
+                x_depth = x_depth + loop_weights[..., loop : loop + 1] * y
+        return (1 - m) * x_depth + m * x_width
+
+
+class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
+    """Takes the place of a pre-norm layer's `mlp`: adopts the dense MLP's modules under their own
+    names (so `mlp.gate_proj.weight`, `mlp.c_fc.weight`, ... load unchanged), adds `expert_gate` and
+    `depth_predictor`, and returns out(x) - x, because the layer adds the residual x back."""
+
+    def __init__(self, config, dense_mlp, norm, family):
+        super().__init__()
+        for name, child in dense_mlp.named_children():
+            self.add_module(name, child)
+        self.family = family
+        # Not a child: the norm stays registered where the layer has it.
+        self.__dict__["norm"] = norm
+        self._init_gates(config, config.hidden_size, self._intermediate_size())
+
+    def _intermediate_size(self):
+        if self.family == "gpt2":
+            return self.c_fc.weight.shape[1]  # Conv1D: [in, out]
+        return self.gate_proj.weight.shape[0]
+
+    def _neurons(self, h):
+        if self.family == "gpt2":
+            return self.act(self.c_fc(h))
+        return self.act_fn(self.gate_proj(h)) * self.up_proj(h)
+
+    def _project(self, a):
+        if self.family == "gpt2":
+            return a @ self.c_proj.weight
+        return F.linear(a, self.down_proj.weight)
+
+    @property
+    def _out_bias(self):
+        return self.c_proj.bias if self.family == "gpt2" else self.down_proj.bias
+
+    def _dropout(self, f):
+        dropout = getattr(self, "dropout", None)
+        return dropout(f) if dropout is not None else f
+
+    def _sublayer(self, x):
+        return x + self._f_from(self._neurons(self.norm.normalize(x)))
+
+    def _width(self, x, chosen, weights):
+        # The k sub-layers share x and norm(x), and their weights sum to 1, so
+        # sum_i w_i (x + f_{j_i}(h)) = x + b + W_out (a * mask): one product instead of k.
+        a = self._neurons(self.norm.normalize(x))
+        return x + self._f_from(a * self._expert_mask(chosen, weights))
+
+    def forward(self, x):
+        return self._versatile(x) - x
+
+
+class _PostNormVersatileLayer(_VersatileFFNMixin):
+    """Mixed into a BertLayer: its FFN sub-layer LayerNorm(x + f(x)) spans `intermediate` and
+    `output`, so the gates sit on the layer (`encoder.layer.i.expert_gate.weight`)."""
+
+    def _neurons(self, x):
+        return self.intermediate(x)
+
+    def _project(self, a):
+        return F.linear(a, self.output.dense.weight)
+
+    @property
+    def _out_bias(self):
+        return self.output.dense.bias
+
+    def _dropout(self, f):
+        return self.output.dropout(f)
+
+    def _sublayer(self, x):
+        return self.output.LayerNorm(x + self._f_from(self._neurons(x)))
+
+    def _width(self, x, chosen, weights):
+        # LayerNorm is not linear, so each chosen sub-layer is computed on its own.
+        a = self._neurons(x)
+        out = torch.zeros_like(x)
+        for i in range(self.top_k):
+            mask = self._expert_mask(chosen[..., i : i + 1], torch.ones_like(weights[..., i : i + 1]))
+            out = out + weights[..., i : i + 1] * self.output.LayerNorm(x + self._f_from(a * mask))
+        return out
+
+    def feed_forward_chunk(self, attention_output):
+        return self._versatile(attention_output)
+
+
+def _pre_norm_layers(model, family):
+    if family == "gpt2":
+        return model.transformer.h, "ln_2"
+    return model.model.layers, "post_attention_layernorm"
+
+
+def install_versatile_ffn(model, config, family):
+    """Turns the freshly built dense `model` into its VersatileFFN form, in place."""
+    if not hasattr(config, "versatile_ffn"):
+        raise ValueError("config.json has no \"versatile_ffn\" section: this is not a converted checkpoint")
+    if family == "bert":
+        for layer in model.encoder.layer:
+            base = type(layer)
+            layer.__class__ = type("Versatile" + base.__name__, (_PostNormVersatileLayer, base), {})
+            layer._init_gates(config, config.hidden_size, layer.intermediate.dense.weight.shape[0])
+        return
+    layers, norm_name = _pre_norm_layers(model, family)
+    for layer in layers:
+        norm = getattr(layer, norm_name)
+        _pass_through(norm)
+        layer.mlp = PreNormVersatileFFN(config, layer.mlp, norm, family)
+
+
+class _VersatileModelMixin:
+    def set_depth_temperature_step(self, step):
+        """Sets the training step the Gumbel temperature is computed from, in every layer."""
+        for module in self.modules():
+            if isinstance(module, _VersatileFFNMixin):
+                module.depth_step = int(step)
+
+
+class VersatileLlamaForCausalLM(_VersatileModelMixin, LlamaForCausalLM):
+    def __init__(self, config):
+        super().__init__(config)
+        install_versatile_ffn(self, config, "llama")
+
+
+class VersatileMistralForCausalLM(_VersatileModelMixin, MistralForCausalLM):
+    def __init__(self, config):
+        super().__init__(config)
+        install_versatile_ffn(self, config, "llama")
+
+
+class VersatileQwen2ForCausalLM(_VersatileModelMixin, Qwen2ForCausalLM):
+    def __init__(self, config):
+        super().__init__(config)
+        install_versatile_ffn(self, config, "llama")
+
+
+class VersatileGPT2LMHeadModel(_VersatileModelMixin, GPT2LMHeadModel):
+    def __init__(self, config):
+        super().__init__(config)
+        install_versatile_ffn(self, config, "gpt2")
+
+
+class VersatileBertModel(_VersatileModelMixin, BertModel):
+    def __init__(self, config, add_pooling_layer=True):
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        install_versatile_ffn(self, config, "bert")
