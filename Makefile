@@ -37,7 +37,7 @@ test-interop: build
 	  python3 -m venv $(INTEROP_VENV) && \
 	  { $(INTEROP_VENV)/bin/pip install --quiet $(INTEROP_PACKAGES) || $(INTEROP_VENV)/bin/pip install --quiet $(INTEROP_PACKAGES); }; \
 	fi
-	HF_HOME=$(CURDIR)/.build/interop/hf HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert \
+	HF_HOME=$(CURDIR)/.build/interop/hf HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert \
 	  $(INTEROP_VENV)/bin/python -m unittest -v interop/test_interop.py
 
 # Speed and memory against named peers in the same run (bench/run.sh); needs PyPI once.

@@ -164,5 +164,145 @@ class RemoteCodeTests(unittest.TestCase):
             self.assertEqual([b.depth_step for b in blocks], [5000, 5000], "eval forwards must not advance the schedule")
 
 
+def rms_norm(x, weight, eps):
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def olmo_forward(sd, model, tokens):
+    """A forward pass over OLMo's fused layout, written from OLMo's definitions (OLMoSequentialBlock,
+    RotaryEmbedding, SwiGLU) and SPEC section 1 for the VersatileFFN sub-layer; nothing here reads
+    the Hugging Face names, so the fusing and config.yaml are what is tested."""
+    d, heads, kv_heads = model["d_model"], model["n_heads"], model["n_kv_heads"]
+    head_dim, eps = d // heads, model["layer_norm_eps"]
+    settings = model["versatile_ffn"]
+    experts, top_k, depth = settings["num_experts"], settings["top_k"], settings["max_depth"]
+    T = len(tokens)
+    inv_freq = 1.0 / (model["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    sin, cos = angles.sin().float(), angles.cos().float()
+
+    def rotate(t):
+        t1, t2 = t[..., : head_dim // 2], t[..., head_dim // 2 :]
+        return t * cos + torch.cat((-t2, t1), dim=-1) * sin
+
+    def linear(x, name):
+        return F.linear(x, sd[name + ".weight"], sd.get(name + ".bias"))
+
+    x = sd["transformer.wte.weight"][torch.tensor(tokens)]
+    for i in range(model["n_layers"]):
+        b = f"transformer.blocks.{i}."
+        qkv = linear(rms_norm(x, sd[b + "attn_norm.weight"], eps), b + "att_proj")
+        q, k, v = qkv.split((d, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
+        q = rotate(q.view(T, heads, head_dim).transpose(0, 1))
+        k = rotate(k.view(T, kv_heads, head_dim).transpose(0, 1)).repeat_interleave(heads // kv_heads, dim=0)
+        v = v.view(T, kv_heads, head_dim).transpose(0, 1).repeat_interleave(heads // kv_heads, dim=0)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1).reshape(T, d)
+        x = x + linear(att, b + "attn_out")
+
+        ff_out = sd[b + "ff_out.weight"]
+        neurons = ff_out.shape[1]
+
+        def activations(h):
+            up, gate = linear(rms_norm(h, sd[b + "ff_norm.weight"], eps), b + "ff_proj").chunk(2, dim=-1)
+            return F.silu(gate) * up
+
+        def project(a):
+            return F.linear(a, ff_out, sd.get(b + "ff_out.bias"))
+
+        def sublayer(h):
+            return h + project(activations(h))
+
+        logits = F.linear(x, sd[b + "expert_gate.weight"])
+        chosen = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :top_k]
+        weights = torch.softmax(logits.gather(-1, chosen), dim=-1)
+        a = activations(x)
+        x_width = torch.zeros_like(x)
+        for slot in range(top_k):
+            mask = torch.zeros(T, neurons)
+            for t in range(T):
+                e = int(chosen[t, slot])
+                mask[t, e * neurons // experts : (e + 1) * neurons // experts] = 1
+            x_width = x_width + weights[:, slot : slot + 1] * (x + project(a * mask))
+        loops = F.linear(x, sd[b + "depth_predictor.weight"]).argmax(dim=-1) + 1
+        outputs, h = [], x
+        for _ in range(depth):
+            h = sublayer(h)
+            outputs.append(h)
+        x_depth = torch.stack([outputs[int(loops[t]) - 1][t] for t in range(T)])
+        m = ((depth - loops).float() / depth).unsqueeze(-1)
+        x = (1 - m) * x_depth + m * x_width
+    x = rms_norm(x, sd["transformer.ln_f.weight"], eps)
+    if model["weight_tying"]:
+        return F.linear(x, sd["transformer.wte.weight"])
+    return linear(x, "transformer.ff_out")
+
+
+# (fixture, extra convert options, tokens): OLMo export takes the Llama family.
+OLMO_CASES = [
+    ("llama-gqa-sharded", [], TOKENS),
+    ("llama-gqa-sharded", ["--split", "cluster", "--router-init", "centroid", "--top-k", "3"], TOKENS),
+    ("qwen2-bf16-tied", [], TOKENS),
+    # Mistral's sliding window (4 here) caps max_sequence_length, so four tokens.
+    ("mistral-f16", ["--max-depth", "2"], TOKENS[:4]),
+]
+
+
+class OLMoExportTests(unittest.TestCase):
+    def test_model_pt_loads_fuses_and_reproduces_run(self):
+        for fixture, options, tokens in OLMO_CASES:
+            with self.subTest(fixture=fixture, options=options), tempfile.TemporaryDirectory() as tmp:
+                olmo, hf = Path(tmp) / "olmo", Path(tmp) / "hf"
+                common = ["--seed", "5", "--no-fsync", "--quiet", *options]
+                tool("convert", FIXTURES / fixture, olmo, "--output-format", "olmo", *common)
+                tool("convert", FIXTURES / fixture, hf, *common)
+                sd = torch.load(olmo / "model.pt", weights_only=True)
+                config = yaml.safe_load((olmo / "config.yaml").read_text())
+                model = config["model"]
+                self.assertEqual(Path(config["load_path"]), olmo.resolve())
+
+                # Tensors: the Hugging Face conversion's (same seed), fused as documented.
+                source = load_state(hf)
+                hf_config = json.loads((hf / "config.json").read_text())
+                expected = {"transformer.wte.weight": source["model.embed_tokens.weight"],
+                            "transformer.ln_f.weight": source["model.norm.weight"]}
+                if not hf_config.get("tie_word_embeddings", False):
+                    expected["transformer.ff_out.weight"] = source["lm_head.weight"]
+                for i in range(hf_config["num_hidden_layers"]):
+                    l, b = f"model.layers.{i}.", f"transformer.blocks.{i}."
+                    expected[b + "att_proj.weight"] = torch.cat([source[l + f"self_attn.{p}_proj.weight"] for p in "qkv"])
+                    expected[b + "attn_out.weight"] = source[l + "self_attn.o_proj.weight"]
+                    expected[b + "ff_proj.weight"] = torch.cat([source[l + "mlp.up_proj.weight"], source[l + "mlp.gate_proj.weight"]])
+                    expected[b + "ff_out.weight"] = source[l + "mlp.down_proj.weight"]
+                    expected[b + "attn_norm.weight"] = source[l + "input_layernorm.weight"]
+                    expected[b + "ff_norm.weight"] = source[l + "post_attention_layernorm.weight"]
+                    expected[b + "expert_gate.weight"] = source[l + "mlp.expert_gate.weight"]
+                    expected[b + "depth_predictor.weight"] = source[l + "mlp.depth_predictor.weight"]
+                    if model["include_bias"]:
+                        dtype = source[l + "self_attn.q_proj.weight"].dtype
+                        expected[b + "att_proj.bias"] = torch.cat([source[l + f"self_attn.{p}_proj.bias"] for p in "qkv"])
+                        expected[b + "attn_out.bias"] = torch.zeros(hf_config["hidden_size"], dtype=dtype)
+                        expected[b + "ff_proj.bias"] = torch.zeros(2 * hf_config["intermediate_size"], dtype=dtype)
+                        expected[b + "ff_out.bias"] = torch.zeros(hf_config["hidden_size"], dtype=dtype)
+                self.assertEqual(sorted(sd), sorted(expected))
+                for name, tensor in expected.items():
+                    self.assertEqual(sd[name].dtype, tensor.dtype, name)
+                    self.assertTrue(torch.equal(sd[name], tensor), name)
+
+                # config.yaml describes the network the tensors make.
+                self.assertEqual(model["d_model"], hf_config["hidden_size"])
+                self.assertEqual(model["mlp_hidden_size"], sd["transformer.blocks.0.ff_proj.weight"].shape[0])
+                self.assertEqual(model["n_layers"], hf_config["num_hidden_layers"])
+                self.assertEqual(model["weight_tying"], hf_config.get("tie_word_embeddings", False))
+                self.assertEqual(model["versatile_ffn"]["num_experts"], hf_config["versatile_ffn"]["num_experts"])
+
+                with torch.no_grad():
+                    actual = olmo_forward({k: v.float() for k, v in sd.items()}, model, tokens).numpy()
+                reference = run_tokens(hf, tmp, tokens=tokens)
+                error = relative_error(actual, reference)
+                print(f"  {fixture} {' '.join(options)}: OLMo layout forward vs vffn-convert run, relative error {error:.2e}")
+                self.assertLess(error, TOLERANCE)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -395,9 +395,12 @@ extension VFFNContainer {
 // MARK: - zlib
 
 enum CRC32 {
-    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
-        guard let base = bytes.baseAddress else { return 0 }
-        return UInt32(crc32_z(0, base.assumingMemoryBound(to: UInt8.self), bytes.count))
+    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 { update(0, bytes) }
+
+    /// The CRC32 of bytes that continue those `crc` was computed over.
+    static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        guard let base = bytes.baseAddress else { return crc }
+        return UInt32(crc32_z(uLong(crc), base.assumingMemoryBound(to: UInt8.self), bytes.count))
     }
 }
 

@@ -26,6 +26,10 @@ public enum Llama: Architecture {
         public var slidingWindows: [Int?]
         /// Rotary inverse frequencies, `headDim / 2` of them.
         public var inverseFrequencies: [Float]
+        /// The rotary base and the rope type ("default" when the config names none).
+        public var ropeTheta: Double
+        public var ropeType: String
+        public var maxPositionEmbeddings: Int?
         /// Longest sequence the rotary embedding is defined for here (nil: no limit): dynamic
         /// NTK scaling beyond max_position_embeddings is not implemented.
         public var maxPositions: Int?
@@ -63,6 +67,10 @@ public enum Llama: Architecture {
             mlpBias = try r.bool("mlp_bias", default: false)
             slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
             let rope = Self.ropeParameters(json)
+            ropeTheta = try r.double("rope_theta", default: .nan)
+            if ropeTheta.isNaN { ropeTheta = rope.params?["rope_theta"]?.doubleValue ?? 10000 }
+            ropeType = rope.type
+            maxPositionEmbeddings = (json["max_position_embeddings"]?.isNull ?? true) ? nil : try r.int("max_position_embeddings")
             inverseFrequencies = try Self.inverseFrequencies(r, headDim: headDim, rope: rope)
             maxPositions = rope.type == "dynamic" ? try r.int("max_position_embeddings") : nil
         }

@@ -151,6 +151,8 @@ public struct UpcyclePlan: @unchecked Sendable {
         case safetensors
         /// One .vffn container file (docs/FORMATS.md); `unpack` turns it into the directory.
         case vffn
+        /// An unsharded OLMo checkpoint directory, model.pt + config.yaml (Llama family; OLMoExport.swift).
+        case olmo
     }
 
     /// Writes the converted checkpoint to `destination`, atomically. Returns a summary.
@@ -159,47 +161,32 @@ public struct UpcyclePlan: @unchecked Sendable {
     public func write(to destination: String, format: OutputFormat = .safetensors, compress: Bool = false, force: Bool = false,
                       emitModeling: Bool = false,
                       progress: @escaping @Sendable (ConversionProgress) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
-        let config = emitModeling ? try RemoteCode.addingAutoMap(to: convertedConfig, path: source.configPath) : convertedConfig
         let d = layout.hiddenSize
         for g in layers {
             guard g.expertGate.count == numExperts * d, g.depthPredictor.count == maxDepth * d else {
                 throw .usage("layer \(g.site.layer): gate sizes \(g.expertGate.count), \(g.depthPredictor.count) do not match [\(numExperts), \(d)] and [\(maxDepth), \(d)]")
             }
         }
-        // With --force, writing over the source (or into it) would destroy what is being read.
-        let src = URL(fileURLWithPath: source.path).resolvingSymlinksInPath().path
-        let dst = URL(fileURLWithPath: destination).resolvingSymlinksInPath().path
-        if dst == src || dst.hasPrefix(src + "/") || src.hasPrefix(dst + "/") {
-            throw .usage("destination \(destination) overlaps the source \(source.path)")
+        if format == .olmo {
+            guard !emitModeling else { throw .usage("transformers remote code (--emit-modeling) belongs with a Hugging Face output, not --output-format olmo") }
+            guard !compress else { throw .usage("--compress applies only to --output-format vffn") }
+            try checkNoOverlap(destination)
+            return try writeOLMo(to: destination, force: force, progress: progress)
         }
+        let config = emitModeling ? try RemoteCode.addingAutoMap(to: convertedConfig, path: source.configPath) : convertedConfig
+        try checkNoOverlap(destination)
         let output = try AtomicOutput(destination: destination, force: force, directory: format == .safetensors)
         let dir = output.temporary
         // Every shard's records first (no tensor byte is read for this), then the writing.
         var shardRecords: [(name: String, metadata: [(String, String)], records: [TensorRecord])] = []
         var weightMap: [(String, String)] = []
         var totalSize = 0, totalParameters = 0, copied = 0, copiedBytes = 0
-        // FFN tensors whose neurons are reordered, with the order for their layer.
-        var permuted: [String: (FFNTensor, [Int])] = [:]
-        if let permutations {
-            for (l, site) in layout.sites.enumerated() {
-                for t in site.tensors where t.neuronAxis != nil { permuted[t.name] = (t, permutations[l]) }
-            }
-        }
+        let permuted = permutedTensors
         for shard in source.shards {
             let fileName = source.safetensorsName(of: shard)
             var records: [TensorRecord] = []
             for t in shard.tensors {
-                if let (f, order) = permuted[t.name] {
-                    let source = MappedBytes(bytes: try shard.bytes(t)), size = t.dtype.bitSize / 8
-                    records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .deferred(count: source.bytes.count) {
-                        permuteNeurons(source.bytes, shape: f.shape, axis: f.neuronAxis!, elementSize: size, permutation: order)
-                    }))
-                    continue
-                }
-                // Bytes stored exactly as presented are copied file to file by the kernel.
-                let mapped = try shard.bytes(t)
-                let bytes: TensorBytes = shard.storedRegion(t).map { .region($0, mapped: mapped) } ?? .mapped(mapped)
-                records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: bytes))
+                records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: try outputBytes(t, in: shard, permuted: permuted)))
             }
             copied += records.count
             copiedBytes += records.reduce(0) { $0 + $1.bytes.count }
@@ -271,12 +258,48 @@ public struct UpcyclePlan: @unchecked Sendable {
                 meter.add(tensors: done - last, bytes: containerTensors[last..<done].reduce(0) { $0 + $1.record.bytes.count })
                 last = done
             }
+        case .olmo:
+            preconditionFailure("--output-format olmo is written by writeOLMo")
         }
         try output.commit()
         return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
                                  copiedTensors: copied, copiedBytes: copiedBytes, gateTensors: 2 * layers.count,
                                  totalSize: totalSize, auxiliaryFiles: auxiliary,
                                  sourceNotes: source.notes + Self.skippedNote(source.otherWeightFiles()))
+    }
+
+    /// With --force, writing over the source (or into it) would destroy what is being read.
+    func checkNoOverlap(_ destination: String) throws(VFFNError) {
+        let src = URL(fileURLWithPath: source.path).resolvingSymlinksInPath().path
+        let dst = URL(fileURLWithPath: destination).resolvingSymlinksInPath().path
+        if dst == src || dst.hasPrefix(src + "/") || src.hasPrefix(dst + "/") {
+            throw .usage("destination \(destination) overlaps the source \(source.path)")
+        }
+    }
+
+    /// FFN tensors whose neurons are reordered, with the order for their layer.
+    var permutedTensors: [String: (FFNTensor, [Int])] {
+        var permuted: [String: (FFNTensor, [Int])] = [:]
+        if let permutations {
+            for (l, site) in layout.sites.enumerated() {
+                for t in site.tensors where t.neuronAxis != nil { permuted[t.name] = (t, permutations[l]) }
+            }
+        }
+        return permuted
+    }
+
+    /// The bytes the output holds for source tensor `t`: as stored, or with its neurons reordered
+    /// (made one tensor at a time, when written).
+    func outputBytes(_ t: TensorInfo, in shard: any TensorFile, permuted: [String: (FFNTensor, [Int])]) throws(VFFNError) -> TensorBytes {
+        if let (f, order) = permuted[t.name] {
+            let source = MappedBytes(bytes: try shard.bytes(t)), size = t.dtype.bitSize / 8
+            return .deferred(count: source.bytes.count) {
+                permuteNeurons(source.bytes, shape: f.shape, axis: f.neuronAxis!, elementSize: size, permutation: order)
+            }
+        }
+        // Bytes stored exactly as presented are copied file to file by the kernel.
+        let mapped = try shard.bytes(t)
+        return shard.storedRegion(t).map { .region($0, mapped: mapped) } ?? .mapped(mapped)
     }
 
     static func skippedNote(_ files: [String]) -> [String] {

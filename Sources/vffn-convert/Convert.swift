@@ -48,7 +48,7 @@ struct Convert: ParsableCommand {
     @Option(name: .customLong("depth-target"), help: "With --depth-init calibrated: the fractions of calibration tokens at depths 1...D, e.g. 0.4,0.3,0.2,0.1 (default: uniform).")
     var depthTarget: String?
 
-    @Option(name: .customLong("output-format"), help: "safetensors (a Hugging Face directory) or vffn (one container file).")
+    @Option(name: .customLong("output-format"), help: "safetensors (a Hugging Face directory), vffn (one container file) or olmo (an unsharded OLMo checkpoint directory: model.pt in OLMo's fused layout + config.yaml; Llama, Mistral, Qwen2).")
     var outputFormat: UpcyclePlan.OutputFormat = .safetensors
 
     @Flag(name: .customLong("emit-modeling"), help: "Also write modeling_versatile_ffn.py and config.json \"auto_map\" entries, so that transformers loads DST with trust_remote_code=True (AutoModelForCausalLM; AutoModel for BERT).")
@@ -68,6 +68,7 @@ struct Convert: ParsableCommand {
 
     func validate() throws {
         if compress && outputFormat != .vffn { throw ValidationError("--compress applies only to --output-format vffn") }
+        if emitModeling && outputFormat == .olmo { throw ValidationError("--emit-modeling writes transformers code, which an OLMo checkpoint (--output-format olmo) has no use for") }
         if (calibration != nil || depthTarget != nil) && depthInit != .calibrated {
             throw ValidationError("--calibration and --depth-target apply only to --depth-init calibrated")
         }
@@ -109,9 +110,18 @@ struct Convert: ParsableCommand {
             converted \(source) -> \(destination) in \(String(format: "%.2f", seconds)) s
               model_type \(plan.source.config["model_type"]?.stringValue ?? "?"), \(summary.layers) layers, hidden \(plan.layout.hiddenSize), intermediate \(plan.layout.intermediateSize)
               \(experts) sub-experts of \(plan.layout.intermediateSize / experts) neurons, top-\(topK), max depth \(maxDepth), seed \(seed)
-              \(summary.copiedTensors) dense tensors (\(summary.copiedBytes) bytes) copied unchanged, \(summary.gateTensors) gate tensors added as \(summary.gateDType?.rawValue ?? "?")
-              \(summary.shards) shard(s), \(summary.auxiliaryFiles.count) other file(s) copied, written as \(outputFormat.rawValue)\(compress ? " (deflated)" : "")
             """)
+            if outputFormat == .olmo {
+                print("""
+                  \(summary.copiedTensors) source tensors written to model.pt in OLMo's fused layout (att_proj = [q; k; v], ff_proj = [up; gate]), \(summary.gateTensors) gate tensors added as \(summary.gateDType?.rawValue ?? "?")
+                  config.yaml holds OLMo's model section and load_path; \(summary.auxiliaryFiles.count) other file(s) copied
+                """)
+            } else {
+                print("""
+                  \(summary.copiedTensors) dense tensors (\(summary.copiedBytes) bytes) copied unchanged, \(summary.gateTensors) gate tensors added as \(summary.gateDType?.rawValue ?? "?")
+                  \(summary.shards) shard(s), \(summary.auxiliaryFiles.count) other file(s) copied, written as \(outputFormat.rawValue)\(compress ? " (deflated)" : "")
+                """)
+            }
             print("  neurons \(split == .cluster ? "clustered (balanced k-means) and permuted" : "in stored order"), router \(routerInit.rawValue), depth \(depthInit.rawValue)")
             if let c = plan.calibration {
                 print("  calibrated depth on \(c.tokens.count) tokens, target \(c.target.map { String(format: "%.2f", $0) }.joined(separator: " ")): "

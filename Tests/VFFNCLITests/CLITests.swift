@@ -25,6 +25,20 @@ import VFFNFormats
         return Outcome(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
     }
 
+    @Test func olmoExportAndItsRefusals() throws {
+        let dir = makeTemporaryDirectory()
+        let c = try run(["convert", Fixtures.path("llama-gqa-sharded"), dir + "/olmo", "--output-format", "olmo"])
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(c.stdout.contains("21 source tensors written to model.pt in OLMo's fused layout (att_proj = [q; k; v], ff_proj = [up; gate]), 4 gate tensors added as F32"))
+        #expect(FileManager.default.fileExists(atPath: dir + "/olmo/model.pt") && FileManager.default.fileExists(atPath: dir + "/olmo/config.yaml"))
+        let g = try run(["convert", Fixtures.path("gpt2-tiny"), dir + "/gpt2", "--output-format", "olmo"])
+        #expect(g.status == 64)
+        #expect(g.stderr == "vffn-convert: error: --output-format olmo takes Llama-family sources (llama, mistral, qwen2); this is model_type gpt2\n")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/gpt2"))
+        let e = try run(["convert", Fixtures.path("bert-tiny"), dir + "/bert", "--emit-modeling", "--quiet"])
+        #expect(e.status == 0 && FileManager.default.fileExists(atPath: dir + "/bert/modeling_versatile_ffn.py"), "\(e.stderr)")
+    }
+
     @Test func convertThenVerifyPasses() throws {
         let dir = makeTemporaryDirectory()
         let src = Fixtures.path("llama-gqa-sharded")
@@ -316,6 +330,7 @@ import VFFNFormats
         #expect(r.status == 64)
         // Argument errors are swift-argument-parser's: the error, then the usage line.
         for (args, message) in [(["--compress"], "--compress applies only to --output-format vffn"),
+                                (["--output-format", "olmo", "--emit-modeling"], "--emit-modeling writes transformers code, which an OLMo checkpoint (--output-format olmo) has no use for"),
                                 (["--output-format", "onnx"], "The value 'onnx' is invalid for '--output-format <output-format>'")] {
             let dir = makeTemporaryDirectory()
             let e = try run(["convert", Fixtures.path("mistral-f16"), dir + "/out"] + args)

@@ -174,3 +174,46 @@ import TestSupport
         }
     }
 }
+
+/// Our torch.save writer (the OLMo export's model.pt), read back by our reader; torch itself
+/// loads it with weights_only=True in `make test-interop`.
+@Suite struct TorchCheckpointWriterTests {
+    @Test func roundTripsDTypesShapesAndFusedParts() throws {
+        let dir = makeTemporaryDirectory()
+        let a: [Float] = (0..<12).map { Float($0) * 0.5 - 2 }
+        let b = FloatCodec.encode((0..<6).map { Float($0) }, as: .BF16)
+        let ids: [UInt8] = (0..<3).flatMap { le(Int64($0 - 1)) }
+        let tensors: [TorchCheckpointWriter.Tensor] = [
+            .init(name: "fused.weight", dtype: .F32, shape: [4, 3], parts: [
+                .owned(FloatCodec.encode(Array(a[0..<6]), as: .F32)), .owned(FloatCodec.encode(Array(a[6..<12]), as: .F32))]),
+            .init(name: "bf16", dtype: .BF16, shape: [2, 1, 3], parts: [.owned(b)]),
+            .init(name: "ids", dtype: .I64, shape: [3], parts: [.owned(ids)]),
+            .init(name: "scalar", dtype: .F32, shape: [], parts: [.owned(FloatCodec.encode([7], as: .F32))]),
+            .init(name: "big.shape", dtype: .F16, shape: [300, 70_000, 0], parts: []),
+        ]
+        try TorchCheckpointWriter.write(tensors, top: "model", to: dir + "/model.pt")
+        let file = try TorchCheckpointFile(path: dir + "/model.pt")
+        #expect(file.tensors.map(\.name) == tensors.map(\.name))
+        for t in tensors {
+            let info = try #require(file.info(t.name))
+            #expect(info.dtype == t.dtype && info.shape == t.shape, "\(t.name)")
+            let expected = t.parts.flatMap { p in try! p.withBytes { Array($0) } }
+            #expect(Array(try file.bytes(info)) == expected, "\(t.name)")
+        }
+        // Stored entries, data on 64-byte boundaries (torch's mmap loading relies on it), the
+        // entries torch.save writes, in its order.
+        let archive = try ZipArchive(MappedFile(path: dir + "/model.pt"))
+        #expect(archive.entries.map(\.name) == ["model/data.pkl", "model/.format_version", "model/.storage_alignment", "model/byteorder"]
+                + (0..<5).map { "model/data/\($0)" } + ["model/version"])
+        for e in archive.entries where e.name.hasPrefix("model/data/") {
+            #expect(e.dataOffset % 64 == 0 && e.method == 0, "\(e.name)")
+        }
+    }
+
+    @Test func refusesDTypesTorchHasNoStorageFor() throws {
+        let dir = makeTemporaryDirectory()
+        #expect(throws: VFFNError.self) {
+            try TorchCheckpointWriter.write([.init(name: "x", dtype: .F8_E4M3, shape: [1], parts: [.owned([0])])], top: "m", to: dir + "/m.pt")
+        }
+    }
+}

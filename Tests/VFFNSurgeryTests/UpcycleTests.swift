@@ -412,3 +412,81 @@ import VFFNSurgery
         #expect(autoMap["AutoModelForCausalLM"]!.stringValue == "modeling_versatile_ffn.VersatileLlamaForCausalLM")
     }
 }
+
+/// `--output-format olmo`, read back with our torch reader. torch.load, the tensor-by-tensor
+/// comparison and the OLMo-layout forward pass are in `make test-interop`.
+@Suite struct OLMoExportTests {
+    func export(_ fixture: String, _ options: GateOptions = GateOptions()) throws -> (dir: String, file: TorchCheckpointFile, yaml: String) {
+        let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path(fixture)), experts: 8, topK: 2, maxDepth: 4, options: options)
+        let dst = makeTemporaryDirectory() + "/olmo"
+        try plan.write(to: dst, format: .olmo)
+        let yaml = String(decoding: try #require(FileManager.default.contents(atPath: dst + "/config.yaml")), as: UTF8.self)
+        return (dst, try TorchCheckpointFile(path: dst + "/model.pt"), yaml)
+    }
+
+    @Test func llamaFusesAttentionAndSwiGLUInOLMoOrder() throws {
+        let (dir, file, yaml) = try export("llama-gqa-sharded")
+        let src = try Checkpoint(path: Fixtures.path("llama-gqa-sharded"))
+        func bytes(_ names: String...) throws -> [UInt8] { try names.flatMap { Array(try src.bytes($0)!) } }
+        let l = "model.layers.1."
+        #expect(Array(try file.bytes(file.info("transformer.blocks.1.att_proj.weight")!))
+                == (try bytes(l + "self_attn.q_proj.weight", l + "self_attn.k_proj.weight", l + "self_attn.v_proj.weight")))
+        #expect(Array(try file.bytes(file.info("transformer.blocks.1.ff_proj.weight")!))
+                == (try bytes(l + "mlp.up_proj.weight", l + "mlp.gate_proj.weight")))
+        #expect(file.info("transformer.blocks.1.att_proj.weight")!.shape == [32 + 16 + 16, 32])
+        #expect(file.info("transformer.blocks.0.ff_proj.weight")!.shape == [128, 32])
+        #expect(file.info("transformer.blocks.0.expert_gate.weight")!.shape == [8, 32])
+        #expect(file.info("transformer.blocks.0.depth_predictor.weight")!.shape == [4, 32])
+        #expect(Array(try file.bytes(file.info("transformer.ff_out.weight")!)) == (try bytes("lm_head.weight")))
+        #expect(file.tensors.count == 1 + 2 * 8 + 2) // wte; per block 8; ln_f and the untied head
+        #expect(!file.tensors.contains { $0.name.hasSuffix(".bias") })
+        for line in ["  n_kv_heads: 2", "  mlp_hidden_size: 128  # ff_proj rows; SwiGLU halves it to 64", "  rope_theta: 500000", "  include_bias: false", "  weight_tying: false",
+                     "  layer_norm_eps: 1.0e-05", "    num_experts: 8", "load_path: \"\(URL(fileURLWithPath: dir).standardizedFileURL.path)\""] {
+            #expect(yaml.contains(line + "\n"), "config.yaml lacks \(line)")
+        }
+        #expect(FileManager.default.fileExists(atPath: dir + "/generation_config.json"))
+    }
+
+    /// Qwen2's q/k/v biases need OLMo's include_bias, which gives every linear a bias: the ones
+    /// the source lacks are written as zeros, so the function is unchanged.
+    @Test func qwen2BiasesAndTiedHead() throws {
+        let (_, file, yaml) = try export("qwen2-bf16-tied")
+        #expect(yaml.contains("  include_bias: true\n") && yaml.contains("  weight_tying: true\n"))
+        #expect(file.info("transformer.ff_out.weight") == nil)
+        let zeros = try file.bytes(file.info("transformer.blocks.0.ff_proj.bias")!)
+        #expect(zeros.count == 2 * 96 * 2 && zeros.allSatisfy { $0 == 0 })
+        let src = try Checkpoint(path: Fixtures.path("qwen2-bf16-tied"))
+        let qkv = try ["q", "k", "v"].flatMap { Array(try src.bytes("model.layers.0.self_attn.\($0)_proj.bias")!) }
+        #expect(Array(try file.bytes(file.info("transformer.blocks.0.att_proj.bias")!)) == qkv)
+        #expect(file.info("transformer.blocks.0.att_proj.weight")!.dtype == .BF16)
+    }
+
+    @Test func refusesWhatOLMoCannotHold() throws {
+        let dst = makeTemporaryDirectory() + "/olmo"
+        for (fixture, message) in [("gpt2-tiny", "--output-format olmo takes Llama-family sources (llama, mistral, qwen2); this is model_type gpt2"),
+                                   ("llama3-rope", "rope type \"llama3\" has no OLMo equivalent (OLMo's rotary embedding is unscaled)")] {
+            let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path(fixture)), experts: 4, topK: 2, maxDepth: 2)
+            let error = try #require(throws: VFFNError.self) { try plan.write(to: dst, format: .olmo) }
+            #expect(error.message == message)
+            #expect(!FileManager.default.fileExists(atPath: dst))
+        }
+        let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path("llama-gqa-sharded")), experts: 4, topK: 2, maxDepth: 2)
+        #expect(throws: VFFNError.self) { try plan.write(to: dst, format: .olmo, emitModeling: true) }
+        // A tensor the layout has no place for is refused rather than dropped; a rotary cache
+        // (old checkpoints carry one) is not needed.
+        let src = makeTemporaryDirectory() + "/src"
+        try copyDirectory(Fixtures.path("mistral-f16"), to: src)
+        let file = try SafeTensorsFile(path: src + "/model.safetensors")
+        var records = file.tensors.map { TensorRecord(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: .owned(Array(file.bytes($0)))) }
+        records.append(TensorRecord(name: "model.layers.0.self_attn.rotary_emb.inv_freq", dtype: .F32, shape: [4], bytes: .owned([UInt8](repeating: 0, count: 16))))
+        try SafeTensorsWriter.write(records, metadata: file.metadata, to: src + "/model.safetensors")
+        try UpcyclePlan(source: Checkpoint(path: src), experts: 4, topK: 2, maxDepth: 2).write(to: dst, format: .olmo)
+        try FileManager.default.removeItem(atPath: dst)
+        records.append(TensorRecord(name: "model.extra_scale", dtype: .F16, shape: [2], bytes: .owned([0, 0, 0, 0])))
+        try SafeTensorsWriter.write(records, metadata: file.metadata, to: src + "/model.safetensors")
+        let extra = try UpcyclePlan(source: Checkpoint(path: src), experts: 4, topK: 2, maxDepth: 2)
+        let error = try #require(throws: VFFNError.self) { try extra.write(to: dst, format: .olmo) }
+        #expect(error.message == "tensor \"model.extra_scale\" has no place in an OLMo checkpoint")
+        #expect(!FileManager.default.fileExists(atPath: dst))
+    }
+}

@@ -1,0 +1,209 @@
+import Foundation
+import VFFNFormats
+import VFFNModels
+
+/// `convert --output-format olmo`: an unsharded OLMo checkpoint of a Llama-family conversion, for
+/// OLMo's trainer (`load_path`). DST is a directory holding
+///
+/// - `model.pt`: a torch.save state dict (our own writer, `TorchCheckpointWriter`) in OLMo's
+///   fused layout, per block i (`transformer.blocks.i.`):
+///   `att_proj` = [q; k; v] (rows), `attn_out` = o, `ff_proj` = [up; gate] (OLMo's SwiGLU takes
+///   `x, gate = ff_proj(h).chunk(2)` and computes silu(gate) * x), `ff_out` = down,
+///   `attn_norm` = input_layernorm, `ff_norm` = post_attention_layernorm, plus `expert_gate` and
+///   `depth_predictor`; `transformer.wte` = embed_tokens, `transformer.ln_f` = norm and, when the
+///   source's head is untied, `transformer.ff_out` = lm_head. Sources with any q/k/v/o or MLP bias
+///   (Qwen2) get `include_bias: true` and zero biases where the source has none, which keeps the
+///   function exact. Tensors keep the source's dtype and bytes (after a --split cluster permutation).
+/// - `config.yaml`: the model section of an OLMo training config, with `load_path` set to DST.
+/// - the source's tokenizer and other auxiliary files, copied.
+extension UpcyclePlan {
+    static let olmoModelTypes = ["llama", "mistral", "qwen2"]
+
+    func writeOLMo(to destination: String, force: Bool,
+                   progress: @escaping @Sendable (ConversionProgress) -> Void) throws(VFFNError) -> ConversionSummary {
+        let configPath = source.configPath
+        let modelType = source.config["model_type"]?.stringValue ?? "?"
+        guard Self.olmoModelTypes.contains(modelType) else {
+            throw .usage("--output-format olmo takes Llama-family sources (\(Self.olmoModelTypes.joined(separator: ", "))); this is model_type \(modelType)")
+        }
+        let c = try Llama.Config(source.config, path: configPath)
+        guard c.headDim * c.numHeads == c.hiddenSize else {
+            throw .badInput(configPath, "head_dim \(c.headDim) x \(c.numHeads) heads != hidden_size \(c.hiddenSize); OLMo derives head_dim as d_model / n_heads")
+        }
+        guard c.ropeType == "default" || c.ropeType == "dynamic" else {
+            throw .badInput(configPath, "rope type \"\(c.ropeType)\" has no OLMo equivalent (OLMo's rotary embedding is unscaled)")
+        }
+        guard c.ropeTheta.rounded() == c.ropeTheta, c.ropeTheta > 0, c.ropeTheta < 1e15 else {
+            throw .badInput(configPath, "rope_theta \(c.ropeTheta) is not a positive integer, as OLMo's rope_theta must be")
+        }
+        // OLMo attends to every earlier position: a sliding window is the same function only for
+        // sequences no longer than the window, so the sequence length is capped there.
+        var notes: [String] = []
+        var maxSequence = c.maxPositionEmbeddings ?? 2048
+        if let window = c.slidingWindows.compactMap({ $0 }).min(), window < maxSequence {
+            notes.append("\(modelType) attends within a sliding window of \(window); OLMo has none, so max_sequence_length is \(window), where the two agree")
+            maxSequence = window
+        }
+
+        let layersPrefix = layout.sites.map { String($0.prefix.dropLast(".mlp".count)) }
+        let base = layersPrefix.first.map { p in String(p[..<p.range(of: "layers.", options: .backwards)!.lowerBound]) } ?? "model."
+        let permuted = permutedTensors
+        var used = Set<String>()
+        func part(_ name: String) throws(VFFNError) -> (info: TensorInfo, bytes: TensorBytes) {
+            guard let info = source.info(name), let shard = source.shard(of: name) else {
+                throw .badInput(source.path, "has no tensor \"\(name)\", which the OLMo layout needs")
+            }
+            used.insert(name)
+            return (info, try outputBytes(info, in: shard, permuted: permuted))
+        }
+        let includeBias = c.qkvBias || c.outputBias || c.mlpBias
+        /// A weight made of `names` stacked by rows, and its bias (the sources' biases, or zeros).
+        func fused(_ olmoName: String, _ names: [String], hasBias: Bool) throws(VFFNError) -> [TorchCheckpointWriter.Tensor] {
+            let parts = try names.map { n throws(VFFNError) in try part(n + ".weight") }
+            let dtype = parts[0].info.dtype
+            guard parts.allSatisfy({ $0.info.dtype == dtype && $0.info.shape.count == 2 && $0.info.shape[1] == parts[0].info.shape[1] }) else {
+                throw .badInput(source.path, "\(names.joined(separator: ", ")) differ in dtype or input width, so they cannot be fused into \(olmoName)")
+            }
+            let rows = parts.reduce(0) { $0 + $1.info.shape[0] }
+            var out = [TorchCheckpointWriter.Tensor(name: olmoName + ".weight", dtype: dtype, shape: [rows, parts[0].info.shape[1]], parts: parts.map(\.bytes))]
+            if includeBias {
+                var biasParts: [TensorBytes] = []
+                for (n, p) in zip(names, parts) {
+                    if hasBias {
+                        let b = try part(n + ".bias")
+                        guard b.info.dtype == dtype, b.info.shape == [p.info.shape[0]] else {
+                            throw .badInput(source.path, "\(n).bias has dtype \(b.info.dtype.rawValue) shape \(b.info.shape), expected \(dtype.rawValue) [\(p.info.shape[0])]")
+                        }
+                        biasParts.append(b.bytes)
+                    } else {
+                        biasParts.append(.owned([UInt8](repeating: 0, count: p.info.shape[0] * dtype.bitSize / 8)))
+                    }
+                }
+                out.append(.init(name: olmoName + ".bias", dtype: dtype, shape: [rows], parts: biasParts))
+            }
+            return out
+        }
+        func copied(_ olmoName: String, _ name: String) throws(VFFNError) -> TorchCheckpointWriter.Tensor {
+            let p = try part(name)
+            return .init(name: olmoName, dtype: p.info.dtype, shape: p.info.shape, parts: [p.bytes])
+        }
+
+        var tensors = [try copied("transformer.wte.weight", base + "embed_tokens.weight")]
+        let d = layout.hiddenSize
+        for (i, (layer, gates)) in zip(layersPrefix, layers).enumerated() {
+            let block = "transformer.blocks.\(i)."
+            tensors += try fused(block + "att_proj", ["q", "k", "v"].map { layer + ".self_attn.\($0)_proj" }, hasBias: c.qkvBias)
+            tensors += try fused(block + "attn_out", [layer + ".self_attn.o_proj"], hasBias: c.outputBias)
+            tensors += try fused(block + "ff_proj", [layer + ".mlp.up_proj", layer + ".mlp.gate_proj"], hasBias: c.mlpBias)
+            tensors += try fused(block + "ff_out", [layer + ".mlp.down_proj"], hasBias: c.mlpBias)
+            tensors.append(try copied(block + "attn_norm.weight", layer + ".input_layernorm.weight"))
+            tensors.append(try copied(block + "ff_norm.weight", layer + ".post_attention_layernorm.weight"))
+            tensors.append(.init(name: block + "expert_gate.weight", dtype: gates.dtype, shape: [numExperts, d],
+                                 parts: [.owned(FloatCodec.encode(gates.expertGate, as: gates.dtype))]))
+            tensors.append(.init(name: block + "depth_predictor.weight", dtype: gates.dtype, shape: [maxDepth, d],
+                                 parts: [.owned(FloatCodec.encode(gates.depthPredictor, as: gates.dtype))]))
+        }
+        tensors.append(try copied("transformer.ln_f.weight", base + "norm.weight"))
+        if c.tieWordEmbeddings {
+            used.insert("lm_head.weight") // a tied head saved anyway is the embedding again
+        } else {
+            let head = try copied("transformer.ff_out.weight", "lm_head.weight")
+            tensors.append(head)
+            if includeBias {
+                tensors.append(.init(name: "transformer.ff_out.bias", dtype: head.dtype, shape: [head.shape[0]],
+                                     parts: [.owned([UInt8](repeating: 0, count: head.shape[0] * head.dtype.bitSize / 8))]))
+            }
+        }
+        // Rotary caches are recomputed by OLMo; anything else would be silently lost.
+        let left = source.tensorNames.filter { !used.contains($0) && !$0.hasSuffix("rotary_emb.inv_freq") }
+        guard left.isEmpty else {
+            throw .badInput(source.path, "tensor \"\(left[0])\" has no place in an OLMo checkpoint\(left.count > 1 ? " (and \(left.count - 1) more)" : "")")
+        }
+
+        let output = try AtomicOutput(destination: destination, force: force, directory: true)
+        let dir = output.temporary
+        let totalSize = tensors.reduce(0) { $0 + $1.parts.reduce(0) { $0 + $1.count } }
+        let meter = ProgressMeter(ConversionProgress(tensorsTotal: tensors.count, bytesTotal: totalSize), report: progress)
+        try TorchCheckpointWriter.write(tensors, top: "model", to: dir + "/model.pt") { meter.add(tensors: 1, bytes: $0) }
+        let finalPath = URL(fileURLWithPath: output.destination).standardizedFileURL.path
+        let yaml = olmoConfigYAML(c, modelType: modelType, includeBias: includeBias, maxSequence: maxSequence, loadPath: finalPath)
+        let f = try OutputFile(path: dir + "/config.yaml")
+        try f.write(yaml)
+        try f.finish()
+        let auxiliary = source.auxiliaryFiles().filter { $0 != "config.yaml" && $0 != "model.pt" }
+        for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
+        try output.commit()
+        let gateCount = 2 * layers.count
+        return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: 1,
+                                 copiedTensors: used.count, copiedBytes: totalSize, gateTensors: gateCount,
+                                 totalSize: totalSize, auxiliaryFiles: auxiliary,
+                                 sourceNotes: source.notes + notes + Self.skippedNote(source.otherWeightFiles()))
+    }
+
+    /// The `model` section OLMo's trainer needs to rebuild this network, and `load_path`.
+    func olmoConfigYAML(_ c: Llama.Config, modelType: String, includeBias: Bool, maxSequence: Int, loadPath: String) -> String {
+        func token(_ key: String) -> String {
+            let v = source.config[key]
+            return (v?.intValue ?? v?.arrayValue?.first?.intValue).map(String.init) ?? "null"
+        }
+        let eos = token("eos_token_id"), pad = token("pad_token_id")
+        let eps = source.config["rms_norm_eps"]?.doubleValue ?? 1e-6
+        return """
+        # OLMo config fragment written by \(Self.toolVersion) from \(source.path) (model_type \(modelType)).
+        # Merge it into a training config: `load_path` starts training from this directory's
+        # model.pt (unsharded), with a fresh optimizer and trainer state. Per block, model.pt holds
+        # att_proj = [q; k; v], ff_proj = [up; gate], ff_out = down, attn_out, attn_norm, ff_norm,
+        # and the VersatileFFN gates expert_gate [num_experts, d_model] and depth_predictor
+        # [max_depth, d_model], which a VersatileFFN block reads with the settings below.
+        model:
+          d_model: \(c.hiddenSize)
+          n_heads: \(c.numHeads)
+          n_kv_heads: \(c.numKVHeads)
+          n_layers: \(c.numLayers)
+          mlp_hidden_size: \(2 * c.intermediateSize)  # ff_proj rows; SwiGLU halves it to \(c.intermediateSize)
+          activation_type: swiglu
+          block_type: sequential
+          alibi: false
+          rope: true
+          rope_theta: \(Int(c.ropeTheta))
+          rope_full_precision: true
+          flash_attention: false
+          attention_layer_norm: false
+          clip_qkv: null
+          include_bias: \(includeBias)
+          bias_for_layer_norm: false
+          layer_norm_type: rms
+          layer_norm_with_affine: true
+          layer_norm_eps: \(Self.yamlFloat(eps))
+          attention_dropout: 0.0
+          residual_dropout: 0.0
+          embedding_dropout: 0.0
+          max_sequence_length: \(maxSequence)
+          vocab_size: \(c.vocabSize)
+          embedding_size: \(c.vocabSize)
+          weight_tying: \(c.tieWordEmbeddings)
+          eos_token_id: \(eos)
+          pad_token_id: \(pad == "null" ? eos : pad)
+          init_device: meta
+          versatile_ffn:
+            num_experts: \(numExperts)
+            top_k: \(topK)
+            max_depth: \(maxDepth)
+        load_path: \(Self.yamlString(loadPath))
+        reset_optimizer_state: true
+        reset_trainer_state: true
+
+        """
+    }
+
+    /// A float YAML 1.1 readers (PyYAML, omegaconf) take as a float: they need a '.' before an exponent.
+    static func yamlFloat(_ v: Double) -> String {
+        var s = "\(v)"
+        if !s.contains("."), let e = s.firstIndex(where: { $0 == "e" || $0 == "E" }) { s.insert(contentsOf: ".0", at: e) }
+        return s
+    }
+
+    static func yamlString(_ s: String) -> String {
+        "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+}
