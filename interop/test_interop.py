@@ -65,6 +65,7 @@ REMOTE_CODE_CASES = [
     ("gpt2-noprefix-f16", "AutoModelForCausalLM", ["--split", "cluster"]),
     ("bert-tiny", "AutoModel", []),
     ("bert-noprefix-bf16", "AutoModel", ["--experts", "4", "--max-depth", "3"]),
+    ("gguf/llama-gqa-q8_0.gguf", "AutoModelForCausalLM", []),
 ]
 
 
@@ -143,6 +144,15 @@ class RemoteCodeTests(unittest.TestCase):
                 before = gate.detach().clone()
                 torch.optim.AdamW(model.parameters(), lr=1e-3).step()
                 self.assertFalse(torch.equal(before, gate.detach()), "the optimizer step left the gate unchanged")
+
+                # What the trainer saves is again a checkpoint this tool runs and verifies.
+                saved = Path(tmp) / "trained"
+                model.save_pretrained(saved)
+                tool("verify", saved)
+                model.eval()
+                with torch.no_grad():
+                    trained = self.output(model, TOKENS).numpy()
+                self.assertLess(relative_error(trained, run_tokens(saved, tmp)), TOLERANCE)
 
     def test_depth_temperature_schedule(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -245,6 +255,7 @@ OLMO_CASES = [
     ("qwen2-bf16-tied", [], TOKENS),
     # Mistral's sliding window (4 here) caps max_sequence_length, so four tokens.
     ("mistral-f16", ["--max-depth", "2"], TOKENS[:4]),
+    ("gguf/qwen2-bf16.gguf", [], TOKENS),
 ]
 
 

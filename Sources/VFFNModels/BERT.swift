@@ -152,7 +152,7 @@ public enum BERT: Architecture {
                 activation: c.activation)
             sublayers.append(FFNSublayer(placement: .postNorm, norm: try l.scope("output.LayerNorm").layerNorm(count: d, eps: eps), ffn: ffn))
         }
-        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I)
+        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I, basePrefixes: ["bert"])
         try store.requireAllUsed()
         return Model(config: c, wordEmbedding: words, positionEmbedding: positions, tokenTypeEmbedding: types,
                      embeddingNorm: embeddingNorm, layers: layers, ffnSublayers: sublayers, versatileLayers: versatile)

@@ -148,7 +148,7 @@ public enum GPT2: Architecture {
         }
         let finalNorm = try root.scope("ln_f").layerNorm(count: d, eps: c.layerNormEps)
         let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: wte)
-        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I)
+        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I, basePrefixes: ["transformer"])
         try store.requireAllUsed()
         return Model(config: c, tokenEmbedding: wte, positionEmbedding: wpe, layers: layers, ffnSublayers: sublayers,
                      versatileLayers: versatile, finalNorm: finalNorm, lmHead: lmHead)

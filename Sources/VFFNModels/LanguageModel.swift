@@ -201,7 +201,12 @@ func checkSites(_ sites: [FFNSite], in checkpoint: Checkpoint) throws(VFFNError)
 }
 
 /// The gates named in config.json's `versatile_ffn`, wrapped around each layer's sub-layer.
-func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int) throws(VFFNError) -> [VersatileFFNLayer]? {
+/// `basePrefixes` are the architecture's base-model prefixes ("transformer", "bert"): a checkpoint
+/// saved again through another class (GPT2LMHeadModel adds `transformer.`, BertModel drops
+/// `bert.`, as a transformers trainer does on save) holds the gates under the other spelling
+/// than config.json records, and they are found there.
+func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int,
+                         basePrefixes: [String] = []) throws(VFFNError) -> [VersatileFFNLayer]? {
     let path = store.checkpoint.configPath
     guard let s = try VersatileFFNSettings.read(from: store.checkpoint.config, path: path) else { return nil }
     guard I % s.numExperts == 0 else {
@@ -211,11 +216,20 @@ func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenS
     guard gates.map(\.layer) == Array(sublayers.indices) else {
         throw .badInput(path, "versatile_ffn.gate_tensors must name each of layers 0..<\(sublayers.count) once")
     }
+    func resolve(_ name: String) -> String {
+        let checkpoint = store.checkpoint
+        if checkpoint.contains(name) { return name }
+        for p in basePrefixes {
+            if name.hasPrefix(p + "."), checkpoint.contains(String(name.dropFirst(p.count + 1))) { return String(name.dropFirst(p.count + 1)) }
+            if checkpoint.contains(p + "." + name) { return p + "." + name }
+        }
+        return name // reported missing by the store
+    }
     return try gates.map { (g) throws(VFFNError) in
         VersatileFFNLayer(
             sublayer: sublayers[g.layer],
-            expertGate: Linear(weight: try store.floats(g.expertGate, shape: [s.numExperts, d]), outFeatures: s.numExperts, inFeatures: d),
-            depthPredictor: Linear(weight: try store.floats(g.depthPredictor, shape: [s.maxDepth, d]), outFeatures: s.maxDepth, inFeatures: d),
+            expertGate: Linear(weight: try store.floats(resolve(g.expertGate), shape: [s.numExperts, d]), outFeatures: s.numExperts, inFeatures: d),
+            depthPredictor: Linear(weight: try store.floats(resolve(g.depthPredictor), shape: [s.maxDepth, d]), outFeatures: s.maxDepth, inFeatures: d),
             topK: s.topK)
     }
 }

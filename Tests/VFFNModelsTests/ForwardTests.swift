@@ -78,6 +78,27 @@ import VFFNModels
         #expect(a.data == b.data)
     }
 
+    /// A trainer saving through another class respells the base prefix (GPT2LMHeadModel adds
+    /// `transformer.`, BertModel drops `bert.`) while config.json keeps the gate names it had:
+    /// the gates are found under the new spelling, and the model computes the same.
+    @Test(arguments: [("gpt2-noprefix-vffn", "+transformer."), ("bert-tiny-vffn", "-bert.")])
+    func gatesFollowARespelledBasePrefix(fixture: String, respelling: String) throws {
+        let dir = makeTemporaryDirectory() + "/resaved"
+        try copyDirectory(Fixtures.path(fixture), to: dir)
+        let prefix = String(respelling.dropFirst()), adding = respelling.hasPrefix("+")
+        try rewriteTensors(dir) { info, bytes in
+            // BertModel keeps no pre-training heads (cls.*); GPT2LMHeadModel's head is outside the base model.
+            let name = adding ? (info.name == "lm_head.weight" ? info.name : prefix + info.name)
+                              : (info.name.hasPrefix(prefix) ? String(info.name.dropFirst(prefix.count)) : nil)
+            return name.map { TensorRecord(name: $0, dtype: info.dtype, shape: info.shape, bytes: .owned(bytes)) }
+        }
+        let resaved = try Checkpoint(path: dir)
+        #expect(resaved.contains(adding ? "transformer.h.0.mlp.expert_gate.weight" : "encoder.layer.0.expert_gate.weight"))
+        let a = try Architectures.load(resaved).forward(Fixtures.tokens, mode: .versatile(), trace: false).output
+        let b = try Architectures.load(Checkpoint(path: Fixtures.path(fixture))).forward(Fixtures.tokens, mode: .versatile(), trace: false).output
+        #expect(a.data == b.data)
+    }
+
     @Test func depthLimitOneIsExactlyDense() throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path("llama-gqa-vffn")))
         let a = try model.forward(Fixtures.tokens, mode: .versatile(depthLimit: 1), trace: true)
