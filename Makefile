@@ -102,7 +102,7 @@ fuzz: deps
 # Converts the shipped tiny Llama (GQA, 4 shards), then verifies the result against it.
 demo: build
 	@mkdir -p out
-	./.build/release/vffn-convert convert $(DEMO_SRC) $(DEMO_DST) --experts 8 --top-k 2 --max-depth 4 --force
+	./.build/release/vffn-convert convert $(DEMO_SRC) $(DEMO_DST) --experts 8 --top-k 2 --max-depth 4 --emit-modeling --force
 	./.build/release/vffn-convert verify $(DEMO_DST) --source $(DEMO_SRC)
 
 # Regenerates fixtures/ (needs torch and transformers; see fixtures/generate.py).

@@ -58,8 +58,9 @@ def _pass_through(norm):
 
 class _VersatileFFNMixin:
     """The routing, depth and mix shared by the pre-norm and post-norm forms. A subclass supplies
-    `_neurons(x)` (the FFN's intermediate activations a, [.., I], and the FFN input), `_project(a)`
-    (the output projection without its bias), `_out_bias`, `_dropout` and `_sublayer(x)`."""
+    `_neurons(h)` (the FFN's intermediate activations a, [.., I]), `_project(a)` (the output
+    projection without its bias), `_out_bias`, `_dropout`, `_sublayer(x)` (S) and
+    `_width(x, chosen, weights)`."""
 
     def _init_gates(self, config, hidden_size, intermediate_size):
         settings = config.versatile_ffn
@@ -114,23 +115,21 @@ class _VersatileFFNMixin:
 
     def _versatile(self, x):
         chosen, weights = self._route(x)
-        x_width = self._width(x, chosen, weights)
+        # The width path already has the FFN's activations at x, which make the first loop too.
+        x_width, y = self._width(x, chosen, weights)
         loop_weights, m = self._depth_weights(x)
+        outputs = [y]
+        for _ in range(self.max_depth - 1):
+            y = self._sublayer(y)
+            outputs.append(y)
         if not self.training:
             # Only the chosen loop count's output is used; selecting it (rather than weighting all
             # D outputs by 0 and 1) keeps the result exact.
-            outputs, y = [], x
-            for _ in range(self.max_depth):
-                y = self._sublayer(y)
-                outputs.append(y)
             stacked = torch.stack(outputs, dim=-2)
             index = loop_weights.argmax(dim=-1, keepdim=True).unsqueeze(-1).expand(*x.shape[:-1], 1, x.shape[-1])
             x_depth = stacked.gather(-2, index).squeeze(-2)
         else:
-            x_depth, y = torch.zeros_like(x), x
-            for loop in range(self.max_depth):
-                y = self._sublayer(y)
-                x_depth = x_depth + loop_weights[..., loop : loop + 1] * y
+            x_depth = sum(loop_weights[..., loop : loop + 1] * out for loop, out in enumerate(outputs))
         return (1 - m) * x_depth + m * x_width
 
 
@@ -175,10 +174,10 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         return x + self._f_from(self._neurons(self.norm.normalize(x)))
 
     def _width(self, x, chosen, weights):
-        # The k sub-layers share x and norm(x), and their weights sum to 1, so
-        # sum_i w_i (x + f_{j_i}(h)) = x + b + W_out (a * mask): one product instead of k.
+        """(x_width, S(x)). The k sub-layers share x and norm(x), and their weights sum to 1, so
+        sum_i w_i (x + f_{j_i}(h)) = x + b + W_out (a * mask): one product instead of k."""
         a = self._neurons(self.norm.normalize(x))
-        return x + self._f_from(a * self._expert_mask(chosen, weights))
+        return x + self._f_from(a * self._expert_mask(chosen, weights)), x + self._f_from(a)
 
     def forward(self, x):
         return self._versatile(x) - x
@@ -205,13 +204,13 @@ class _PostNormVersatileLayer(_VersatileFFNMixin):
         return self.output.LayerNorm(x + self._f_from(self._neurons(x)))
 
     def _width(self, x, chosen, weights):
-        # LayerNorm is not linear, so each chosen sub-layer is computed on its own.
+        """(x_width, S(x)). LayerNorm is not linear, so each chosen sub-layer is computed on its own."""
         a = self._neurons(x)
         out = torch.zeros_like(x)
         for i in range(self.top_k):
             mask = self._expert_mask(chosen[..., i : i + 1], torch.ones_like(weights[..., i : i + 1]))
             out = out + weights[..., i : i + 1] * self.output.LayerNorm(x + self._f_from(a * mask))
-        return out
+        return out, self.output.LayerNorm(x + self._f_from(a))
 
     def feed_forward_chunk(self, attention_output):
         return self._versatile(attention_output)
