@@ -4,6 +4,7 @@
     peers.py make-llama DIR --hidden H --layers L --intermediate I --vocab V --heads N --kv K [--shard SIZE]
     peers.py safetensors-copy SRC DST      # load every shard with safetensors and save it again
     peers.py forward DIR --tokens N        # transformers eager float32 forward on CPU, one sequence
+    peers.py olmo-export SRC DST           # safetensors load, OLMo's fusing (torch.cat), torch.save
 """
 import argparse
 import json
@@ -43,6 +44,32 @@ def safetensors_copy(a):
             shutil.copy(src, os.path.join(a.dst, f))
 
 
+def olmo_export(a):
+    """What `convert --output-format olmo` does, the way a Python script would: every tensor in
+    memory, q/k/v and up/gate concatenated, one torch.save (no fsync, as torch.save does not)."""
+    import torch
+    from safetensors.torch import load_file
+    source = {}
+    for f in sorted(os.listdir(a.src)):
+        if f.endswith(".safetensors"):
+            source.update(load_file(os.path.join(a.src, f)))
+    config = json.load(open(os.path.join(a.src, "config.json")))
+    out = {"transformer.wte.weight": source["model.embed_tokens.weight"]}
+    for i in range(config["num_hidden_layers"]):
+        l, b = f"model.layers.{i}.", f"transformer.blocks.{i}."
+        out[b + "att_proj.weight"] = torch.cat([source[l + f"self_attn.{p}_proj.weight"] for p in "qkv"])
+        out[b + "attn_out.weight"] = source[l + "self_attn.o_proj.weight"]
+        out[b + "ff_proj.weight"] = torch.cat([source[l + "mlp.up_proj.weight"], source[l + "mlp.gate_proj.weight"]])
+        out[b + "ff_out.weight"] = source[l + "mlp.down_proj.weight"]
+        out[b + "attn_norm.weight"] = source[l + "input_layernorm.weight"]
+        out[b + "ff_norm.weight"] = source[l + "post_attention_layernorm.weight"]
+    out["transformer.ln_f.weight"] = source["model.norm.weight"]
+    out["transformer.ff_out.weight"] = source["lm_head.weight"]
+    shutil.rmtree(a.dst, ignore_errors=True)
+    os.makedirs(a.dst)
+    torch.save(out, os.path.join(a.dst, "model.pt"))
+
+
 def forward(a):
     started = time.perf_counter()
     import torch
@@ -70,5 +97,8 @@ if __name__ == "__main__":
     f = sub.add_parser("forward")
     f.add_argument("dir")
     f.add_argument("--tokens", type=int, default=256)
+    o = sub.add_parser("olmo-export")
+    o.add_argument("src")
+    o.add_argument("dst")
     a = ap.parse_args()
-    {"make-llama": make_llama, "safetensors-copy": safetensors_copy, "forward": forward}[a.cmd](a)
+    {"make-llama": make_llama, "safetensors-copy": safetensors_copy, "forward": forward, "olmo-export": olmo_export}[a.cmd](a)

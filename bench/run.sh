@@ -5,6 +5,7 @@
 #
 #   convert a 1.3 GB Llama (f32, 5 shards)  vs  cp -r,  a safetensors load+save copy
 #   run 256 tokens on a 125M Llama (f32)    vs  transformers eager forward (whole process)
+#   export it to OLMo's model.pt            vs  the same fusing in Python + torch.save
 #
 # Timings are the median of REPEAT runs with warm page caches (every tool reads the same
 # cached files); peak RSS is GNU time's maximum resident set size.
@@ -51,6 +52,8 @@ read -r t_cps m_cps < <(measure sh -c "cp -r '$BIG' '$WORK/out' && sync")
 read -r t_st m_st < <(measure "$PY" bench/peers.py safetensors-copy "$BIG" "$WORK/out")
 read -r t_cv m_cv < <(measure "$TOOL" convert "$BIG" "$WORK/out" --quiet)
 read -r t_cvn m_cvn < <(measure "$TOOL" convert "$BIG" "$WORK/out" --quiet --no-fsync)
+read -r t_op m_op < <(measure "$PY" bench/peers.py olmo-export "$BIG" "$WORK/out")
+read -r t_ov m_ov < <(measure "$TOOL" convert "$BIG" "$WORK/out" --output-format olmo --quiet --no-fsync)
 read -r t_run m_run < <(measure "$TOOL" run "$SMALL" --tokens "$TOKENS" --out "$WORK/out.npy" --dense)
 read -r t_py m_py < <(measure "$PY" bench/peers.py forward "$SMALL" --tokens 256)
 inner=$("$PY" bench/peers.py forward "$SMALL" --tokens 256 2>/dev/null)
@@ -73,6 +76,8 @@ row "$TASK" "cp -r && sync (peer, durable)" "$t_cps" "$m_cps" "$(gbps "$t_cps")"
 row "$TASK" "safetensors load+save, Python (peer)" "$t_st" "$m_st" "$(gbps "$t_st")" "$(ratio "$t_st" "$t_cp") of cp"
 row "$TASK" "vffn-convert convert --no-fsync" "$t_cvn" "$m_cvn" "$(gbps "$t_cvn")" "$(ratio "$t_cvn" "$t_cp") of cp"
 row "$TASK" "vffn-convert convert (fsync, the default)" "$t_cv" "$m_cv" "$(gbps "$t_cv")" "$(ratio "$t_cv" "$t_cps") of cp+sync, $(ratio "$t_cv" "$t_st") of safetensors"
+row "export to OLMo model.pt" "safetensors + torch.cat + torch.save (peer)" "$t_op" "$m_op" "$(gbps "$t_op")" "1.00x"
+row "export to OLMo model.pt" "vffn-convert convert --output-format olmo --no-fsync" "$t_ov" "$m_ov" "$(gbps "$t_ov")" "$(ratio "$t_ov" "$t_op") of torch.save"
 row "forward, 256 tokens, whole process" "transformers eager f32, python (peer)" "$t_py" "$m_py" "-" "1.00x"
 row "forward, 256 tokens, whole process" "vffn-convert run --dense" "$t_run" "$m_run" "-" "$(ratio "$t_run" "$t_py") of transformers"
 echo
