@@ -30,6 +30,7 @@ test: deps
 # CUDA wheels, 1-2 minutes). pip is retried once: a registry hiccup is not a test failure.
 INTEROP_VENV := .build/interop/venv
 INTEROP_PACKAGES := torch==2.15.0 transformers==5.23.0 numpy safetensors pyyaml
+INTEROP_TF4 := .build/interop/transformers4
 
 test-interop: build
 	@if ! $(INTEROP_VENV)/bin/python -c "import torch, transformers, yaml" 2>/dev/null; then \
@@ -39,6 +40,11 @@ test-interop: build
 	fi
 	HF_HOME=$(CURDIR)/.build/interop/hf HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert \
 	  $(INTEROP_VENV)/bin/python -m unittest -v interop/test_interop.py
+	@# The remote code again under transformers 4, which reads configs differently (rope_theta).
+	@test -d $(INTEROP_TF4)/transformers || $(INTEROP_VENV)/bin/pip install --quiet --target $(INTEROP_TF4) transformers==4.46.3 \
+	  || $(INTEROP_VENV)/bin/pip install --quiet --target $(INTEROP_TF4) transformers==4.46.3
+	PYTHONPATH=$(INTEROP_TF4) HF_HOME=$(CURDIR)/.build/interop/hf4 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 \
+	  VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert $(INTEROP_VENV)/bin/python -m unittest -v interop.test_interop.RemoteCodeTests
 
 # Speed and memory against named peers in the same run (bench/run.sh); needs PyPI once.
 bench: build

@@ -84,8 +84,10 @@ class RemoteCodeTests(unittest.TestCase):
         return dst
 
     def load(self, dst, auto_class):
+        # transformers 4 calls the dtype argument torch_dtype.
+        dtype = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
         model, info = getattr(transformers, auto_class).from_pretrained(
-            dst, trust_remote_code=True, dtype=torch.float32, output_loading_info=True)
+            dst, trust_remote_code=True, output_loading_info=True, **dtype)
         self.assertEqual(sorted(info["missing_keys"]), [], "tensors the remote-code model did not find")
         unexpected = [k for k in info["unexpected_keys"] if "expert_gate" in k or "depth_predictor" in k or "mlp" in k]
         self.assertEqual(unexpected, [], "gate or FFN tensors the remote-code model did not use")
@@ -110,7 +112,7 @@ class RemoteCodeTests(unittest.TestCase):
                 with torch.no_grad():
                     actual = self.output(model, TOKENS).numpy()
                 error = relative_error(actual, expected)
-                print(f"  {fixture}: remote code vs vffn-convert run, relative error {error:.2e}")
+                print(f"  {fixture}: remote code (transformers {transformers.__version__}) vs vffn-convert run, relative error {error:.2e}")
                 self.assertLess(error, TOLERANCE)
 
     def test_one_training_step(self):

@@ -27,6 +27,7 @@
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
@@ -239,6 +240,19 @@ def install_versatile_ffn(model, config, family):
         layer.mlp = PreNormVersatileFFN(config, layer.mlp, norm, family)
 
 
+def _rope_settings_for_transformers_4(config):
+    """transformers 5 writes the rotary settings into `rope_parameters`, which transformers 4 does
+    not read: it would build the rotary embedding with its default theta (10000) and silently
+    compute another function. Copy them to where transformers 4 looks, before the model is built."""
+    params = getattr(config, "rope_parameters", None)
+    if int(transformers.__version__.split(".")[0]) >= 5 or not isinstance(params, dict):
+        return
+    if "rope_theta" in params:
+        config.rope_theta = params["rope_theta"]
+    if params.get("rope_type", "default") != "default" and getattr(config, "rope_scaling", None) is None:
+        config.rope_scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+
+
 class _VersatileModelMixin:
     def set_depth_temperature_step(self, step):
         """Sets the training step the Gumbel temperature is computed from, in every layer."""
@@ -249,24 +263,31 @@ class _VersatileModelMixin:
 
 class VersatileLlamaForCausalLM(_VersatileModelMixin, LlamaForCausalLM):
     def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "llama")
 
 
 class VersatileMistralForCausalLM(_VersatileModelMixin, MistralForCausalLM):
     def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "llama")
 
 
 class VersatileQwen2ForCausalLM(_VersatileModelMixin, Qwen2ForCausalLM):
     def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "llama")
 
 
 class VersatileGPT2LMHeadModel(_VersatileModelMixin, GPT2LMHeadModel):
     def __init__(self, config):
+        # transformers 4's SDPA attention for GPT-2 leaves out scale_attn_by_inverse_layer_idx
+        # (its eager attention applies it), so such models are built with eager attention there.
+        if int(transformers.__version__.split(".")[0]) < 5 and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+            config._attn_implementation = "eager"
         super().__init__(config)
         install_versatile_ffn(self, config, "gpt2")
 
