@@ -152,7 +152,18 @@ public final class OutputFile {
         }
     }
 
-    private func copyBuffered(_ src: Int32, from start: Int, count: Int, sourcePath: String) throws(VFFNError) {
+    /// Appends a region of another file through one bounded buffer, showing each chunk to
+    /// `observe` (a checksum) on the way. Memory stays flat however large the region: reading
+    /// through a mapping instead would count every page in the resident set.
+    public func copyThroughBuffer(_ region: FileRegion, observe: (UnsafeRawBufferPointer) -> Void) throws(VFFNError) {
+        let src = open(region.path, O_RDONLY | O_CLOEXEC)
+        guard src >= 0 else { throw .io(region.path, "cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(src) }
+        try copyBuffered(src, from: region.offset, count: region.count, sourcePath: region.path, observe: observe)
+    }
+
+    private func copyBuffered(_ src: Int32, from start: Int, count: Int, sourcePath: String,
+                              observe: (UnsafeRawBufferPointer) -> Void = { _ in }) throws(VFFNError) {
         var buffer = [UInt8](repeating: 0, count: min(count, 1 << 22))
         var done = 0
         while done < count {
@@ -160,7 +171,13 @@ public final class OutputFile {
             let n = buffer.withUnsafeMutableBytes { pread(src, $0.baseAddress!, want, off_t(start + done)) }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw .io(sourcePath, n == 0 ? "ended early (truncated while copying?)" : "read failed: \(String(cString: strerror(errno)))") }
-            let chunk = buffer.withUnsafeBytes { b in Result { () throws(VFFNError) in try write(UnsafeRawBufferPointer(rebasing: b[0..<n])) } }
+            let chunk = buffer.withUnsafeBytes { b in
+                Result { () throws(VFFNError) in
+                    let bytes = UnsafeRawBufferPointer(rebasing: b[0..<n])
+                    observe(bytes)
+                    try write(bytes)
+                }
+            }
             try chunk.get()
             done += n
         }

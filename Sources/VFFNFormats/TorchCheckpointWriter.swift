@@ -1,9 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// Writes a flat state dict as `torch.save` does (the zip "version 3" layout of docs/FORMATS.md
 /// and formats.md section 3), so that `torch.load(path, weights_only=True)` reads it:
 ///
@@ -167,7 +161,8 @@ final class ZipWriter {
         var crc: UInt32 = 0
         for part in parts {
             if case let .region(region, _) = part {
-                crc = try copyChecksummed(region, crc: crc)
+                // Not through the mapping: the process's memory stays flat on any checkpoint size.
+                try file.copyThroughBuffer(region) { crc = CRC32.update(crc, $0) }
                 continue
             }
             try part.withBytes { b throws(VFFNError) in
@@ -186,34 +181,6 @@ final class ZipWriter {
         entry += nameBytes + leBytes(UInt16(1)) + leBytes(UInt16(24)) + leBytes(UInt64(size)) + leBytes(UInt64(size)) + leBytes(UInt64(headerOffset))
         central += entry
         count += 1
-    }
-
-    /// A source file's region, read through one bounded buffer rather than the mapping, so that
-    /// the process's memory stays flat however large the checkpoint (mapped pages that were
-    /// read would count in its resident set until the kernel reclaims them).
-    private func copyChecksummed(_ region: FileRegion, crc start: UInt32) throws(VFFNError) -> UInt32 {
-        let fd = open(region.path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .io(region.path, "cannot open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var crc = start
-        var buffer = [UInt8](repeating: 0, count: min(region.count, 1 << 22))
-        var done = 0
-        while done < region.count {
-            let want = min(buffer.count, region.count - done)
-            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, want, off_t(region.offset + done)) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw .io(region.path, n == 0 ? "ended early (truncated while copying?)" : "read failed: \(String(cString: strerror(errno)))") }
-            let chunk = buffer.withUnsafeBytes { b in
-                Result { () throws(VFFNError) -> UInt32 in
-                    let bytes = UnsafeRawBufferPointer(rebasing: b[0..<n])
-                    try file.write(bytes)
-                    return CRC32.update(crc, bytes)
-                }
-            }
-            crc = try chunk.get()
-            done += n
-        }
-        return crc
     }
 
     func finish() throws(VFFNError) {
