@@ -92,7 +92,7 @@ public enum SafeTensorsWriter {
 
         let file = try OutputFile(path: path)
         let length = UInt64(header.count)
-        try file.write((0..<8).map { UInt8(truncatingIfNeeded: length >> (8 * $0)) })
+        try file.write(littleEndianBytes(length))
         try file.write(header)
         for t in ordered {
             switch t.bytes {

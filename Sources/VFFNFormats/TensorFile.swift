@@ -190,3 +190,8 @@ final class DecodedCache: @unchecked Sendable {
 
     deinit { for b in buffers.values { b.baseAddress.map { $0.deallocate() } } }
 }
+
+/// `v` as the little-endian bytes every format here stores integers in.
+func littleEndianBytes<T: FixedWidthInteger>(_ v: T) -> [UInt8] {
+    withUnsafeBytes(of: v.littleEndian, Array.init)
+}

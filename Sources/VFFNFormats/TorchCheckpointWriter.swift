@@ -100,7 +100,7 @@ struct PickleWriter {
     mutating func string(_ s: String) {
         let bytes = Array(s.utf8)
         op(0x58) // BINUNICODE
-        out += leBytes(UInt32(bytes.count))
+        out += littleEndianBytes(UInt32(bytes.count))
         out += bytes
     }
 
@@ -108,12 +108,12 @@ struct PickleWriter {
         if v >= 0 && v < 1 << 8 {
             op(0x4B); out.append(UInt8(v)) // BININT1
         } else if v >= 0 && v < 1 << 16 {
-            op(0x4D); out += leBytes(UInt16(v)) // BININT2
+            op(0x4D); out += littleEndianBytes(UInt16(v)) // BININT2
         } else if v >= Int(Int32.min) && v <= Int(Int32.max) {
-            op(0x4A); out += leBytes(UInt32(bitPattern: Int32(v))) // BININT
+            op(0x4A); out += littleEndianBytes(UInt32(bitPattern: Int32(v))) // BININT
         } else {
             // LONG1: little-endian two's complement, 8 bytes is always enough for an Int.
-            op(0x8A); out.append(8); out += leBytes(UInt64(bitPattern: Int64(v)))
+            op(0x8A); out.append(8); out += littleEndianBytes(UInt64(bitPattern: Int64(v)))
         }
     }
 
@@ -124,10 +124,6 @@ struct PickleWriter {
         default: op(0x28); values.forEach { int($0) }; op(0x74) // MARK ... TUPLE
         }
     }
-}
-
-func leBytes<T: FixedWidthInteger>(_ v: T) -> [UInt8] {
-    (0..<(T.bitWidth / 8)).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) }
 }
 
 /// A zip archive written front to back with stored entries whose data starts on 64-byte
@@ -148,14 +144,14 @@ final class ZipWriter {
         let size = parts.reduce(0) { $0 + $1.count }
         let headerOffset = offset
         // ZIP64 extra (id 1): uncompressed and compressed size.
-        var extra: [UInt8] = leBytes(UInt16(1)) + leBytes(UInt16(16)) + leBytes(UInt64(size)) + leBytes(UInt64(size))
+        var extra: [UInt8] = littleEndianBytes(UInt16(1)) + littleEndianBytes(UInt16(16)) + littleEndianBytes(UInt64(size)) + littleEndianBytes(UInt64(size))
         let unpadded = headerOffset + 30 + nameBytes.count + extra.count + 4
         let pad = (64 - unpadded % 64) % 64
-        extra += [0x46, 0x42] + leBytes(UInt16(pad)) + [UInt8](repeating: 0x5A, count: pad) // "FB", then 'Z's
-        var local: [UInt8] = leBytes(UInt32(0x0403_4B50)) + leBytes(UInt16(45)) + leBytes(UInt16(0)) + leBytes(UInt16(0))
-        local += leBytes(UInt16(0)) + leBytes(UInt16(0x21)) // time 00:00, date 1980-01-01
-        local += leBytes(UInt32(0)) + leBytes(UInt32.max) + leBytes(UInt32.max) // CRC (patched below), sizes in the extra
-        local += leBytes(UInt16(nameBytes.count)) + leBytes(UInt16(extra.count)) + nameBytes + extra
+        extra += [0x46, 0x42] + littleEndianBytes(UInt16(pad)) + [UInt8](repeating: 0x5A, count: pad) // "FB", then 'Z's
+        var local: [UInt8] = littleEndianBytes(UInt32(0x0403_4B50)) + littleEndianBytes(UInt16(45)) + littleEndianBytes(UInt16(0)) + littleEndianBytes(UInt16(0))
+        local += littleEndianBytes(UInt16(0)) + littleEndianBytes(UInt16(0x21)) // time 00:00, date 1980-01-01
+        local += littleEndianBytes(UInt32(0)) + littleEndianBytes(UInt32.max) + littleEndianBytes(UInt32.max) // CRC (patched below), sizes in the extra
+        local += littleEndianBytes(UInt16(nameBytes.count)) + littleEndianBytes(UInt16(extra.count)) + nameBytes + extra
         try file.write(local)
         offset += local.count
         var crc: UInt32 = 0
@@ -172,13 +168,13 @@ final class ZipWriter {
         }
         offset += size
         try file.seek(to: headerOffset + 14)
-        try file.write(leBytes(crc))
+        try file.write(littleEndianBytes(crc))
         try file.seek(to: offset)
 
-        var entry: [UInt8] = leBytes(UInt32(0x0201_4B50)) + leBytes(UInt16(45)) + leBytes(UInt16(45)) + leBytes(UInt16(0)) + leBytes(UInt16(0))
-        entry += leBytes(UInt16(0)) + leBytes(UInt16(0x21)) + leBytes(crc) + leBytes(UInt32.max) + leBytes(UInt32.max)
-        entry += leBytes(UInt16(nameBytes.count)) + leBytes(UInt16(28)) + leBytes(UInt16(0)) + leBytes(UInt16(0)) + leBytes(UInt16(0)) + leBytes(UInt32(0)) + leBytes(UInt32.max)
-        entry += nameBytes + leBytes(UInt16(1)) + leBytes(UInt16(24)) + leBytes(UInt64(size)) + leBytes(UInt64(size)) + leBytes(UInt64(headerOffset))
+        var entry: [UInt8] = littleEndianBytes(UInt32(0x0201_4B50)) + littleEndianBytes(UInt16(45)) + littleEndianBytes(UInt16(45)) + littleEndianBytes(UInt16(0)) + littleEndianBytes(UInt16(0))
+        entry += littleEndianBytes(UInt16(0)) + littleEndianBytes(UInt16(0x21)) + littleEndianBytes(crc) + littleEndianBytes(UInt32.max) + littleEndianBytes(UInt32.max)
+        entry += littleEndianBytes(UInt16(nameBytes.count)) + littleEndianBytes(UInt16(28)) + littleEndianBytes(UInt16(0)) + littleEndianBytes(UInt16(0)) + littleEndianBytes(UInt16(0)) + littleEndianBytes(UInt32(0)) + littleEndianBytes(UInt32.max)
+        entry += nameBytes + littleEndianBytes(UInt16(1)) + littleEndianBytes(UInt16(24)) + littleEndianBytes(UInt64(size)) + littleEndianBytes(UInt64(size)) + littleEndianBytes(UInt64(headerOffset))
         central += entry
         count += 1
     }
@@ -188,14 +184,14 @@ final class ZipWriter {
         try file.write(central)
         offset += central.count
         let record64 = offset
-        var end: [UInt8] = leBytes(UInt32(0x0606_4B50)) + leBytes(UInt64(44)) + leBytes(UInt16(45)) + leBytes(UInt16(45)) + leBytes(UInt32(0)) + leBytes(UInt32(0))
-        end += leBytes(UInt64(count)) + leBytes(UInt64(count)) + leBytes(UInt64(central.count)) + leBytes(UInt64(directoryOffset))
-        end += leBytes(UInt32(0x0706_4B50)) + leBytes(UInt32(0)) + leBytes(UInt64(record64)) + leBytes(UInt32(1))
+        var end: [UInt8] = littleEndianBytes(UInt32(0x0606_4B50)) + littleEndianBytes(UInt64(44)) + littleEndianBytes(UInt16(45)) + littleEndianBytes(UInt16(45)) + littleEndianBytes(UInt32(0)) + littleEndianBytes(UInt32(0))
+        end += littleEndianBytes(UInt64(count)) + littleEndianBytes(UInt64(count)) + littleEndianBytes(UInt64(central.count)) + littleEndianBytes(UInt64(directoryOffset))
+        end += littleEndianBytes(UInt32(0x0706_4B50)) + littleEndianBytes(UInt32(0)) + littleEndianBytes(UInt64(record64)) + littleEndianBytes(UInt32(1))
         // The classic record keeps each value that fits, and 0xFF.. (see the ZIP64 record) otherwise.
         func fit16(_ v: Int) -> UInt16 { v < 0xFFFF ? UInt16(v) : .max }
         func fit32(_ v: Int) -> UInt32 { v < 0xFFFF_FFFF ? UInt32(v) : .max }
-        end += leBytes(UInt32(0x0605_4B50)) + leBytes(UInt16(0)) + leBytes(UInt16(0)) + leBytes(fit16(count)) + leBytes(fit16(count))
-        end += leBytes(fit32(central.count)) + leBytes(fit32(directoryOffset)) + leBytes(UInt16(0))
+        end += littleEndianBytes(UInt32(0x0605_4B50)) + littleEndianBytes(UInt16(0)) + littleEndianBytes(UInt16(0)) + littleEndianBytes(fit16(count)) + littleEndianBytes(fit16(count))
+        end += littleEndianBytes(fit32(central.count)) + littleEndianBytes(fit32(directoryOffset)) + littleEndianBytes(UInt16(0))
         try file.write(end)
         try file.finish()
     }

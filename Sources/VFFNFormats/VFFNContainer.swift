@@ -381,9 +381,9 @@ extension VFFNContainer {
         precondition(text.count <= reserved, "header grew past its reservation")
         text.append(contentsOf: repeatElement(0x20, count: dataStart - preambleSize - text.count))
         var preamble = magic
-        preamble += withUnsafeBytes(of: version.littleEndian, Array.init)
-        preamble += withUnsafeBytes(of: UInt32(0).littleEndian, Array.init)
-        preamble += withUnsafeBytes(of: UInt64(text.count).littleEndian, Array.init)
+        preamble += littleEndianBytes(version)
+        preamble += littleEndianBytes(UInt32(0))
+        preamble += littleEndianBytes(UInt64(text.count))
         try out.seek(to: 0)
         try out.write(preamble + text)
         try out.finish()

@@ -71,7 +71,7 @@ public enum Llama: Architecture {
             if ropeTheta.isNaN { ropeTheta = rope.params?["rope_theta"]?.doubleValue ?? 10000 }
             ropeType = rope.type
             maxPositionEmbeddings = (json["max_position_embeddings"]?.isNull ?? true) ? nil : try r.int("max_position_embeddings")
-            inverseFrequencies = try Self.inverseFrequencies(r, headDim: headDim, rope: rope)
+            inverseFrequencies = try Self.inverseFrequencies(r, headDim: headDim, theta: ropeTheta, rope: rope)
             maxPositions = rope.type == "dynamic" ? try r.int("max_position_embeddings") : nil
         }
 
@@ -114,10 +114,8 @@ public enum Llama: Architecture {
 
         /// `1 / theta^(2i/dim)` in f32 as transformers computes it, adjusted by the rope type for
         /// the types we implement.
-        static func inverseFrequencies(_ r: ConfigReader, headDim: Int, rope: (params: JSON?, type: String)) throws(VFFNError) -> [Float] {
+        static func inverseFrequencies(_ r: ConfigReader, headDim: Int, theta: Double, rope: (params: JSON?, type: String)) throws(VFFNError) -> [Float] {
             let params = rope.params
-            var theta = try r.double("rope_theta", default: .nan)
-            if theta.isNaN { theta = params?["rope_theta"]?.doubleValue ?? 10000 }
             let base = Float(theta)
             var inv = (0..<headDim / 2).map { i in 1 / powf(base, Float(2 * i) / Float(headDim)) }
             let type = rope.type
