@@ -29,7 +29,8 @@ public final class Checkpoint: @unchecked Sendable {
     /// reports; empty when every tensor is exactly as stored.
     public let notes: [String]
     private let route: [String: Int]
-    private let isDirectory: Bool
+    /// A Hugging Face directory, rather than one self-contained file (.vffn, GGUF).
+    public let isDirectory: Bool
 
     public init(path: String) throws(VFFNError) {
         self.path = path
@@ -41,6 +42,7 @@ public final class Checkpoint: @unchecked Sendable {
         let files: [any TensorFile]
         if isDirectory {
             configPath = path + "/config.json"
+            if !FileManager.default.fileExists(atPath: configPath) { throw Self.notACheckpointDirectory(path) }
             config = try Self.readJSON(configPath, what: "config.json")
             guard config.objectMembers != nil else { throw .badInput(configPath, "is not a JSON object") }
             (files, index) = try Self.openDirectoryWeights(path)
@@ -196,6 +198,8 @@ public final class Checkpoint: @unchecked Sendable {
     static func filesBelow(_ root: String, prefix: String = "") -> [String] {
         var out: [String] = []
         for name in ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).sorted() {
+            // The marker describes the directory this tool wrote; it is not part of the model.
+            if prefix.isEmpty && name == AtomicOutput.markerName { continue }
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: root + "/" + name, isDirectory: &isDir) else { continue }
             if isDir.boolValue {
@@ -235,6 +239,20 @@ public final class Checkpoint: @unchecked Sendable {
         }
         guard let data = FileManager.default.contents(atPath: path + "/" + name) else { throw .io(path + "/" + name, "cannot read") }
         return Array(data)
+    }
+
+    /// What a directory without config.json is, as far as we can tell.
+    static func notACheckpointDirectory(_ path: String) -> VFFNError {
+        let entries = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+        if entries.contains("config.yaml") && entries.contains("model.pt") {
+            return .badInput(path, "is an OLMo checkpoint (config.yaml + model.pt); inspect reads it, conversion needs a Hugging Face directory with config.json")
+        }
+        if entries.isEmpty { return .badInput(path, "is an empty directory, not a checkpoint (no config.json)") }
+        let below = entries.filter { FileManager.default.fileExists(atPath: path + "/" + $0 + "/config.json") }
+        if let sub = below.first {
+            return .badInput(path, "has no config.json, but \(sub)/ has one; pass \(path.hasSuffix("/") ? path : path + "/")\(sub)")
+        }
+        return .badInput(path, "has no config.json, so it is not a Hugging Face checkpoint directory")
     }
 
     public static func readJSON(_ path: String, what: String) throws(VFFNError) -> JSON {

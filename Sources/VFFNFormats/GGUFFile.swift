@@ -392,6 +392,13 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         }
     }
 
+    public func valueChange(_ info: TensorInfo) -> String? {
+        guard let i = index[info.name] else { return nil }
+        if stored[hfIndex[i]].type == 8 { return "Q8_0 dequantized to F32" }
+        if (try? permutedHeads(info.name)) != .some(nil) { return "rows un-permuted from llama.cpp's rotary layout" }
+        return nil
+    }
+
     public func storedRegion(_ info: TensorInfo) -> FileRegion? {
         guard let i = index[info.name], stored[hfIndex[i]].type != 8, (try? permutedHeads(info.name)) == .some(nil) else { return nil }
         return FileRegion(path: path, offset: stored[hfIndex[i]].range.lowerBound, count: stored[hfIndex[i]].range.count)

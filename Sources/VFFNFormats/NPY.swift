@@ -44,8 +44,8 @@ public enum NPY {
         return (values, shape)
     }
 
-    public static func write(_ values: [Float], shape: [Int], to path: String, force: Bool = true) throws(VFFNError) {
-        let out = try AtomicOutput(destination: path, force: force, directory: false)
+    public static func write(_ values: [Float], shape: [Int], to path: String, force: Bool = false, inputs: [String] = []) throws(VFFNError) {
+        let out = try AtomicOutput(destination: path, kind: .file, force: force, inputs: inputs, command: "run")
         let file = try OutputFile(path: out.temporary)
         try file.write(header(shape: shape, count: values.count))
         // Little-endian hosts hold f32 exactly as .npy stores it: write the values in place

@@ -17,6 +17,8 @@ public enum TensorFileFormat: String, Sendable {
     /// starts with a header length), so it is what remains when no other magic matches.
     public static func detect(path: String) throws(VFFNError) -> TensorFileFormat {
         let head = try MappedFile.readPrefix(path: path, count: 8)
+        if head.isEmpty { throw .badInput(path, "is empty (0 bytes), not a checkpoint") }
+        if head.starts(with: [0x93] + Array("NUMPY".utf8)) { throw .badInput(path, "is a .npy array (what run writes), not a checkpoint") }
         if head.starts(with: VFFNContainer.magic) { return .vffn }
         if head.starts(with: Array("GGUF".utf8)) { return .gguf }
         if head.starts(with: [0x50, 0x4B, 0x03, 0x04]) || head.starts(with: [0x50, 0x4B, 0x05, 0x06]) { return .pytorch }
@@ -32,6 +34,17 @@ public enum TensorFileFormat: String, Sendable {
         let shown = "\"" + String(decoding: head.prefix(4).map { (0x20..<0x7F).contains($0) ? $0 : UInt8(ascii: "?") }, as: UTF8.self) + "\""
         if path.hasSuffix(".gguf") { throw .badInput(path, "not a GGUF file: bad magic \(shown) (expected \"GGUF\")") }
         if path.hasSuffix(".vffn") { throw .badInput(path, "not a .vffn file (bad magic)") }
+        // A safetensors file starts with its header length as a u64, whose top byte is 0 for
+        // any header that fits in memory; text has no zero bytes. So text is named as text.
+        if head.count == 8, !head.contains(0) {
+            let first = head.first { ![0x20, 0x09, 0x0A, 0x0D, 0xEF, 0xBB, 0xBF].contains($0) }
+            if first == UInt8(ascii: "{") || first == UInt8(ascii: "[") {
+                throw .badInput(path, "is a JSON file, not a checkpoint; pass the directory that holds it")
+            }
+            if head.allSatisfy({ $0 >= 0x09 && $0 < 0x7F || $0 >= 0x80 }) {
+                throw .badInput(path, "is a text file, not a checkpoint (safetensors, GGUF, torch zip or .vffn)")
+            }
+        }
         return .safetensors
     }
 
@@ -65,10 +78,14 @@ public protocol TensorFile: AnyObject, Sendable {
     /// Where the tensor's bytes lie in the file exactly as `bytes` would return them, when
     /// they do (no decoding, no checksum to check first): a writer may copy them file to file.
     func storedRegion(_ info: TensorInfo) -> FileRegion?
+    /// How the presented values differ from the stored ones ("Q8_0 dequantized to F32"), or nil
+    /// when they are the stored values (decompressing or gathering a view changes no value).
+    func valueChange(_ info: TensorInfo) -> String?
 }
 
 extension TensorFile {
     public func storedRegion(_ info: TensorInfo) -> FileRegion? { nil }
+    public func valueChange(_ info: TensorInfo) -> String? { nil }
 }
 
 /// A whole file mapped read-only. Readers parse their headers from it through `ByteReader`,

@@ -1,4 +1,7 @@
 import VFFNFormats
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What a forward pass returns: logits for causal LMs, last hidden states for encoders.
 public enum OutputKind: String, Sendable {
@@ -40,6 +43,14 @@ extension LanguageModel {
         }
         if let limit = maxTokens, tokens.count > limit {
             throw .usage("\(tokens.count) tokens exceed the \(limit) positions this \(modelType) model covers")
+        }
+        // The output alone is [T, vocab] floats, and a few [T, hidden] activations live beside
+        // it: refuse what cannot fit in memory rather than abort while allocating it.
+        let perToken = (vocabSize + 16 * hiddenSize) * MemoryLayout<Float>.size
+        let memory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
+        if memory > 0, tokens.count > memory / 2 / perToken {
+            throw .usage("\(tokens.count) tokens need about \(tokens.count / 1_000_000 * perToken / 1_000 + 1) GB for this model's activations; "
+                         + "this machine has \(memory >> 30) GiB (at most \(memory / 2 / perToken) tokens at once)")
         }
     }
 

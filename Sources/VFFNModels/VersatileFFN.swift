@@ -31,12 +31,30 @@ public struct VersatileFFNSettings: Equatable, Sendable {
         self.gateTensors = gateTensors
     }
 
+    /// The largest loop count accepted. The paper uses a handful; every loop is a whole FFN pass
+    /// per token and a [D, d] predictor per layer, so past this a setting is a typo, and it is
+    /// refused before anything of that size is allocated.
+    public static let maxDepthLimit = 256
+
+    /// Legal settings that make a degenerate model, one line each.
+    public static func warnings(experts: Int, topK: Int, maxDepth: Int) -> [String] {
+        var out: [String] = []
+        if experts == 1 { out.append("1 sub-expert: the width path is the dense FFN and the router has nothing to choose") }
+        else if topK == experts { out.append("top-k \(topK) = \(experts) sub-experts: every token uses every slice, so the router only reweights them") }
+        if maxDepth > 16 { out.append("max depth \(maxDepth): up to \(maxDepth) FFN passes per token, far beyond the paper's settings") }
+        return out
+    }
+
     /// Checks the settings against each other and an FFN of intermediate width `I`.
     public static func validate(experts: Int, topK: Int, maxDepth: Int, intermediateSize: Int) throws(VFFNError) {
         guard experts >= 1 else { throw .usage("--experts must be at least 1 (got \(experts))") }
         guard topK >= 1 else { throw .usage("--top-k must be at least 1 (got \(topK))") }
         guard topK <= experts else { throw .usage("--top-k \(topK) exceeds --experts \(experts)") }
         guard maxDepth >= 1 else { throw .usage("--max-depth must be at least 1 (got \(maxDepth))") }
+        guard maxDepth <= maxDepthLimit else { throw .usage("--max-depth \(maxDepth) is more than \(maxDepthLimit) loops") }
+        guard experts <= intermediateSize else {
+            throw .usage("--experts \(experts) is more than the FFN's \(intermediateSize) neurons")
+        }
         guard intermediateSize % experts == 0 else {
             throw .usage("--experts \(experts) does not divide the FFN intermediate size \(intermediateSize)")
         }
@@ -50,8 +68,8 @@ public struct VersatileFFNSettings: Equatable, Sendable {
             return i
         }
         let n = try int("num_experts"), k = try int("top_k"), d = try int("max_depth")
-        guard n >= 1, k >= 1, k <= n, d >= 1 else {
-            throw .badInput(path, "\(key) has num_experts \(n), top_k \(k), max_depth \(d); need 1 <= top_k <= num_experts and max_depth >= 1")
+        guard n >= 1, k >= 1, k <= n, d >= 1, d <= maxDepthLimit else {
+            throw .badInput(path, "\(key) has num_experts \(n), top_k \(k), max_depth \(d); need 1 <= top_k <= num_experts and 1 <= max_depth <= \(maxDepthLimit)")
         }
         let slicing = v["expert_slicing"]?.stringValue ?? "contiguous"
         guard slicing == "contiguous" else { throw .badInput(path, "\(key).expert_slicing \"\(slicing)\" is not supported (only \"contiguous\")") }

@@ -19,7 +19,7 @@ import VFFNModels
 extension UpcyclePlan {
     static let olmoModelTypes = ["llama", "mistral", "qwen2"]
 
-    func writeOLMo(to destination: String, force: Bool,
+    func writeOLMo(to destination: String, force: Bool, dryRun: Bool,
                    progress: @escaping @Sendable (ConversionProgress) -> Void) throws(VFFNError) -> ConversionSummary {
         let configPath = source.configPath
         let modelType = source.config["model_type"]?.stringValue ?? "?"
@@ -120,24 +120,26 @@ extension UpcyclePlan {
             throw .badInput(source.path, "tensor \"\(left[0])\" has no place in an OLMo checkpoint\(left.count > 1 ? " (and \(left.count - 1) more)" : "")")
         }
 
-        let output = try AtomicOutput(destination: destination, force: force, directory: true)
+        let output = try AtomicOutput(destination: destination, kind: .directory, force: force, inputs: [source.path], dryRun: dryRun)
         let dir = output.temporary
         let totalSize = tensors.reduce(0) { $0 + $1.parts.reduce(0) { $0 + $1.count } }
+        let auxiliary = source.auxiliaryFiles().filter { $0 != "config.yaml" && $0 != "model.pt" }
+        let summary = ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: 1,
+                                        copiedTensors: used.count, copiedBytes: totalSize,
+                                        changedTensors: Self.counted(tensorChanges(permuted: permutedTensors)), gateTensors: 2 * layers.count,
+                                        totalSize: totalSize, auxiliaryFiles: auxiliary,
+                                        sourceNotes: source.notes + notes + Self.skippedNote(source.otherWeightFiles()))
+        if dryRun { return summary }
         let meter = ProgressMeter(ConversionProgress(tensorsTotal: tensors.count, bytesTotal: totalSize), report: progress)
         try TorchCheckpointWriter.write(tensors, top: "model", to: dir + "/model.pt") { meter.add(tensors: 1, bytes: $0) }
-        let finalPath = URL(fileURLWithPath: output.destination).standardizedFileURL.path
+        let finalPath = output.absoluteDestination ?? destination
         let yaml = olmoConfigYAML(c, modelType: modelType, includeBias: includeBias, maxSequence: maxSequence, loadPath: finalPath)
         let f = try OutputFile(path: dir + "/config.yaml")
         try f.write(yaml)
         try f.finish()
-        let auxiliary = source.auxiliaryFiles().filter { $0 != "config.yaml" && $0 != "model.pt" }
         for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
         try output.commit()
-        let gateCount = 2 * layers.count
-        return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: 1,
-                                 copiedTensors: used.count, copiedBytes: totalSize, gateTensors: gateCount,
-                                 totalSize: totalSize, auxiliaryFiles: auxiliary,
-                                 sourceNotes: source.notes + notes + Self.skippedNote(source.otherWeightFiles()))
+        return summary
     }
 
     /// The `model` section OLMo's trainer needs to rebuild this network, and `load_path`.

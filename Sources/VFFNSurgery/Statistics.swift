@@ -67,13 +67,11 @@ public enum Statistics {
 extension Array where Element == LayerStatistics {
     /// The per-layer table `stats` prints.
     public var table: String {
-        var out = "  layer  depth histogram L=1..  sub-expert load      energy captured\n"
-        for s in self {
-            out += "  " + String(s.layer).padding(toLength: 5, withPad: " ", startingAt: 0) + "  "
-                + s.depthCounts.map(String.init).joined(separator: " ").padding(toLength: 21, withPad: " ", startingAt: 0) + "  "
-                + s.expertLoad.map(String.init).joined(separator: " ").padding(toLength: 19, withPad: " ", startingAt: 0) + "  "
-                + String(format: "%.3f", s.energyCaptured) + "\n"
-        }
+        let depth = first.map { "depth histogram L=1..\($0.depthCounts.count)" } ?? "depth histogram"
+        let out = textTable(["layer", depth, "sub-expert load", "energy captured"], map { s in
+            [String(s.layer), s.depthCounts.map(String.init).joined(separator: " "),
+             s.expertLoad.map(String.init).joined(separator: " "), String(format: "%.3f", s.energyCaptured)]
+        })
         let mean = isEmpty ? 0 : map(\.energyCaptured).reduce(0, +) / Double(count)
         return out + "  mean energy captured: " + String(format: "%.3f", mean) + "\n"
     }

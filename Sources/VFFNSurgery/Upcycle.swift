@@ -159,7 +159,7 @@ public struct UpcyclePlan: @unchecked Sendable {
     /// `emitModeling` adds the transformers remote code (`RemoteCode`) and its config.json entries.
     @discardableResult
     public func write(to destination: String, format: OutputFormat = .safetensors, compress: Bool = false, force: Bool = false,
-                      emitModeling: Bool = false,
+                      emitModeling: Bool = false, dryRun: Bool = false,
                       progress: @escaping @Sendable (ConversionProgress) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
         let d = layout.hiddenSize
         for g in layers {
@@ -170,26 +170,28 @@ public struct UpcyclePlan: @unchecked Sendable {
         if format == .olmo {
             guard !emitModeling else { throw .usage("transformers remote code (--emit-modeling) belongs with a Hugging Face output, not --output-format olmo") }
             guard !compress else { throw .usage("--compress applies only to --output-format vffn") }
-            try checkNoOverlap(destination)
-            return try writeOLMo(to: destination, force: force, progress: progress)
+            return try writeOLMo(to: destination, force: force, dryRun: dryRun, progress: progress)
         }
         let config = emitModeling ? try RemoteCode.addingAutoMap(to: convertedConfig, path: source.configPath) : convertedConfig
-        try checkNoOverlap(destination)
-        let output = try AtomicOutput(destination: destination, force: force, directory: format == .safetensors)
+        let output = try AtomicOutput(destination: destination, kind: format == .safetensors ? .directory : .file, force: force,
+                                      inputs: [source.path], dryRun: dryRun)
         let dir = output.temporary
         // Every shard's records first (no tensor byte is read for this), then the writing.
         var shardRecords: [(name: String, metadata: [(String, String)], records: [TensorRecord])] = []
         var weightMap: [(String, String)] = []
         var totalSize = 0, totalParameters = 0, copied = 0, copiedBytes = 0
         let permuted = permutedTensors
+        let changes = tensorChanges(permuted: permuted)
         for shard in source.shards {
             let fileName = source.safetensorsName(of: shard)
             var records: [TensorRecord] = []
             for t in shard.tensors {
                 records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: try outputBytes(t, in: shard, permuted: permuted)))
             }
-            copied += records.count
-            copiedBytes += records.reduce(0) { $0 + $1.bytes.count }
+            for r in records where changes[r.name] == nil {
+                copied += 1
+                copiedBytes += r.bytes.count
+            }
             for g in layers where source.shard(of: g.site.tensors[0].name) === shard {
                 records.append(TensorRecord(name: g.expertGateName, dtype: g.dtype, shape: [numExperts, d], bytes: .owned(FloatCodec.encode(g.expertGate, as: g.dtype))))
                 records.append(TensorRecord(name: g.depthPredictorName, dtype: g.dtype, shape: [maxDepth, d], bytes: .owned(FloatCodec.encode(g.depthPredictor, as: g.dtype))))
@@ -203,6 +205,12 @@ public struct UpcyclePlan: @unchecked Sendable {
                 totalParameters += r.shape.reduce(1, *)
             }
         }
+        let auxiliary = source.auxiliaryFiles().filter { !emitModeling || $0 != RemoteCode.fileName }
+        let summary = ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
+                                        copiedTensors: copied, copiedBytes: copiedBytes, changedTensors: Self.counted(changes),
+                                        gateTensors: 2 * layers.count, totalSize: totalSize, auxiliaryFiles: auxiliary,
+                                        sourceNotes: source.notes + Self.skippedNote(source.otherWeightFiles()))
+        if dryRun { return summary }
         let shardsToWrite = shardRecords
         let meter = ProgressMeter(ConversionProgress(tensorsTotal: shardRecords.reduce(0) { $0 + $1.records.count }, bytesTotal: totalSize), report: progress)
         if format == .safetensors {
@@ -233,8 +241,7 @@ public struct UpcyclePlan: @unchecked Sendable {
             indexText = newIndex.pretty
         }
         let configText = config.pretty
-        // Our remote code replaces a source file of the same name.
-        let auxiliary = source.auxiliaryFiles().filter { !emitModeling || $0 != RemoteCode.fileName }
+        // Our remote code replaces a source file of the same name (`auxiliary` leaves it out).
         switch format {
         case .safetensors:
             if let indexText { try writeText(indexText, to: dir + "/" + Checkpoint.indexName) }
@@ -262,19 +269,25 @@ public struct UpcyclePlan: @unchecked Sendable {
             preconditionFailure("--output-format olmo is written by writeOLMo")
         }
         try output.commit()
-        return ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
-                                 copiedTensors: copied, copiedBytes: copiedBytes, gateTensors: 2 * layers.count,
-                                 totalSize: totalSize, auxiliaryFiles: auxiliary,
-                                 sourceNotes: source.notes + Self.skippedNote(source.otherWeightFiles()))
+        return summary
     }
 
-    /// With --force, writing over the source (or into it) would destroy what is being read.
-    func checkNoOverlap(_ destination: String) throws(VFFNError) {
-        let src = URL(fileURLWithPath: source.path).resolvingSymlinksInPath().path
-        let dst = URL(fileURLWithPath: destination).resolvingSymlinksInPath().path
-        if dst == src || dst.hasPrefix(src + "/") || src.hasPrefix(dst + "/") {
-            throw .usage("destination \(destination) overlaps the source \(source.path)")
+    /// Source tensors whose written values are not their stored ones, and why: the reader
+    /// changed them (dequantized, un-permuted) or the split reordered their neurons.
+    func tensorChanges(permuted: [String: (FFNTensor, [Int])]) -> [String: String] {
+        var out: [String: String] = [:]
+        for shard in source.shards {
+            for t in shard.tensors {
+                if let c = shard.valueChange(t) { out[t.name] = c }
+                if permuted[t.name] != nil { out[t.name] = out[t.name].map { $0 + ", then neuron-permuted" } ?? "neuron-permuted" }
+            }
         }
+        return out
+    }
+
+    /// (count, change) pairs, largest first, for the summary.
+    static func counted(_ changes: [String: String]) -> [(count: Int, change: String)] {
+        Dictionary(grouping: changes.values, by: { $0 }).map { ($0.value.count, $0.key) }.sorted { ($0.0, $1.1) > ($1.0, $0.1) }
     }
 
     /// FFN tensors whose neurons are reordered, with the order for their layer.
@@ -369,6 +382,8 @@ public struct ConversionSummary: Sendable {
     public let shards: Int
     public let copiedTensors: Int
     public let copiedBytes: Int
+    /// Source tensors written with other values than stored, counted by what changed them.
+    public let changedTensors: [(count: Int, change: String)]
     public let gateTensors: Int
     public let totalSize: Int
     public let auxiliaryFiles: [String]

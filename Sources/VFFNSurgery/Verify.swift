@@ -193,7 +193,7 @@ extension VerificationReport {
         let identity = hasOutputBias ? "sum f_e = f + (N-1)b" : "sum f_e = f"
         out += "\n"
         let header = ["layer", "\(identity) abs", "rel", "D=1 vs dense", "depth histogram L=1..\(settings.maxDepth)", "sub-expert load", "status"]
-        var rows = [header]
+        var rows: [[String]] = []
         for l in layers {
             rows.append([String(l.layer), Verifier.format(l.partitionMaxAbs), Verifier.format(l.partitionRelative),
                          Verifier.format(l.denseEquivalenceMaxAbs),
@@ -201,14 +201,29 @@ extension VerificationReport {
                          l.routing.expertLoad.map(String.init).joined(separator: " "),
                          l.passed ? "pass" : "FAIL"])
         }
-        let widths = header.indices.map { c in rows.map { $0[c].count }.max()! }
-        for (i, r) in rows.enumerated() {
-            // The last column is not padded, so no line ends in spaces.
-            let cells = r.enumerated().map { $0 == r.count - 1 ? $1 : $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }
-            out += "  " + cells.joined(separator: "  ") + "\n"
-            if i == 0 { out += "  " + widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ") + "\n" }
-        }
+        out += textTable(header, rows)
         out += "\n" + (passed ? "verify: all checks passed\n" : "verify: FAILED\n")
         return out
+    }
+}
+
+extension VerificationReport {
+    /// Everything the table shows, for scripts (`verify --json`).
+    public var json: JSON {
+        func number(_ v: Float) -> JSON { v.isFinite ? .number(String(format: "%.6e", Double(v))) : .string(String(describing: v)) }
+        return .object([
+            ("passed", .bool(passed)),
+            ("num_experts", .int(settings.numExperts)), ("top_k", .int(settings.topK)), ("max_depth", .int(settings.maxDepth)),
+            ("probe_tokens", .array(probeTokens.map { .int($0) })),
+            ("partition_identity", .string(hasOutputBias ? "sum f_e = f + (N-1)b" : "sum f_e = f")),
+            ("checks", .array(checks.map { .object([("name", .string($0.name)), ("passed", .bool($0.passed)), ("detail", .string($0.detail))]) })),
+            ("layers", .array(layers.map { l in
+                .object([("layer", .int(l.layer)), ("partition_max_abs", number(l.partitionMaxAbs)),
+                         ("partition_relative", number(l.partitionRelative)), ("dense_equivalence_max_abs", number(l.denseEquivalenceMaxAbs)),
+                         ("depth_histogram", .array(l.routing.depthCounts.map { .int($0) })),
+                         ("expert_load", .array(l.routing.expertLoad.map { .int($0) })),
+                         ("finite", .bool(l.finite)), ("passed", .bool(l.passed))])
+            })),
+        ])
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VFFNFormats
+import VFFNModels
 import VFFNSurgery
 
 struct Convert: ParsableCommand {
@@ -15,22 +16,25 @@ struct Convert: ParsableCommand {
         --seed, so the same command always writes the same bytes.
         """)
 
-    @Argument(help: "Source checkpoint: a directory, a .vffn or a .gguf file (told apart by content).")
+    @Argument(help: ArgumentHelp("The dense checkpoint: a Hugging Face directory (safetensors or pytorch_model.bin, single or sharded), a .gguf or a .vffn file.",
+                                 valueName: "source"), completion: .file())
     var source: String
 
-    @Argument(help: "Destination to create: a directory, or one file with --output-format vffn.")
+    @Argument(help: ArgumentHelp("The VersatileFFN checkpoint to create: a directory (safetensors, olmo) or one file (vffn; - for stdout). Missing parent directories are created.",
+                                 valueName: "destination"), completion: .file())
     var destination: String
 
-    @Option(name: .customLong("experts"), help: "Number of sub-experts N (divides the intermediate size).")
+    @Option(name: .customLong("experts"), parsing: .unconditional, help: "Number of sub-experts N (divides the intermediate size).")
     var experts: Int = 8
 
-    @Option(name: .customLong("top-k"), help: "Sub-experts each token uses (1...N).")
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Sub-experts each token uses (1...N).")
     var topK: Int = 2
 
-    @Option(name: .customLong("max-depth"), help: "Largest loop count D of the depth path (>= 1).")
+    @Option(name: .customLong("max-depth"), parsing: .unconditional,
+            help: "Largest loop count D of the depth path (1...\(VersatileFFNSettings.maxDepthLimit)).")
     var maxDepth: Int = 4
 
-    @Option(help: "Seed of the gate initialization.")
+    @Option(parsing: .unconditional, help: "Seed of the gate initialization (0...2^64-1).", transform: parseSeed)
     var seed: UInt64 = 0
 
     @Option(help: "How neurons form the sub-expert slices: contiguous (stored order) or cluster (balanced k-means; the FFN tensors are permuted, the dense function is not changed).")
@@ -42,7 +46,8 @@ struct Convert: ParsableCommand {
     @Option(name: .customLong("depth-init"), help: "depth_predictor init: random (the paper's), shallow (every token one loop) or calibrated (see --depth-target).")
     var depthInit: DepthInit = .random
 
-    @Option(help: "With --depth-init calibrated: a file of token ids (separated by spaces, commas or newlines) to calibrate on; default: 256 built-in ids.")
+    @Option(help: ArgumentHelp("With --depth-init calibrated: a file of token ids (separated by commas, spaces or newlines) to calibrate on; default: built-in ids.",
+                               valueName: "file"), completion: .file())
     var calibration: String?
 
     @Option(name: .customLong("depth-target"), help: "With --depth-init calibrated: the fractions of calibration tokens at depths 1...D, e.g. 0.4,0.3,0.2,0.1 (default: uniform).")
@@ -57,20 +62,24 @@ struct Convert: ParsableCommand {
     @Flag(help: "With --output-format vffn: deflate each tensor and file (zlib).")
     var compress = false
 
-    @Flag(help: "Replace DST if it exists.")
-    var force = false
+    @Flag(name: .customLong("dry-run"), help: "Check everything and print the summary, but write nothing.")
+    var dryRun = false
+
+    @OptionGroup var write: WriteOptions
 
     @Flag(name: .customLong("no-fsync"), help: "Do not wait for DST to reach the disk before renaming it into place (faster; not crash-safe).")
     var noFsync = false
 
-    @Flag(help: "Print nothing but errors (no summary, no progress line).")
-    var quiet = false
+    @OptionGroup var common: CommonOptions
 
     func validate() throws {
         if compress && outputFormat != .vffn { throw ValidationError("--compress applies only to --output-format vffn") }
         if emitModeling && outputFormat == .olmo { throw ValidationError("--emit-modeling writes transformers code, which an OLMo checkpoint (--output-format olmo) has no use for") }
         if (calibration != nil || depthTarget != nil) && depthInit != .calibrated {
             throw ValidationError("--calibration and --depth-target apply only to --depth-init calibrated")
+        }
+        if outputFormat != .vffn && destination == "-" {
+            throw ValidationError("- (stdout) takes one file: add --output-format vffn, or name a directory")
         }
         if let depthTarget, depthTarget.split(separator: ",").contains(where: { Double($0.trimmingCharacters(in: .whitespaces)) == nil }) {
             throw ValidationError("--depth-target must be comma-separated numbers, e.g. 0.4,0.3,0.2,0.1")
@@ -80,17 +89,9 @@ struct Convert: ParsableCommand {
     /// The gate options, reading the calibration file if one is given.
     func gateOptions() throws(VFFNError) -> GateOptions {
         var tokens: [Int]?
-        if let calibration {
-            guard let data = FileManager.default.contents(atPath: calibration) else { throw .badInput(calibration, "cannot read the calibration tokens") }
-            let words = String(decoding: data, as: UTF8.self).split { $0 == "," || $0.isWhitespace }
-            let ids = words.compactMap { Int($0) }
-            guard ids.count == words.count, !ids.isEmpty, ids.allSatisfy({ $0 >= 0 }) else {
-                throw .badInput(calibration, "must hold non-negative integer token ids separated by spaces, commas or newlines")
-            }
-            tokens = ids
-        }
+        if let calibration { tokens = try TokenIDs.read(calibration) }
         return GateOptions(split: split, routerInit: routerInit, depthInit: depthInit, calibrationTokens: tokens,
-                           depthTarget: depthTarget.map { $0.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces))! } })
+                    depthTarget: depthTarget.map { $0.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces))! } })
     }
 
     func run() throws {
@@ -99,38 +100,53 @@ struct Convert: ParsableCommand {
             let started = Date()
             let plan = try UpcyclePlan(source: Checkpoint(path: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed,
                                        options: gateOptions())
+            if !common.quiet {
+                for w in VersatileFFNSettings.warnings(experts: experts, topK: topK, maxDepth: maxDepth) { note("vffn-convert: warning: \(w)") }
+            }
             OutputFile.durable = !noFsync
-            let line = ProgressLine(quiet: quiet)
-            let summary = try plan.write(to: destination, format: outputFormat, compress: compress, force: force,
-                                         emitModeling: emitModeling, progress: line.update)
+            let line = ProgressLine(quiet: common.quiet || dryRun)
+            let summary = try plan.write(to: destination, format: outputFormat, compress: compress, force: write.force,
+                                         emitModeling: emitModeling, dryRun: dryRun, progress: line.update)
             line.finish()
-            guard !quiet else { return }
-            let seconds = Date().timeIntervalSince(started)
-            print("""
-            converted \(source) -> \(destination) in \(String(format: "%.2f", seconds)) s
-              model_type \(plan.source.config["model_type"]?.stringValue ?? "?"), \(summary.layers) layers, hidden \(plan.layout.hiddenSize), intermediate \(plan.layout.intermediateSize)
-              \(experts) sub-experts of \(plan.layout.intermediateSize / experts) neurons, top-\(topK), max depth \(maxDepth), seed \(seed)
-            """)
-            if outputFormat == .olmo {
-                print("""
-                  \(summary.copiedTensors) source tensors written to model.pt in OLMo's fused layout (att_proj = [q; k; v], ff_proj = [up; gate]), \(summary.gateTensors) gate tensors added as \(summary.gateDType?.rawValue ?? "?")
-                  config.yaml holds OLMo's model section and load_path; \(summary.auxiliaryFiles.count) other file(s) copied
-                """)
-            } else {
-                print("""
-                  \(summary.copiedTensors) dense tensors (\(summary.copiedBytes) bytes) copied unchanged, \(summary.gateTensors) gate tensors added as \(summary.gateDType?.rawValue ?? "?")
-                  \(summary.shards) shard(s), \(summary.auxiliaryFiles.count) other file(s) copied, written as \(outputFormat.rawValue)\(compress ? " (deflated)" : "")
-                """)
-            }
-            print("  neurons \(split == .cluster ? "clustered (balanced k-means) and permuted" : "in stored order"), router \(routerInit.rawValue), depth \(depthInit.rawValue)")
-            if let c = plan.calibration {
-                print("  calibrated depth on \(c.tokens.count) tokens, target \(c.target.map { String(format: "%.2f", $0) }.joined(separator: " ")): "
-                      + c.layers.map { $0.histogram.map(String.init).joined(separator: " ") }.joined(separator: " | "))
-            }
-            if emitModeling { print("  wrote \(RemoteCode.fileName): load with trust_remote_code=True") }
-            for n in summary.sourceNotes { print("  note: \(n)") }
+            guard !common.quiet else { return }
+            report(plan, summary, seconds: Date().timeIntervalSince(started))
         }
     }
+
+    /// The summary, on stderr when the checkpoint itself went to stdout.
+    func report(_ plan: UpcyclePlan, _ summary: ConversionSummary, seconds: Double) {
+        var lines: [String] = []
+        lines.append(dryRun ? "dry run: would convert \(source) -> \(destination); nothing written"
+                            : "converted \(source) -> \(destination) in \(String(format: "%.2f", seconds)) s")
+        lines.append("  model_type \(plan.source.config["model_type"]?.stringValue ?? "?"), \(summary.layers) layers, hidden \(plan.layout.hiddenSize), intermediate \(plan.layout.intermediateSize)")
+        lines.append("  \(experts) sub-experts of \(plan.layout.intermediateSize / experts) neurons, top-\(topK), max depth \(maxDepth), seed \(seed)")
+        let changed = summary.changedTensors.map { "\($0.count) \($0.change)" }
+        let gates = "\(summary.gateTensors) gate tensors \(dryRun ? "to add" : "added") as \(summary.gateDType?.rawValue ?? "?")"
+        if outputFormat == .olmo {
+            lines.append("  \(summary.copiedTensors) source tensors \(dryRun ? "to write" : "written") to model.pt in OLMo's fused layout (att_proj = [q; k; v], ff_proj = [up; gate])"
+                         + (changed.isEmpty ? "" : " (" + changed.joined(separator: ", ") + ")") + ", \(gates)")
+            lines.append("  config.yaml holds OLMo's model section and load_path; \(summary.auxiliaryFiles.count) other file(s) copied")
+        } else {
+            lines.append("  \(summary.copiedTensors) dense tensors (\(summary.copiedBytes) bytes) copied unchanged, "
+                         + changed.map { $0 + ", " }.joined() + gates)
+            lines.append("  \(summary.shards) shard(s), \(summary.auxiliaryFiles.count) other file(s) copied, written as \(outputFormat.rawValue)\(compress ? " (deflated)" : "")")
+        }
+        lines.append("  neurons \(split == .cluster ? "clustered (balanced k-means) and permuted" : "in stored order"), router \(routerInit.rawValue), depth \(depthInit.rawValue)")
+        if let c = plan.calibration {
+            lines.append("  calibrated depth on \(c.tokens.count) tokens, target \(c.target.map { String(format: "%.2f", $0) }.joined(separator: " ")): "
+                         + c.layers.map { $0.histogram.map(String.init).joined(separator: " ") }.joined(separator: " | "))
+        }
+        if emitModeling { lines.append("  \(dryRun ? "would write" : "wrote") \(RemoteCode.fileName): load with trust_remote_code=True") }
+        for n in summary.sourceNotes { lines.append("  note: \(n)") }
+        let text = lines.joined(separator: "\n")
+        if destination == "-" { note(text) } else { print(text) }
+    }
+}
+
+/// A seed as a domain value: a negative or fractional one is named as such.
+func parseSeed(_ text: String) throws -> UInt64 {
+    guard let v = UInt64(text) else { throw ValidationError("a seed is a whole number from 0 to 18446744073709551615, not \(text)") }
+    return v
 }
 
 extension UpcyclePlan.OutputFormat: ExpressibleByArgument {}

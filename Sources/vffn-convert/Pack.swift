@@ -11,25 +11,28 @@ struct Pack: ParsableCommand {
         gives back the directory bit for bit. Layout: docs/FORMATS.md.
         """)
 
-    @Argument(help: "Checkpoint directory (safetensors or pytorch_model.bin).")
-    var directory: String
+    @Argument(help: ArgumentHelp("The checkpoint directory (safetensors or pytorch_model.bin).", valueName: "source"),
+              completion: .directory)
+    var source: String
 
-    @Argument(help: "The .vffn file to create.")
-    var output: String
+    @Argument(help: ArgumentHelp("The .vffn file to create; - for stdout.", valueName: "destination"), completion: .file(extensions: ["vffn"]))
+    var destination: String
 
     @Flag(help: "Deflate each tensor and file (zlib).")
     var compress = false
 
-    @Flag(help: "Replace OUTPUT if it exists.")
-    var force = false
+    @OptionGroup var write: WriteOptions
+    @OptionGroup var common: CommonOptions
 
     func run() throws {
         removePartialOutputOnSignals()
         try reportingErrors {
             let started = Date()
-            let s = try VFFNContainer.pack(Checkpoint(path: directory), to: output, compress: compress, force: force)
-            print("packed \(directory) -> \(output) in \(String(format: "%.2f", Date().timeIntervalSince(started))) s: "
-                  + "\(s.tensors) tensors (\(s.tensorBytes) bytes) from \(s.shards) shard(s), \(s.files) file(s); container \(s.containerBytes) bytes")
+            let s = try VFFNContainer.pack(Checkpoint(path: source), to: destination, compress: compress, force: write.force)
+            guard !common.quiet else { return }
+            let text = "packed \(source) -> \(destination) in \(String(format: "%.2f", Date().timeIntervalSince(started))) s: "
+                + "\(s.tensors) tensors (\(s.tensorBytes) bytes) from \(s.shards) shard(s), \(s.files) file(s); container \(s.containerBytes) bytes"
+            if destination == "-" { note(text) } else { print(text) }
         }
     }
 }
@@ -39,23 +42,26 @@ struct Unpack: ParsableCommand {
         abstract: "Unpack a .vffn container into a Hugging Face checkpoint directory.",
         discussion: "Every entry's CRC32 is checked; a corrupt entry stops the unpack and names the entry.")
 
-    @Argument(help: "The .vffn file.")
-    var input: String
+    @Argument(help: ArgumentHelp("The .vffn file.", valueName: "source"), completion: .file(extensions: ["vffn"]))
+    var source: String
 
-    @Argument(help: "The directory to create.")
-    var directory: String
+    @Argument(help: ArgumentHelp("The directory to create (missing parents are created).", valueName: "destination"), completion: .directory)
+    var destination: String
 
-    @Flag(help: "Replace DIRECTORY if it exists.")
-    var force = false
+    @OptionGroup var write: WriteOptions
+    @OptionGroup var common: CommonOptions
 
     func run() throws {
         removePartialOutputOnSignals()
         try reportingErrors {
-            let format = try TensorFileFormat.detect(path: input)
-            guard format == .vffn else { throw VFFNError.badInput(input, "is a \(format.rawValue) file, not a .vffn container") }
-            let container = try VFFNContainer(path: input)
-            try container.unpack(to: directory, force: force)
-            print("unpacked \(input) -> \(directory): \(container.tensors.count) tensors in \(container.shards.count) shard(s), \(container.files.count) file(s)")
+            try requireFile(source, what: "a .vffn file")
+            let format = try TensorFileFormat.detect(path: source)
+            guard format == .vffn else { throw VFFNError.badInput(source, "is a \(format.rawValue) file, not a .vffn container") }
+            let container = try VFFNContainer(path: source)
+            try container.unpack(to: destination, force: write.force)
+            if !common.quiet {
+                print("unpacked \(source) -> \(destination): \(container.tensors.count) tensors in \(container.shards.count) shard(s), \(container.files.count) file(s)")
+            }
         }
     }
 }

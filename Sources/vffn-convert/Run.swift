@@ -11,26 +11,38 @@ struct Run: ParsableCommand {
         hidden states. A converted checkpoint runs with VersatileFFN semantics unless --dense is given.
         """)
 
-    @Argument(help: "Checkpoint directory (dense or converted).")
-    var directory: String
+    @Argument(help: ArgumentHelp("A checkpoint, dense or converted: a directory, a .gguf or a .vffn file.", valueName: "checkpoint"),
+              completion: .file())
+    var checkpoint: String
 
-    @Option(help: "Token ids, e.g. 5,17,42.")
-    var tokens: TokenList
+    @OptionGroup var tokens: TokenOptions
 
-    @Option(help: "Output .npy path.")
+    @Option(help: ArgumentHelp("The .npy file to write; - for stdout.", valueName: "file"), completion: .file(extensions: ["npy"]))
     var out: String
 
     @Flag(help: "Ignore the VersatileFFN gates and run the dense model.")
     var dense = false
 
+    @OptionGroup var write: WriteOptions
+    @OptionGroup var common: CommonOptions
+
+    func validate() throws {
+        if tokens.tokens == nil && tokens.tokensFile == nil { throw ValidationError("give the token ids to run: --tokens 5,17,42 or --tokens-file FILE") }
+    }
+
     func run() throws {
         removePartialOutputOnSignals()
         try reportingErrors {
-            let model = try Architectures.load(Checkpoint(path: directory))
+            let ids = try tokens.ids() ?? []
+            let model = try Architectures.load(Checkpoint(path: checkpoint))
             let mode: FFNMode = dense || model.versatileLayers == nil ? .dense : .versatile()
-            let result = try model.forward(tokens.ids, mode: mode, trace: false)
-            try NPY.write(result.output.data, shape: [result.output.rows, result.output.cols], to: out)
-            note("wrote \(out): [\(result.output.rows), \(result.output.cols)] \(model.outputKind.rawValue), \(mode == .dense ? "dense" : "VersatileFFN")")
+            // Refused before the model runs: a run that cannot be written is not started.
+            _ = try AtomicOutput(destination: out, kind: .file, force: write.force, inputs: [checkpoint], dryRun: true)
+            let result = try model.forward(ids, mode: mode, trace: false)
+            try NPY.write(result.output.data, shape: [result.output.rows, result.output.cols], to: out, force: write.force, inputs: [checkpoint])
+            if !common.quiet {
+                note("wrote \(out == "-" ? "stdout" : out): [\(result.output.rows), \(result.output.cols)] \(model.outputKind.rawValue), \(mode == .dense ? "dense" : "VersatileFFN")")
+            }
         }
     }
 }

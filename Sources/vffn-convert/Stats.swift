@@ -14,25 +14,27 @@ struct Stats: ParsableCommand {
         averaged over tokens; about k/N for random routing).
         """)
 
-    @Argument(help: "A converted checkpoint (directory, .vffn or GGUF-converted directory).")
-    var path: String
+    @Argument(help: ArgumentHelp("The converted checkpoint: a directory or a .vffn file.", valueName: "checkpoint"), completion: .file())
+    var checkpoint: String
 
-    @Option(help: "Token ids, e.g. 5,17,42 (default: verify's 32 deterministic probe tokens).")
-    var tokens: TokenList?
+    @OptionGroup var tokens: TokenOptions
 
     @Flag(help: "Print JSON instead of the table.")
     var json = false
 
+    @OptionGroup var common: CommonOptions
+
     func run() throws {
         try reportingErrors {
-            let checkpoint = try Checkpoint(path: path)
-            let model = try Architectures.load(checkpoint)
-            let ids = tokens?.ids ?? Verifier.defaultProbeTokens(vocabSize: model.vocabSize, seed: 0, count: min(32, model.maxTokens ?? 32))
-            let stats = try Statistics.compute(model, tokens: ids, configPath: checkpoint.configPath)
+            let ckpt = try Checkpoint(path: checkpoint)
+            let model = try Architectures.load(ckpt)
+            let ids = try tokens.ids() ?? Verifier.defaultProbeTokens(vocabSize: model.vocabSize, seed: 0, count: min(32, model.maxTokens ?? 32))
+            let stats = try Statistics.compute(model, tokens: ids, configPath: ckpt.configPath)
             if json {
-                print(stats.json.setting("tokens", to: .int(ids.count)).pretty, terminator: "")
-            } else {
-                print("\(path): \(ids.count) tokens")
+                let mean = stats.isEmpty ? 0 : stats.map(\.energyCaptured).reduce(0, +) / Double(stats.count)
+                printJSON(stats.json.setting("tokens", to: .int(ids.count)).setting("mean_energy_captured", to: .number(String(format: "%.6f", mean))))
+            } else if !common.quiet {
+                print("\(checkpoint): \(ids.count) tokens")
                 print(stats.table, terminator: "")
             }
         }

@@ -4,21 +4,98 @@ import VFFNFormats
 
 @main
 struct VFFNConvert: ParsableCommand {
+    static let version = "0.14.0"
+
     static let configuration = CommandConfiguration(
         commandName: "vffn-convert",
         abstract: "Turn dense transformer checkpoints into VersatileFFN checkpoints, and prove them sound.",
         discussion: """
-        A dense checkpoint directory (Hugging Face layout: config.json plus model.safetensors or \
-        sharded model-*.safetensors with model.safetensors.index.json) is converted by adding one \
-        expert_gate [N, d] and one depth_predictor [D, d] per layer; every dense tensor is kept \
-        bit-identical. Supported model types: llama, mistral, qwen2 (SwiGLU, pre-norm), gpt2 \
-        (Conv1D, pre-norm; keys with or without "transformer.") and bert (encoder, post-norm; keys \
-        with or without "bert.").
+        A checkpoint is a Hugging Face directory (config.json plus safetensors or pytorch_model.bin \
+        files, single or sharded), a llama.cpp .gguf file, or a .vffn container; the format is \
+        told by content, not by name. Conversion adds one expert_gate [N, d] and one \
+        depth_predictor [D, d] per layer and keeps every dense tensor bit-identical. Supported \
+        model types: llama, mistral, qwen2 (SwiGLU, pre-norm), gpt2 (Conv1D, pre-norm; keys with \
+        or without "transformer.") and bert (encoder, post-norm; keys with or without "bert.").
+
+        Outputs: a path is created with its missing parent directories; `-` is stdout where the \
+        output is one file; a symlink, FIFO or device is written through. An existing output is \
+        replaced only with --force, and only if it is a file or a directory vffn-convert wrote.
 
         Exit codes: 0 success; 1 verification failed; 64 usage error; 65 bad input \
-        (unreadable, malformed or unsupported checkpoint); 74 I/O error.
+        (unreadable, malformed or unsupported checkpoint); 74 I/O error; 128+N killed by signal N \
+        (partial output removed).
+
+        Shell completion: vffn-convert --generate-completion-script bash|zsh|fish.
         """,
+        version: version,
         subcommands: [Convert.self, Verify.self, Run.self, Inspect.self, Stats.self, Pack.self, Unpack.self])
+
+    /// One contract for every error, the argument parser's included: one line on stderr,
+    /// `vffn-convert: error: ...`, and the exit code of its kind (64 for usage).
+    static func main() {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.isEmpty {
+            FileHandle.standardError.write(Data(helpMessage().utf8))
+            Glibc.exit(64)
+        }
+        if let unknown = unknownSubcommand(arguments) { fail(usage: unknown) }
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                // --help, --version, completion scripts: the parser's text, as it wrote it.
+                print(fullMessage(for: error), terminator: fullMessage(for: error).hasSuffix("\n") ? "" : "\n")
+                Glibc.exit(0)
+            }
+            let message = Self.message(for: error)
+            if message.isEmpty { Glibc.exit(code.rawValue) }
+            fail(usage: oneLine(message, command: arguments.first.flatMap { subcommandNames.contains($0) ? $0 : nil }), code: code.rawValue)
+        }
+    }
+
+    static var subcommandNames: [String] { configuration.subcommands.map { $0._commandName } + ["help"] }
+
+    /// The first argument names a subcommand; an unknown one gets the closest name.
+    static func unknownSubcommand(_ arguments: [String]) -> String? {
+        guard let first = arguments.first, !first.hasPrefix("-"), !subcommandNames.contains(first) else { return nil }
+        let closest = subcommandNames.map { ($0, editDistance($0, first)) }.min { $0.1 < $1.1 }
+        let hint = closest.flatMap { $0.1 <= max(2, first.count / 3) ? "; did you mean '\($0.0)'?" : nil }
+            ?? "; the commands are " + subcommandNames.dropLast().joined(separator: ", ")
+        return "unknown command '\(first)'\(hint)"
+    }
+
+    /// The parser's message as one line, pointing at the help that lists what is allowed.
+    static func oneLine(_ message: String, command: String?) -> String {
+        var text = message.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: "; ")
+        if text.hasPrefix("Error: ") { text.removeFirst(7) }
+        if let first = text.first, first.isUppercase, text.count > 1, text.dropFirst().first?.isLowercase == true {
+            text = first.lowercased() + text.dropFirst()
+        }
+        return text + " (see: vffn-convert help\(command.map { " " + $0 } ?? ""))"
+    }
+
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        var row = Array(0...b.count)
+        for i in 1...max(a.count, 1) where !a.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in stride(from: 1, through: b.count, by: 1) {
+                let current = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = current
+            }
+        }
+        return row[b.count]
+    }
+}
+
+/// Prints the one error line and exits.
+func fail(usage message: String, code: Int32 = 64) -> Never {
+    FileHandle.standardError.write(Data("vffn-convert: error: \(message)\n".utf8))
+    Glibc.exit(code)
 }
 
 /// Runs a command body, turning the library's errors into one line on stderr and an exit code.
@@ -39,6 +116,8 @@ func reportingErrors(_ body: () throws -> Void) throws {
 /// 128 + the signal number, so an interrupted command leaves nothing that looks finished.
 /// (SIGKILL cannot be caught; its leftover temporary is removed by the next run.)
 func removePartialOutputOnSignals() {
+    // A reader that goes away (`| head`) is not a crash: the write fails with EPIPE instead.
+    signal(SIGPIPE, SIG_IGN)
     for sig in [SIGINT, SIGTERM, SIGHUP] {
         signal(sig, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -58,14 +137,89 @@ func note(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
-/// Token ids given as `5,17,42`.
-struct TokenList: ExpressibleByArgument {
-    let ids: [Int]
+/// Options every command has.
+struct CommonOptions: ParsableArguments {
+    @Flag(name: .shortAndLong, help: "Print nothing but errors; the exit code tells the outcome.")
+    var quiet = false
+}
 
-    init?(argument: String) {
-        let parts = argument.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-        let ids = parts.compactMap { Int($0) }
-        guard !parts.isEmpty, ids.count == parts.count, ids.allSatisfy({ $0 >= 0 }) else { return nil }
-        self.ids = ids
+/// Options of every command that writes.
+struct WriteOptions: ParsableArguments {
+    @Flag(help: "Replace the output if it exists and is a file, or a directory vffn-convert wrote (never anything else).")
+    var force = false
+}
+
+/// Token ids as every command takes them: `--tokens 5,17,42` (commas, spaces or newlines) or
+/// `--tokens-file FILE` with the same syntax.
+struct TokenOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Token ids, separated by commas, spaces or newlines, e.g. 5,17,42.", valueName: "ids"))
+    var tokens: String?
+
+    @Option(name: .customLong("tokens-file"), help: ArgumentHelp("A file of token ids, separated by commas, spaces or newlines.", valueName: "file"),
+            completion: .file())
+    var tokensFile: String?
+
+    func validate() throws {
+        if tokens != nil && tokensFile != nil { throw ValidationError("give --tokens or --tokens-file, not both") }
+        if let tokens, case .failure(let p) = TokenIDs.parse(tokens) { throw ValidationError("--tokens: \(p.text)") }
     }
+
+    /// The ids given, if any.
+    func ids() throws(VFFNError) -> [Int]? {
+        if let tokens { return try TokenIDs.parse(tokens, what: "--tokens") }
+        if let tokensFile { return try TokenIDs.read(tokensFile) }
+        return nil
+    }
+}
+
+/// The one token syntax: non-negative integers separated by commas, spaces or newlines.
+enum TokenIDs {
+    /// More ids than any context length we run; checked before anything is allocated.
+    static let maxCount = 1 << 20
+
+    /// The ids, or what is wrong with the text.
+    static func parse(_ text: String) -> Result<[Int], ProblemText> {
+        let words = text.split { $0 == "," || $0.isWhitespace }
+        guard !words.isEmpty else { return .failure("no token ids; give non-negative integers such as 5,17,42") }
+        guard words.count <= maxCount else { return .failure("\(words.count) token ids; at most \(maxCount) are run at once") }
+        var ids: [Int] = []
+        ids.reserveCapacity(words.count)
+        for (i, w) in words.enumerated() {
+            guard let id = Int(w), id >= 0 else {
+                return .failure("token \(i + 1) is \"\(w.prefix(20))\"; token ids are non-negative integers separated by commas, spaces or newlines")
+            }
+            ids.append(id)
+        }
+        return .success(ids)
+    }
+
+    static func parse(_ text: String, what: String) throws(VFFNError) -> [Int] {
+        switch parse(text) {
+        case .success(let ids): return ids
+        case .failure(let p): throw .usage("\(what): \(p.text)")
+        }
+    }
+
+    static func read(_ path: String) throws(VFFNError) -> [Int] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw .badInput(path, "no such file") }
+        guard !isDir.boolValue else { throw .badInput(path, "is a directory; give a file of token ids") }
+        guard let data = FileManager.default.contents(atPath: path) else { throw .io(path, "cannot read") }
+        guard let text = String(data: data, encoding: .utf8) else { throw .badInput(path, "is not text; give token ids separated by commas, spaces or newlines") }
+        switch parse(text) {
+        case .success(let ids): return ids
+        case .failure(let p): throw .badInput(path, p.text)
+        }
+    }
+}
+
+struct ProblemText: Error, ExpressibleByStringLiteral, ExpressibleByStringInterpolation {
+    let text: String
+    init(stringLiteral value: String) { text = value }
+    init(stringInterpolation: DefaultStringInterpolation) { text = String(stringInterpolation: stringInterpolation) }
+}
+
+/// Writes a JSON document to stdout.
+func printJSON(_ value: JSON) {
+    print(value.pretty, terminator: value.pretty.hasSuffix("\n") ? "" : "\n")
 }

@@ -12,23 +12,28 @@ struct Verify: ParsableCommand {
         is finite. Prints each layer's errors, depth histogram and sub-expert load.
         """)
 
-    @Argument(help: "Converted checkpoint directory.")
-    var destination: String
+    @Argument(help: ArgumentHelp("The converted checkpoint: a directory or a .vffn file.", valueName: "checkpoint"), completion: .file())
+    var checkpoint: String
 
-    @Option(help: "The dense checkpoint it was converted from, to compare tensor bytes.")
+    @Option(help: ArgumentHelp("The dense checkpoint it was converted from (directory, .gguf or .vffn), to compare tensor bytes.",
+                               valueName: "source"), completion: .file())
     var source: String?
 
-    @Option(help: "Probe token ids, e.g. 5,17,42 (default: 32 ids drawn from --seed).")
-    var tokens: TokenList?
+    @OptionGroup var tokens: TokenOptions
 
-    @Option(help: "Seed of the probe inputs.")
+    @Option(parsing: .unconditional, help: "Seed of the probe inputs (0...2^64-1).", transform: parseSeed)
     var seed: UInt64 = 0
+
+    @Flag(help: "Print the report as JSON instead of the table.")
+    var json = false
+
+    @OptionGroup var common: CommonOptions
 
     func run() throws {
         var passed = false
         try reportingErrors {
-            let report = try Verifier.verify(destination: destination, source: source, probeTokens: tokens?.ids, seed: seed)
-            print(report.table, terminator: "")
+            let report = try Verifier.verify(destination: checkpoint, source: source, probeTokens: tokens.ids(), seed: seed)
+            if json { printJSON(report.json) } else if !common.quiet { print(report.table, terminator: "") }
             passed = report.passed
         }
         if !passed { throw ExitCode(1) }
