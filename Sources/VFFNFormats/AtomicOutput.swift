@@ -34,8 +34,7 @@ public final class AtomicOutput {
     /// renamed into place.
     public let isStream: Bool
 
-    private let kind: Kind
-    private let command: String
+    public let kind: Kind
     private let target: Target
     private var createdParents: [String] = []
     private var committed = false
@@ -63,13 +62,10 @@ public final class AtomicOutput {
     /// - Parameters:
     ///   - inputs: paths being read for this output; a destination that is one of them, holds
     ///     one, or lies inside one is refused, because replacing it would destroy the input.
-    ///   - command: recorded in a directory's marker (`convert`, `unpack`).
     ///   - dryRun: make every check, create nothing; `commit` is then not to be called.
-    public init(destination: String, kind: Kind, force: Bool, inputs: [String] = [], command: String = "convert",
-                dryRun: Bool = false) throws(VFFNError) {
+    public init(destination: String, kind: Kind, force: Bool, inputs: [String] = [], dryRun: Bool = false) throws(VFFNError) {
         self.destination = destination
         self.kind = kind
-        self.command = command
         guard !destination.isEmpty else { throw .usage("the output path is empty") }
 
         if destination == "-" {
@@ -122,13 +118,13 @@ public final class AtomicOutput {
             case S_IFSOCK: throw .usage("\(destination) is a socket; refusing to write to it")
             default: throw .usage("\(destination) exists and is neither a file nor a directory")
             }
-        } else if statError != ENOENT {
+        } else if statError != ENOENT && statError != ENOTDIR {
             throw .io(destination, "cannot examine: \(String(cString: strerror(statError)))")
         }
         let missing = try Self.missingParents(of: parent, shown: destination)
         target = .rename(path: path, replacing: replacing)
         isStream = false
-        absoluteDestination = absolute
+        absoluteDestination = Self.canonical(absolute)
         if dryRun {
             temporary = ""
             committed = true
@@ -203,13 +199,13 @@ public final class AtomicOutput {
         committed = true
     }
 
-    /// The marker: which tool wrote the directory and every file in it, so that a later
+    /// The marker: which tool wrote the directory and every file in it (nothing else, so that
+    /// unpacking a packed conversion gives back the same bytes), so that a later
     /// `--force` can tell its own output from a directory of the user's.
     private func writeMarker() throws(VFFNError) {
         let files = Checkpoint.filesBelow(temporary)
         let marker = JSON.object([
             ("written_by", .string("vffn-convert")),
-            ("command", .string(command)),
             ("files", .array(files.map { .string($0) })),
         ])
         let f = try OutputFile(path: temporary + "/" + Self.markerName)

@@ -45,7 +45,7 @@ public enum NPY {
     }
 
     public static func write(_ values: [Float], shape: [Int], to path: String, force: Bool = false, inputs: [String] = []) throws(VFFNError) {
-        let out = try AtomicOutput(destination: path, kind: .file, force: force, inputs: inputs, command: "run")
+        let out = try AtomicOutput(destination: path, kind: .file, force: force, inputs: inputs)
         let file = try OutputFile(path: out.temporary)
         try file.write(header(shape: shape, count: values.count))
         // Little-endian hosts hold f32 exactly as .npy stores it: write the values in place

@@ -42,7 +42,7 @@ extension VFFNContainer {
         for name in (["config.json"] + present + source.auxiliaryFiles() + source.otherWeightFiles()).sorted() {
             files.append(Blob(name: name, bytes: .owned(try source.auxiliaryFileContents(name))))
         }
-        let output = try AtomicOutput(destination: destination, kind: .file, force: force, inputs: [source.path], command: "pack")
+        let output = try AtomicOutput(destination: destination, kind: .file, force: force, inputs: [source.path])
         try write(config: source.config, tensors: tensors, files: files, shards: shards, compress: compress,
                   to: output.temporary, progress: progress)
         let size = (try? FileManager.default.attributesOfItem(atPath: output.temporary)[.size] as? Int) ?? 0
@@ -54,7 +54,7 @@ extension VFFNContainer {
     /// atomically: safetensors shards (rebuilt exactly when their headers were packed), the
     /// index when there are several shards, config.json and every embedded file.
     public func unpack(to destination: String, force: Bool = false, progress: (Int, Int) -> Void = { _, _ in }) throws(VFFNError) {
-        let output = try AtomicOutput(destination: destination, kind: .directory, force: force, inputs: [path], command: "unpack")
+        let output = try AtomicOutput(destination: destination, kind: .directory, force: force, inputs: [path])
         let dir = output.temporary
         var weightMap: [(String, String)] = []
         var totalSize = 0

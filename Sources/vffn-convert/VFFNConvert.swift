@@ -51,7 +51,9 @@ struct VFFNConvert: ParsableCommand {
             }
             let message = Self.message(for: error)
             if message.isEmpty { Glibc.exit(code.rawValue) }
-            fail(usage: oneLine(message, command: arguments.first.flatMap { subcommandNames.contains($0) ? $0 : nil }), code: code.rawValue)
+            // Our own validate() messages are complete; the parser's get a pointer to the help.
+            let command = error is ValidationError ? nil : arguments.first.flatMap { subcommandNames.contains($0) ? $0 : "" }
+            fail(usage: oneLine(message, helpFor: command), code: code.rawValue)
         }
     }
 
@@ -67,13 +69,14 @@ struct VFFNConvert: ParsableCommand {
     }
 
     /// The parser's message as one line, pointing at the help that lists what is allowed.
-    static func oneLine(_ message: String, command: String?) -> String {
+    static func oneLine(_ message: String, helpFor command: String?) -> String {
         var text = message.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: "; ")
         if text.hasPrefix("Error: ") { text.removeFirst(7) }
         if let first = text.first, first.isUppercase, text.count > 1, text.dropFirst().first?.isLowercase == true {
             text = first.lowercased() + text.dropFirst()
         }
-        return text + " (see: vffn-convert help\(command.map { " " + $0 } ?? ""))"
+        guard let command else { return text }
+        return text + " (see: vffn-convert help\(command.isEmpty ? "" : " " + command))"
     }
 
     static func editDistance(_ a: String, _ b: String) -> Int {

@@ -96,3 +96,32 @@ public func rewriteTensors(_ dir: String, _ transform: (TensorInfo, [UInt8]) -> 
 public func copyDirectory(_ from: String, to: String) throws {
     try FileManager.default.copyItem(atPath: from, toPath: to)
 }
+
+/// Everything under `root`, one line per entry (path, kind, size, contents or link target),
+/// symlinks not followed: two equal listings mean nothing was created, removed or changed.
+public func fileTree(_ root: String) -> [String] {
+    var out: [String] = []
+    func walk(_ dir: String, _ prefix: String) {
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() {
+            let path = dir + "/" + name
+            var st = stat()
+            guard lstat(path, &st) == 0 else { continue }
+            switch st.st_mode & S_IFMT {
+            case S_IFDIR:
+                out.append(prefix + name + "/")
+                walk(path, prefix + name + "/")
+            case S_IFLNK:
+                out.append(prefix + name + " -> " + ((try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"))
+            case S_IFREG:
+                let bytes = FileManager.default.contents(atPath: path).map { Array($0) } ?? []
+                var h: UInt64 = 0xcbf29ce484222325
+                for b in bytes { h = (h ^ UInt64(b)) &* 0x100000001b3 }
+                out.append(prefix + name + " \(bytes.count) bytes fnv \(String(h, radix: 16))")
+            default:
+                out.append(prefix + name + " (special)")
+            }
+        }
+    }
+    walk(root, "")
+    return out
+}

@@ -79,7 +79,18 @@ import VFFNFormats
         expectBadInput("/nonexistent/model", "/nonexistent/model: no such file or directory")
         expectBadInput(Fixtures.path("qwen2-bf16-tied/model.safetensors"), "is a single safetensors file; give the checkpoint directory that holds it and config.json")
         let dir = makeTemporaryDirectory()
-        expectBadInput(dir, "config.json: missing config.json")
+        let other = makeTemporaryDirectory()
+        writeFile(other + "/config.json", "{\"model_type\": \"llama\"}")
+        expectBadInput(other + "/config.json", "is a JSON file, not a checkpoint; pass the directory that holds it")
+        writeFile(other + "/README.md", "# a model card\n")
+        expectBadInput(other + "/README.md", "is a text file, not a checkpoint")
+        writeFile(other + "/empty.safetensors", "")
+        expectBadInput(other + "/empty.safetensors", "is empty (0 bytes), not a checkpoint")
+        writeFile(other + "/logits.npy", NPY.encode([1, 2], shape: [2]))
+        expectBadInput(other + "/logits.npy", "is a .npy array (what run writes), not a checkpoint")
+        expectBadInput(dir, "is an empty directory, not a checkpoint (no config.json)")
+        writeFile(dir + "/notes.txt", "x")
+        expectBadInput(dir, "has no config.json, so it is not a Hugging Face checkpoint directory")
         writeFile(dir + "/config.json", "{\"model_type\": llama}")
         expectBadInput(dir, "config.json: is not valid JSON: unexpected character 'l' at byte 15")
         writeFile(dir + "/config.json", "[]")
@@ -121,7 +132,7 @@ import VFFNFormats
         let dir = makeTemporaryDirectory()
         let dest = dir + "/out"
         do {
-            let out = try AtomicOutput(destination: dest, force: false, directory: true)
+            let out = try AtomicOutput(destination: dest, kind: .directory, force: false)
             writeFile(out.temporary + "/f", "partial")
             #expect(!FileManager.default.fileExists(atPath: dest))
             // Dropped without commit: as if an error was thrown half way.
@@ -129,16 +140,16 @@ import VFFNFormats
         #expect(!FileManager.default.fileExists(atPath: dest))
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
 
-        let out = try AtomicOutput(destination: dest, force: false, directory: true)
+        let out = try AtomicOutput(destination: dest, kind: .directory, force: false)
         writeFile(out.temporary + "/f", "one")
         try out.commit()
         #expect(try String(contentsOfFile: dest + "/f", encoding: .utf8) == "one")
 
-        #expect(throws: VFFNError.self) { try AtomicOutput(destination: dest, force: false, directory: true) }
-        let again = try AtomicOutput(destination: dest, force: true, directory: true)
+        #expect(throws: VFFNError.self) { try AtomicOutput(destination: dest, kind: .directory, force: false) }
+        let again = try AtomicOutput(destination: dest, kind: .directory, force: true)
         writeFile(again.temporary + "/g", "two")
         try again.commit()
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dest) == ["g"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dest).sorted() == [AtomicOutput.markerName, "g"])
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["out"])
     }
 
@@ -147,7 +158,7 @@ import VFFNFormats
         // Process ids are below 2^22 on Linux, so this one cannot be running.
         let stale = dir + "/.out.partial-99999999"
         try FileManager.default.createDirectory(atPath: stale, withIntermediateDirectories: false)
-        let out = try AtomicOutput(destination: dir + "/out", force: false, directory: true)
+        let out = try AtomicOutput(destination: dir + "/out", kind: .directory, force: false)
         #expect(!FileManager.default.fileExists(atPath: stale))
         out.abandon()
     }

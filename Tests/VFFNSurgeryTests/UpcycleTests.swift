@@ -97,7 +97,7 @@ import VFFNSurgery
         #expect(checkpoint.otherWeightFiles() == ["consolidated.safetensors", "onnx/model.onnx", "pytorch_model.bin"])
         let dst = makeTemporaryDirectory() + "/dst"
         let summary = try UpcyclePlan(source: checkpoint, experts: 8, topK: 2, maxDepth: 4).write(to: dst)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dst).sorted() == ["README.md", "config.json", "generation_config.json", "model.safetensors"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dst).sorted() == [AtomicOutput.markerName, "README.md", "config.json", "generation_config.json", "model.safetensors"])
         #expect(summary.sourceNotes == ["3 weight file(s) in other formats not copied (stale dense copies without gates): consolidated.safetensors, onnx/model.onnx, pytorch_model.bin"])
         // pack keeps everything, so unpack gives the directory back as it was.
         try VFFNContainer.pack(checkpoint, to: dst + ".vffn")
@@ -291,10 +291,15 @@ import VFFNSurgery
         let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path("mistral-f16")), experts: 8, topK: 2, maxDepth: 4)
         #expect(throws: VFFNError.self) { try plan.write(to: dst) }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dst) == ["keep"])
-        try plan.write(to: dst, force: true)
-        #expect(FileManager.default.fileExists(atPath: dst + "/model.safetensors"))
-        #expect(!FileManager.default.fileExists(atPath: dst + "/keep"))
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["dst"])
+        // --force replaces only what this tool wrote: the user's directory stays as it is.
+        #expect(throws: VFFNError.self) { try plan.write(to: dst, force: true) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dst) == ["keep"])
+        let own = dir + "/own"
+        try plan.write(to: own)
+        try plan.write(to: own, force: true)
+        #expect(FileManager.default.fileExists(atPath: own + "/model.safetensors"))
+        // The replaced output is gone whole: no temporary or set-aside copy is left beside it.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["dst", "own"])
     }
 
     @Test func refusesToWriteOverOrInsideTheSource() throws {
