@@ -18,6 +18,7 @@ public enum TensorFileFormat: String, Sendable {
     public static func detect(path: String) throws(VFFNError) -> TensorFileFormat {
         let head = try MappedFile.readPrefix(path: path, count: 8)
         if head.isEmpty { throw .badInput(path, "is empty (0 bytes), not a checkpoint") }
+        if head.count < 8 { throw .badInput(path, "is \(head.count) bytes long, too short to be a checkpoint") }
         if head.starts(with: [0x93] + Array("NUMPY".utf8)) { throw .badInput(path, "is a .npy array (what run writes), not a checkpoint") }
         if head.starts(with: VFFNContainer.magic) { return .vffn }
         if head.starts(with: Array("GGUF".utf8)) { return .gguf }

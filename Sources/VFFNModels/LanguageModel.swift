@@ -44,13 +44,16 @@ extension LanguageModel {
         if let limit = maxTokens, tokens.count > limit {
             throw .usage("\(tokens.count) tokens exceed the \(limit) positions this \(modelType) model covers")
         }
-        // The output alone is [T, vocab] floats, and a few [T, hidden] activations live beside
-        // it: refuse what cannot fit in memory rather than abort while allocating it.
-        let perToken = (vocabSize + 16 * hiddenSize) * MemoryLayout<Float>.size
-        let memory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
-        if memory > 0, tokens.count > memory / 2 / perToken {
-            throw .usage("\(tokens.count) tokens need about \(tokens.count / 1_000_000 * perToken / 1_000 + 1) GB for this model's activations; "
-                         + "this machine has \(memory >> 30) GiB (at most \(memory / 2 / perToken) tokens at once)")
+        // The output is [T, vocab] floats, a few [T, hidden] activations live beside it, and
+        // attention scores are [T, T]: refuse what cannot fit in half the machine's memory
+        // rather than abort while allocating it.
+        let memory = Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
+        let perToken = Double(vocabSize + 16 * hiddenSize), t = Double(tokens.count)
+        let need = 4 * (t * t + t * perToken)
+        if memory > 0, need > memory / 2 {
+            let most = Int((-perToken + (perToken * perToken + memory / 2).squareRoot()) / 2)
+            throw .usage("\(tokens.count) tokens need about \(Int(need / 1e9)) GB for this model's activations and attention scores; "
+                         + "this machine has \(Int(memory / 1e9)) GB (at most about \(most) tokens at once)")
         }
     }
 

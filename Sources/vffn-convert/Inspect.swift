@@ -179,7 +179,8 @@ struct ModelCard {
 
     func json(tensors rows: [Tensor]) -> JSON {
         var members: [(String, JSON)] = [("path", .string(path)), ("storage", .string(storage))]
-        members += facts.map { ($0.0.replacingOccurrences(of: " ", with: "_"), .string($0.1)) }
+        // The summary's words, but for the numbers that follow in their own fields.
+        members += facts.filter { !["parameters", "dtypes", "size"].contains($0.0) }.map { ($0.0.replacingOccurrences(of: " ", with: "_"), .string($0.1)) }
         let gateParameters = gateCount
         members.append(("parameters", .int(tensors.reduce(0) { $0 + $1.info.shape.reduce(1, *) })))
         members.append(("gate_parameters", .int(gateParameters)))

@@ -155,7 +155,7 @@ struct WriteOptions: ParsableArguments {
 /// Token ids as every command takes them: `--tokens 5,17,42` (commas, spaces or newlines) or
 /// `--tokens-file FILE` with the same syntax.
 struct TokenOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Token ids, separated by commas, spaces or newlines, e.g. 5,17,42.", valueName: "ids"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Token ids, separated by commas, spaces or newlines, e.g. 5,17,42.", valueName: "ids"))
     var tokens: String?
 
     @Option(name: .customLong("tokens-file"), help: ArgumentHelp("A file of token ids, separated by commas, spaces or newlines.", valueName: "file"),
