@@ -107,7 +107,8 @@ fuzz: deps
 
 # Converts the shipped tiny Llama (GQA, 4 shards), then verifies the result against it.
 demo: build
-	@mkdir -p out
+	@# The demo's own output: outputs of releases before 0.14 carry no marker, so --force alone would refuse them.
+	@rm -rf $(DEMO_DST)
 	./.build/release/vffn-convert convert $(DEMO_SRC) $(DEMO_DST) --experts 8 --top-k 2 --max-depth 4 --emit-modeling --force
 	./.build/release/vffn-convert verify $(DEMO_DST) --source $(DEMO_SRC)
 

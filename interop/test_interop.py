@@ -45,7 +45,7 @@ def relative_error(actual, expected):
 
 def run_tokens(checkpoint, out_dir, dense=False, tokens=TOKENS):
     out = Path(out_dir) / ("dense.npy" if dense else "vffn.npy")
-    tool("run", checkpoint, "--tokens", ",".join(map(str, tokens)), "--out", out, *(["--dense"] if dense else []))
+    tool("run", checkpoint, "--tokens", ",".join(map(str, tokens)), "--out", out, "--force", *(["--dense"] if dense else []))
     return np.load(out)
 
 

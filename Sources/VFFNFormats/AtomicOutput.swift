@@ -68,6 +68,12 @@ public final class AtomicOutput {
         self.kind = kind
         guard !destination.isEmpty else { throw .usage("the output path is empty") }
 
+        if destination == "-" || Self.standardStream(destination) != nil {
+            // Binary bytes would only garble a terminal; a pipe or a redirect is what is meant.
+            if isatty(Self.standardStream(destination) ?? STDOUT_FILENO) == 1 {
+                throw .usage("\(destination == "-" ? "stdout" : destination) is a terminal; redirect it to a file or a pipe, or give a file name")
+            }
+        }
         if destination == "-" {
             guard kind == .file else { throw .usage("- (stdout) can take one file, but this output is a directory") }
             (target, temporary, isStream, absoluteDestination) = (.stream(fd: STDOUT_FILENO), dryRun ? "" : try Self.privateTemporary(), true, nil)
@@ -223,6 +229,11 @@ public final class AtomicOutput {
               let marker = try? JSON.parse(Array(data)), marker["written_by"]?.stringValue == "vffn-convert",
               let listed = marker["files"]?.arrayValue?.compactMap(\.stringValue)
         else {
+            if let config = FileManager.default.contents(atPath: path + "/config.json"),
+               (try? JSON.parse(Array(config)))?["versatile_ffn"] != nil {
+                throw .usage("\(shown) holds a converted checkpoint without the \(markerName) that marks vffn-convert's own outputs "
+                             + "(written by a release before 0.14, or saved by a trainer); it is not replaced: remove it yourself or choose another path")
+            }
             let what = "a directory of \(entries.count) entr\(entries.count == 1 ? "y" : "ies") (\(entries.prefix(3).joined(separator: ", "))\(entries.count > 3 ? ", ..." : ""))"
             throw .usage("\(shown) is \(what) that vffn-convert did not write; it is never replaced. "
                          + "To write inside it, name the output: \(trimmingTrailingSlashes(shown))/NAME")

@@ -126,6 +126,24 @@ import VFFNFormats
         #expect(try cli(["run", llama, "--tokens", tokens, "--out", "/dev/null", "--quiet"]).status == 0)
     }
 
+    /// Binary output to a terminal is refused: `script` gives the child one as stdout.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+    func binaryIsNotWrittenToATerminal() throws {
+        let dir = makeTemporaryDirectory()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+        p.arguments = ["-qec", "\(Fixtures.executable) run \(llama) --tokens 1 --out -", "/dev/null"]
+        p.currentDirectoryURL = URL(fileURLWithPath: dir)
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        let shown = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 64)
+        #expect(shown.contains("vffn-convert: error: stdout is a terminal; redirect it to a file or a pipe, or give a file name"), "\(shown)")
+        #expect(!shown.contains("NUMPY"))
+    }
+
     /// Bounds come before allocation: a huge D or token count is a usage error, not an abort.
     @Test func boundsBeforeAllocation() throws {
         let dir = makeTemporaryDirectory()

@@ -80,6 +80,11 @@ import TestSupport
         #expect(try String(contentsOfFile: root + "/ckpt/f", encoding: .utf8) == "2")
         writeFile(root + "/ckpt/trained.safetensors", "the user's")
         expectRefused(root + "/ckpt", .directory, force: true, in: root, "now also holds 1 file(s) it did not write (trained.safetensors)")
+
+        // A conversion of an earlier release, or a trainer's save: no marker, so not replaced.
+        try FileManager.default.createDirectory(atPath: root + "/legacy", withIntermediateDirectories: false)
+        writeFile(root + "/legacy/config.json", #"{"model_type": "llama", "versatile_ffn": {"num_experts": 8}}"#)
+        expectRefused(root + "/legacy", .directory, force: true, in: root, "holds a converted checkpoint without the .vffn-convert.json")
     }
 
     @Test func anEmptyDirectoryIsThePlaceToWrite() throws {
