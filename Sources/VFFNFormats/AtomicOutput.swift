@@ -56,7 +56,10 @@ public final class AtomicOutput {
 
     /// Removes every temporary still being written. For signal handlers: after it, exit.
     public static func removeLiveTemporaries() {
-        for path in live.drain() { try? FileManager.default.removeItem(atPath: path) }
+        let (paths, parents) = live.drain()
+        for path in paths { try? FileManager.default.removeItem(atPath: path) }
+        // Directories made for outputs go too, innermost first; rmdir keeps any that filled up.
+        for dir in parents.reversed() { rmdir(dir) }
     }
 
     /// - Parameters:
@@ -143,6 +146,7 @@ public final class AtomicOutput {
                 throw .io(dir, "cannot create the directory: \(reason)")
             }
             createdParents.append(dir)
+            Self.live.insertParent(dir)
         }
         Self.removeStaleTemporaries(in: parent, base: base)
         // NAME_MAX is 255 bytes: long names are shortened in the temporary's name only.
@@ -194,13 +198,14 @@ public final class AtomicOutput {
         }
         committed = true
         Self.live.remove(temporary)
+        for d in createdParents { Self.live.removeParent(d) }
     }
 
     public func abandon() {
         guard !temporary.isEmpty else { return }
         try? FileManager.default.removeItem(atPath: temporary)
         Self.live.remove(temporary)
-        for d in createdParents.reversed() { rmdir(d) }
+        for d in createdParents.reversed() { rmdir(d); Self.live.removeParent(d) }
         createdParents = []
         committed = true
     }
@@ -392,8 +397,11 @@ public final class AtomicOutput {
 private final class LiveSet: @unchecked Sendable {
     private let lock = NSLock()
     private var paths = Set<String>()
+    private var parents: [String] = []
 
     func insert(_ p: String) { lock.withLock { _ = paths.insert(p) } }
     func remove(_ p: String) { lock.withLock { _ = paths.remove(p) } }
-    func drain() -> Set<String> { lock.withLock { defer { paths = [] }; return paths } }
+    func insertParent(_ p: String) { lock.withLock { parents.append(p) } }
+    func removeParent(_ p: String) { lock.withLock { parents.removeAll { $0 == p } } }
+    func drain() -> (Set<String>, [String]) { lock.withLock { defer { paths = []; parents = [] }; return (paths, parents) } }
 }

@@ -276,8 +276,10 @@ import VFFNFormats
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         var sawPartial = false
+        let parent = dst.contains("/") ? dir + "/" + dst.split(separator: "/").dropLast().joined(separator: "/") : dir
+        let base = String(dst.split(separator: "/").last!)
         for _ in 0..<4000 where !sawPartial {
-            sawPartial = (try FileManager.default.contentsOfDirectory(atPath: dir)).contains { $0.hasPrefix("." + dst + ".partial-") }
+            sawPartial = ((try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []).contains { $0.hasPrefix("." + base + ".partial-") }
             if !sawPartial { usleep(1000) }
         }
         #expect(sawPartial, "no temporary output appeared")
@@ -323,6 +325,13 @@ import VFFNFormats
     func interruptedWritesLeaveNothing(signal: Int32, args: [String]) throws {
         let dir = makeTemporaryDirectory()
         #expect(try interrupt(args, dst: "out", in: dir, with: signal) == 128 + signal)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["large"])
+    }
+
+    /// The directories made for an interrupted output are removed with it.
+    @Test func interruptedWritesRemoveTheParentsTheyMade() throws {
+        let dir = makeTemporaryDirectory()
+        #expect(try interrupt(["convert", "SRC", "DST", "--quiet"], dst: "new/deeper/out", in: dir, with: SIGINT) == 128 + SIGINT)
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["large"])
     }
 
