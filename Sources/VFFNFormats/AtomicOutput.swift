@@ -53,9 +53,12 @@ public final class AtomicOutput {
 
     /// Temporaries being written right now, so a signal handler can remove them.
     private static let live = LiveSet()
+    /// Held while an output is renamed into place, and forever by a signal handler about to exit.
+    private static let renaming = NSLock()
 
     /// Removes every temporary still being written. For signal handlers: after it, exit.
     public static func removeLiveTemporaries() {
+        renaming.lock()
         let (paths, parents) = live.drain()
         for path in paths { try? FileManager.default.removeItem(atPath: path) }
         // Directories made for outputs go too, innermost first; rmdir keeps any that filled up.
@@ -93,6 +96,23 @@ public final class AtomicOutput {
             throw .usage("\(destination) ends in /, so it names a directory, but this output is one file; give a file name, e.g. \(destination)out")
         }
 
+        // A pipe or device is written through under the name given: /dev/fd/63 of a process
+        // substitution is a link to "pipe:[N]", which names nothing once resolved.
+        var given = stat()
+        if stat(destination, &given) == 0, [S_IFIFO, S_IFCHR].contains(given.st_mode & S_IFMT) {
+            let type = given.st_mode & S_IFMT
+            guard kind == .file else { throw .usage("\(destination) is a \(type == S_IFIFO ? "FIFO" : "character device"), but this output is a directory") }
+            guard access(destination, W_OK) == 0 else { throw .io(destination, "cannot write: \(String(cString: strerror(errno)))") }
+            if type == S_IFCHR {
+                let fd = open(destination, O_WRONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)
+                let terminal = fd >= 0 && isatty(fd) == 1
+                if fd >= 0 { close(fd) }
+                if terminal { throw .usage("\(destination) is a terminal; redirect it to a file or a pipe, or give a file name") }
+            }
+            (target, temporary, isStream, absoluteDestination) = (.streamPath(destination), dryRun ? "" : try Self.privateTemporary(), true, nil)
+            if !dryRun { Self.live.insert(temporary) }
+            return
+        }
         let path = Self.resolvingLastSymlinks(Self.trimmingTrailingSlashes(destination))
         let (parent, base) = Self.split(path)
         guard base != "." && base != ".." && base != "/" else {
@@ -102,13 +122,7 @@ public final class AtomicOutput {
         let exists = stat(path, &st) == 0
         let statError = errno
         let type = st.st_mode & S_IFMT
-        if exists && (type == S_IFIFO || type == S_IFCHR) {
-            guard kind == .file else { throw .usage("\(destination) is a \(type == S_IFIFO ? "FIFO" : "character device"), but this output is a directory") }
-            guard access(path, W_OK) == 0 else { throw .io(destination, "cannot write: \(String(cString: strerror(errno)))") }
-            (target, temporary, isStream, absoluteDestination) = (.streamPath(path), dryRun ? "" : try Self.privateTemporary(), true, nil)
-            if !dryRun { Self.live.insert(temporary) }
-            return
-        }
+        if statError == ELOOP { throw .usage("\(destination) is a loop of symlinks") }
         let absolute = Self.absolute(path)
         try Self.refuseOverlap(absolute, inputs: inputs, shown: destination)
         var replacing = false
@@ -140,17 +154,21 @@ public final class AtomicOutput {
             return
         }
         for dir in missing {
-            guard mkdir(dir, 0o755) == 0 || errno == EEXIST else {
+            if mkdir(dir, 0o755) == 0 {
+                createdParents.append(dir)
+                Self.live.insertParent(dir)
+                continue
+            }
+            // Made meanwhile by someone else (or reached through ".."): theirs, not ours to remove.
+            guard errno == EEXIST else {
                 let reason = String(cString: strerror(errno))
                 for d in createdParents.reversed() { rmdir(d) }
                 throw .io(dir, "cannot create the directory: \(reason)")
             }
-            createdParents.append(dir)
-            Self.live.insertParent(dir)
         }
-        Self.removeStaleTemporaries(in: parent, base: base)
         // NAME_MAX is 255 bytes: long names are shortened in the temporary's name only.
         let shortBase = base.utf8.count > 200 ? String(decoding: Array(base.utf8.prefix(200)), as: UTF8.self) : base
+        Self.removeStaleTemporaries(in: parent, base: shortBase)
         temporary = (parent == "/" ? "" : parent) + "/." + shortBase + ".partial-\(getpid())"
         try? FileManager.default.removeItem(atPath: temporary)
         Self.live.insert(temporary)
@@ -181,6 +199,15 @@ public final class AtomicOutput {
             try? FileManager.default.removeItem(atPath: temporary)
         case .rename(let path, let replacing):
             if kind == .directory { try writeMarker() }
+            // The signal handler waits for this lock: between the two renames, an interrupt
+            // would leave neither the old output nor the new one in place.
+            Self.renaming.lock()
+            defer { Self.renaming.unlock() }
+            // Checked again: the user may have put files into it while we were writing.
+            var st = stat()
+            if replacing, kind == .directory, stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR {
+                try Self.refuseReplacingDirectory(path, shown: destination, force: true)
+            }
             var old: String?
             if replacing {
                 let aside = temporary + ".old"
@@ -217,7 +244,10 @@ public final class AtomicOutput {
         let files = Checkpoint.filesBelow(temporary)
         let marker = JSON.object([
             ("written_by", .string("vffn-convert")),
-            ("files", .array(files.map { .string($0) })),
+            ("files", .array(files.map { name in
+                let s = Self.fileStamp(temporary + "/" + name)
+                return .object([("path", .string(name)), ("bytes", .int(s?.bytes ?? -1)), ("mtime_ns", .int(s?.mtime ?? -1))])
+            })),
         ])
         let f = try OutputFile(path: temporary + "/" + Self.markerName)
         try f.write(marker.pretty)
@@ -227,12 +257,15 @@ public final class AtomicOutput {
     /// Why an existing directory may not be replaced, or nothing if it may.
     /// An empty directory holds nothing to lose: it is taken as the place to write.
     static func refuseReplacingDirectory(_ path: String, shown: String, force: Bool) throws(VFFNError) {
-        let entries = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+        let entries: [String]
+        do { entries = try FileManager.default.contentsOfDirectory(atPath: path).sorted() } catch {
+            throw .io(shown, "cannot list the existing directory, so it is not replaced: \(error.localizedDescription)")
+        }
         if entries.isEmpty { return }
         let markerPath = path + "/" + markerName
         guard let data = FileManager.default.contents(atPath: markerPath),
               let marker = try? JSON.parse(Array(data)), marker["written_by"]?.stringValue == "vffn-convert",
-              let listed = marker["files"]?.arrayValue?.compactMap(\.stringValue)
+              let entriesListed = marker["files"]?.arrayValue
         else {
             if let config = FileManager.default.contents(atPath: path + "/config.json"),
                (try? JSON.parse(Array(config)))?["versatile_ffn"] != nil {
@@ -243,12 +276,36 @@ public final class AtomicOutput {
             throw .usage("\(shown) is \(what) that vffn-convert did not write; it is never replaced. "
                          + "To write inside it, name the output: \(trimmingTrailingSlashes(shown))/NAME")
         }
-        let extra = Checkpoint.filesBelow(path).filter { $0 != markerName && !Set(listed).contains($0) }
+        var listed: [String: (bytes: Int, mtime: Int)] = [:]
+        for e in entriesListed {
+            guard let name = e["path"]?.stringValue, let bytes = e["bytes"]?.intValue, let mtime = e["mtime_ns"]?.intValue else {
+                throw .usage("\(shown) has a \(markerName) that this version cannot read; it is not replaced: remove it yourself")
+            }
+            listed[name] = (bytes, mtime)
+        }
+        let present = Checkpoint.filesBelow(path)
+        let extra = present.filter { $0 != markerName && listed[$0] == nil }
+        let changed = present.filter { name in
+            guard let l = listed[name] else { return false }
+            let s = fileStamp(path + "/" + name)
+            return s?.bytes != l.bytes || s?.mtime != l.mtime
+        }
+        guard changed.isEmpty else {
+            throw .usage("\(shown) was written by vffn-convert, but \(changed.count) of its files changed since (\(changed.prefix(3).joined(separator: ", "))), "
+                         + "as a trainer's save would change them; it is not replaced: move it or choose another path")
+        }
         guard extra.isEmpty else {
             throw .usage("\(shown) was written by vffn-convert but now also holds \(extra.count) file(s) it did not write (\(extra.prefix(3).joined(separator: ", "))); "
                          + "it is not replaced: move them out first")
         }
         guard force else { throw .usage("\(shown) already exists (written by vffn-convert); pass --force to replace it") }
+    }
+
+    /// Size and modification time (ns) of a file, following symlinks.
+    static func fileStamp(_ path: String) -> (bytes: Int, mtime: Int)? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return (Int(st.st_size), Int(st.st_mtim.tv_sec) * 1_000_000_000 + Int(st.st_mtim.tv_nsec))
     }
 
     /// Refuses a destination that would overwrite or contain an input, or the working directory.
@@ -278,7 +335,8 @@ public final class AtomicOutput {
                 }
                 return missing.reversed()
             }
-            guard errno == ENOENT else { throw .io(dir, "cannot examine: \(String(cString: strerror(errno)))") }
+            // ENOTDIR: a file is in the way further up; the loop finds it and names it.
+            guard errno == ENOENT || errno == ENOTDIR else { throw .io(dir, "cannot examine: \(String(cString: strerror(errno)))") }
             missing.append(dir)
             let up = split(dir).parent
             if up == dir { return missing.reversed() }
@@ -310,11 +368,18 @@ public final class AtomicOutput {
     /// A private file to build a streamed output in, under $TMPDIR.
     static func privateTemporary() throws(VFFNError) -> String {
         let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        var template = Array((trimmingTrailingSlashes(base) + "/vffn-convert-stream-XXXXXX").utf8CString)
+        let dir = trimmingTrailingSlashes(base)
+        removeStaleTemporaries(in: dir, prefix: "vffn-convert-stream-")
+        var template = Array((dir + "/vffn-convert-stream-\(getpid())-XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else { throw .io(base, "cannot create a temporary file: \(String(cString: strerror(errno)))") }
         close(fd)
         return template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    }
+
+    /// Whether an output path means this process's stdout (where a summary must not go).
+    public static func isStandardOutput(_ path: String) -> Bool {
+        path == "-" || standardStream(path) == STDOUT_FILENO
     }
 
     /// stdout and stderr under their device names: written to the process's own descriptor,
@@ -385,7 +450,10 @@ public final class AtomicOutput {
 
     /// Temporaries left by runs that were killed: their process id no longer exists.
     private static func removeStaleTemporaries(in parent: String, base: String) {
-        let prefix = "." + base + ".partial-"
+        removeStaleTemporaries(in: parent, prefix: "." + base + ".partial-")
+    }
+
+    private static func removeStaleTemporaries(in parent: String, prefix: String) {
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] where entry.hasPrefix(prefix) {
             let pidText = entry.dropFirst(prefix.count).prefix { $0.isNumber }
             guard let pid = Int32(pidText), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }

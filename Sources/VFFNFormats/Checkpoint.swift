@@ -194,8 +194,17 @@ public final class Checkpoint: @unchecked Sendable {
         weightSuffixes.contains { name.hasSuffix($0) }
     }
 
-    /// Every regular file under `root` (following symlinks), as sorted relative paths.
-    static func filesBelow(_ root: String, prefix: String = "") -> [String] {
+    /// Every regular file under `root` (following symlinks, as Hugging Face cache snapshots
+    /// need), as sorted relative paths. A directory reached twice (a link to `.` or `/`) is
+    /// walked once, so a loop of links cannot make this run forever.
+    static func filesBelow(_ root: String) -> [String] {
+        var seen = Set<[UInt64]>()
+        return filesBelow(root, prefix: "", seen: &seen)
+    }
+
+    private static func filesBelow(_ root: String, prefix: String, seen: inout Set<[UInt64]>) -> [String] {
+        var st = stat()
+        guard stat(root, &st) == 0, seen.insert([UInt64(st.st_dev), UInt64(st.st_ino)]).inserted else { return [] }
         var out: [String] = []
         for name in ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).sorted() {
             // The marker describes the directory this tool wrote; it is not part of the model.
@@ -203,7 +212,7 @@ public final class Checkpoint: @unchecked Sendable {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: root + "/" + name, isDirectory: &isDir) else { continue }
             if isDir.boolValue {
-                out += filesBelow(root + "/" + name, prefix: prefix + name + "/")
+                out += filesBelow(root + "/" + name, prefix: prefix + name + "/", seen: &seen)
             } else {
                 out.append(prefix + name)
             }

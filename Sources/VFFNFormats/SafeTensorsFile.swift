@@ -199,6 +199,8 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
             elements = p
             shape.append(Int(d))
         }
+        // Non-empty shapes are bounded below by the bytes they must span.
+        if shape.contains(0) { try checkShapeFitsInMemory(shape, elementBytes: 1, path: path, what: "tensor \"\(name)\": shape \(shape)") }
         guard let offs = value["data_offsets"]?.arrayValue, offs.count == 2,
               let begin = offs[0].uint64Value, let end = offs[1].uint64Value,
               begin <= UInt64(Int.max), end <= UInt64(Int.max)

@@ -188,6 +188,19 @@ func checkedProduct(_ factors: [UInt64], path: String, what: @autoclosure () -> 
     return p
 }
 
+/// Refuses a shape whose size, ignoring zero dimensions, does not fit in an Int of bytes: a
+/// zero-sized `[2^62, 2, 0]` is legal in the file, but every product over its dimensions
+/// (element counts, parameter totals) would trap on the way to 0; so would a stride-0 torch
+/// view whose elements the storage never holds.
+func checkShapeFitsInMemory(_ shape: [Int], elementBytes: Int, path: String, what: @autoclosure () -> String) throws(VFFNError) {
+    var p = UInt64(max(elementBytes, 1))
+    for d in shape where d != 0 {
+        let (r, overflow) = p.multipliedReportingOverflow(by: UInt64(d))
+        guard !overflow, r <= UInt64(Int.max) else { throw .badInput(path, "\(what()) is too large to address") }
+        p = r
+    }
+}
+
 /// Owns decoded tensor bytes for readers that cannot hand out mapped bytes, so that the
 /// pointers they return live as long as the file object.
 final class DecodedCache: @unchecked Sendable {

@@ -48,6 +48,7 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
             }
             // The last element the view reaches must lie inside the storage.
             let elements = try checkedProduct(t.shape.map(UInt64.init), path: path, what: "tensor \"\(name)\" shape \(t.shape)")
+            try checkShapeFitsInMemory(t.shape, elementBytes: item, path: path, what: "tensor \"\(name)\": shape \(t.shape)")
             if elements > 0 {
                 var last = UInt64(t.offset)
                 for (n, s) in zip(t.shape, t.stride) {

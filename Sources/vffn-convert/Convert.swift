@@ -13,7 +13,7 @@ struct Convert: ParsableCommand {
         Writes DST next to it under a temporary name and renames it only when complete. \
         The FFN's intermediate neurons are cut into N contiguous sub-experts (N must divide the \
         intermediate size); the new gates are drawn from a truncated normal (std 0.02) seeded by \
-        --seed, so the same command always writes the same bytes.
+        --seed, so the same command always writes the same checkpoint bytes.
         """)
 
     @Argument(help: ArgumentHelp("The dense checkpoint: a Hugging Face directory (safetensors or pytorch_model.bin, single or sharded), a .gguf or a .vffn file.",
@@ -139,7 +139,7 @@ struct Convert: ParsableCommand {
         if emitModeling { lines.append("  \(dryRun ? "would write" : "wrote") \(RemoteCode.fileName): load with trust_remote_code=True") }
         for n in summary.sourceNotes { lines.append("  note: \(n)") }
         let text = lines.joined(separator: "\n")
-        if destination == "-" { note(text) } else { print(text) }
+        if AtomicOutput.isStandardOutput(destination) { note(text) } else { print(text) }
     }
 }
 

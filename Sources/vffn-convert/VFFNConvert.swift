@@ -207,7 +207,13 @@ enum TokenIDs {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw .badInput(path, "no such file") }
         guard !isDir.boolValue else { throw .badInput(path, "is a directory; give a file of token ids") }
-        guard let data = FileManager.default.contents(atPath: path) else { throw .io(path, "cannot read") }
+        // Read with a cap, so /dev/zero or a stray multi-GB file cannot exhaust memory.
+        let cap = maxCount * 24
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw .io(path, "cannot read") }
+        defer { try? handle.close() }
+        let data: Data
+        do { data = try handle.read(upToCount: cap + 1) ?? Data() } catch { throw .io(path, "cannot read: \(error.localizedDescription)") }
+        guard data.count <= cap else { throw .badInput(path, "is larger than \(cap / 1_000_000) MB; more than \(maxCount) token ids are never run at once") }
         guard let text = String(data: data, encoding: .utf8) else { throw .badInput(path, "is not text; give token ids separated by commas, spaces or newlines") }
         switch parse(text) {
         case .success(let ids): return ids

@@ -124,6 +124,15 @@ import VFFNFormats
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: dir + "/link.npy") == "ref.npy")
         #expect(try NPY.decode(Array(FileManager.default.contents(atPath: dir + "/ref.npy")!)).shape == [1, 256])
         #expect(try cli(["run", llama, "--tokens", tokens, "--out", "/dev/null", "--quiet"]).status == 0)
+
+        // Process substitution: /dev/fd/63 links to "pipe:[N]", written through unresolved.
+        let bash = Process()
+        bash.executableURL = URL(fileURLWithPath: "/bin/bash")
+        bash.arguments = ["-c", "'\(Fixtures.executable)' pack '\(llama)' >(cat > '\(dir)/substituted.vffn') --quiet; status=$?; wait; exit $status"]
+        try bash.run()
+        bash.waitUntilExit()
+        #expect(bash.terminationStatus == 0)
+        #expect(FileManager.default.contents(atPath: dir + "/substituted.vffn") == FileManager.default.contents(atPath: dir + "/ref.vffn"))
     }
 
     /// Binary output to a terminal is refused: `script` gives the child one as stdout.
@@ -169,6 +178,11 @@ import VFFNFormats
         expectError(try cli(["run", llama, "--tokens-file", "many.txt", "--out", "x.npy"], in: dir), 64,
                     "200000 tokens need about 160 GB for this model's activations and attention scores")
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["many.txt"])
+        // A token file too large to hold ids we would run is refused before it is read whole.
+        FileManager.default.createFile(atPath: dir + "/huge.txt", contents: nil)
+        #expect(truncate(dir + "/huge.txt", 64 << 20) == 0)
+        expectError(try cli(["run", llama, "--tokens-file", "huge.txt", "--out", "x.npy"], in: dir), 65, "huge.txt: is larger than 25 MB")
+        try FileManager.default.removeItem(atPath: dir + "/huge.txt")
         // Legal but degenerate: one warning line each, and the conversion goes on.
         let w = try cli(["convert", llama, "w", "--experts", "2", "--top-k", "2", "--max-depth", "20", "--dry-run"], in: dir)
         #expect(w.status == 0)

@@ -81,10 +81,37 @@ import TestSupport
         writeFile(root + "/ckpt/trained.safetensors", "the user's")
         expectRefused(root + "/ckpt", .directory, force: true, in: root, "now also holds 1 file(s) it did not write (trained.safetensors)")
 
+        // A trainer saved over the same names: the sizes and times no longer match the marker.
+        writeFile(root + "/ckpt/trained.safetensors", "")
+        try FileManager.default.removeItem(atPath: root + "/ckpt/trained.safetensors")
+        writeFile(root + "/ckpt/f", "fine-tuned")
+        expectRefused(root + "/ckpt", .directory, force: true, in: root, "but 1 of its files changed since (f)")
+
         // A conversion of an earlier release, or a trainer's save: no marker, so not replaced.
         try FileManager.default.createDirectory(atPath: root + "/legacy", withIntermediateDirectories: false)
         writeFile(root + "/legacy/config.json", #"{"model_type": "llama", "versatile_ffn": {"num_experts": 8}}"#)
         expectRefused(root + "/legacy", .directory, force: true, in: root, "holds a converted checkpoint without the .vffn-convert.json")
+    }
+
+    /// Only the directories it made are removed: not one reached through "..", not one that
+    /// existed already.
+    @Test func abandonsOnlyTheParentsItMade() throws {
+        let root = makeTemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: root + "/existing", withIntermediateDirectories: false)
+        do { _ = try AtomicOutput(destination: root + "/new/../existing/out", kind: .file, force: false) }
+        #expect(fileTree(root) == ["existing/"])
+    }
+
+    @Test func symlinkLoopsAreNamed() throws {
+        let root = makeTemporaryDirectory()
+        try FileManager.default.createSymbolicLink(atPath: root + "/a", withDestinationPath: root + "/b")
+        try FileManager.default.createSymbolicLink(atPath: root + "/b", withDestinationPath: root + "/a")
+        expectRefused(root + "/a", .file, force: true, in: root, "is a loop of symlinks")
+        // A directory holding a link to itself is listed once, not forever.
+        try FileManager.default.createDirectory(atPath: root + "/d", withIntermediateDirectories: false)
+        try FileManager.default.createSymbolicLink(atPath: root + "/d/self", withDestinationPath: ".")
+        writeFile(root + "/d/x", "1")
+        #expect(Checkpoint.filesBelow(root + "/d") == ["x"])
     }
 
     @Test func anEmptyDirectoryIsThePlaceToWrite() throws {

@@ -79,6 +79,8 @@ import VFFNFormats
          "tensor \"a\": shape [4294967296, 4294967296] overflows 64 bits"),
         ("bits overflow", safetensorsBytes(header: #"{"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,4]}}"#, data: [0, 0, 0, 0]),
          "tensor \"a\": shape [4611686018427387904] of F32 overflows 64 bits"),
+        ("empty but huge", safetensorsBytes(header: #"{"a":{"dtype":"F32","shape":[4611686018427387904,2,0],"data_offsets":[0,0]}}"#, data: []),
+         "tensor \"a\": shape [4611686018427387904, 2, 0] is too large to address"),
         ("size mismatch", safetensorsBytes(header: #"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}}"#, data: .init(repeating: 0, count: 12)),
          "tensor \"a\": shape [4] of F32 needs 16 bytes but data_offsets span 12"),
         ("sub-byte", safetensorsBytes(header: #"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#, data: [0]), "tensor \"a\": 3 elements of F4 do not fill whole bytes"),

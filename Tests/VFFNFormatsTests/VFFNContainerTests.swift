@@ -12,7 +12,7 @@ import TestSupport
         let left = try #require(fm.subpaths(atPath: a)).sorted(), right = try #require(fm.subpaths(atPath: b)).sorted()
         #expect(left == right.filter { $0 != AtomicOutput.markerName } && right.contains(AtomicOutput.markerName), sourceLocation: sourceLocation)
         let marker = try JSON.parse(Array(try #require(fm.contents(atPath: b + "/" + AtomicOutput.markerName))))
-        #expect(marker["files"]?.arrayValue?.compactMap(\.stringValue) == Checkpoint.filesBelow(a), sourceLocation: sourceLocation)
+        #expect(marker["files"]?.arrayValue?.compactMap { $0["path"]?.stringValue } == Checkpoint.filesBelow(a), sourceLocation: sourceLocation)
         for p in left {
             var isDir: ObjCBool = false
             _ = fm.fileExists(atPath: a + "/" + p, isDirectory: &isDir)
