@@ -132,6 +132,13 @@ public enum Architectures {
         guard let arch = all.first(where: { $0.modelTypes.contains(type) }) else {
             throw .badInput(configPath, "model_type \"\(type)\" is not supported (supported: \(supportedModelTypes.joined(separator: ", ")))")
         }
+        // A quantized checkpoint's weights are not the dense function's, and slicing packed
+        // integers into sub-experts is meaningless: refused by name, before any tensor is read.
+        if let q = checkpoint.config["quantization_config"], !q.isNull {
+            let method = q["quant_method"]?.stringValue ?? (q["load_in_4bit"]?.boolValue == true || q["load_in_8bit"]?.boolValue == true ? "bitsandbytes" : nil)
+            throw .badInput(configPath, "is a quantized checkpoint (quantization_config\(method.map { ", quant_method \"\($0)\"" } ?? "")); "
+                            + "convert the unquantized model, stored as F32, F16 or BF16")
+        }
         return arch
     }
 

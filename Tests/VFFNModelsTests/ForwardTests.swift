@@ -137,6 +137,23 @@ import VFFNModels
         expectError(dir, "config.json: has no \"model_type\"")
     }
 
+    /// The config says how the weights were quantized; the refusal names the method, as
+    /// transformers writes it for GPTQ, AWQ, fp8 and bitsandbytes (which older versions spelled
+    /// with load_in_4bit alone).
+    @Test func quantizedCheckpointsAreRefusedByMethod() throws {
+        let dir = try copy("mistral-f16")
+        for (q, method) in [(#"{"quant_method": "gptq", "bits": 4, "group_size": 128}"#, "quant_method \"gptq\""),
+                            (#"{"quant_method": "awq", "bits": 4, "version": "gemm"}"#, "quant_method \"awq\""),
+                            (#"{"quant_method": "fp8", "activation_scheme": "dynamic"}"#, "quant_method \"fp8\""),
+                            (#"{"load_in_4bit": true, "bnb_4bit_quant_type": "nf4"}"#, "quant_method \"bitsandbytes\""),
+                            (#"{"bits": 8}"#, "quantization_config)")] {
+            try editConfig(dir) { $0.setting("quantization_config", to: try! JSON.parse(q)) }
+            expectError(dir, "config.json: is a quantized checkpoint (\(method.hasSuffix(")") ? method : "quantization_config, " + method + ")"); convert the unquantized model")
+        }
+        try editConfig(dir) { $0.setting("quantization_config", to: .null) }
+        _ = try Architectures.load(Checkpoint(path: dir))
+    }
+
     @Test func configValuesThatCannotDescribeTheModel() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("hidden_size", to: .string("32")) }
