@@ -5,7 +5,9 @@ import VFFNFormats
 /// attention, post-norm layers (`S(x) = LayerNorm(x + f(x))`) and an exact-GELU FFN. `run`
 /// returns the last hidden states; pooler and task heads are carried through, not run.
 public enum BERT: Architecture {
-    public static let modelTypes = ["bert"]
+    public static let families = [
+        ModelFamily("bert", output: .hiddenStates, autoClass: "AutoModel", remoteCodeClass: "VersatileBertModel"),
+    ]
 
     public struct Config: Sendable {
         public var vocabSize: Int

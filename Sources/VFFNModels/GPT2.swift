@@ -4,7 +4,9 @@ import VFFNFormats
 /// GPT-2: learned positions, pre-norm LayerNorm blocks, fused q/k/v, a tanh-GELU FFN, and every
 /// projection a `Conv1D` stored `[in, out]`.
 public enum GPT2: Architecture {
-    public static let modelTypes = ["gpt2"]
+    public static let families = [
+        ModelFamily("gpt2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGPT2LMHeadModel"),
+    ]
 
     public struct Config: Sendable {
         public var vocabSize: Int

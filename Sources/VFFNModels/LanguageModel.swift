@@ -114,7 +114,8 @@ public struct FFNLayout: Sendable {
 /// One model family: how to find its FFNs for surgery and how to load it for a forward pass.
 /// Adding an architecture is one file with one of these, listed in `Architectures.all`.
 public protocol Architecture: Sendable {
-    static var modelTypes: [String] { get }
+    /// The model types this architecture implements, each declared once (ModelFamily.swift).
+    static var families: [ModelFamily] { get }
     static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout
     static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel
 }

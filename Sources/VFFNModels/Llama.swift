@@ -4,7 +4,11 @@ import VFFNFormats
 /// Llama, Mistral and Qwen2: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU FFN.
 /// They differ only in config flags (q/k/v biases, sliding windows), read into `Llama.Config`.
 public enum Llama: Architecture {
-    public static let modelTypes = ["llama", "mistral", "qwen2"]
+    public static let families = [
+        ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", olmoLayout: true),
+        ModelFamily("mistral", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileMistralForCausalLM", olmoLayout: true),
+        ModelFamily("qwen2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen2ForCausalLM", olmoLayout: true),
+    ]
 
     public struct Config: Sendable {
         public var modelType: String

@@ -17,14 +17,13 @@ import VFFNModels
 /// - `config.yaml`: the model section of an OLMo training config, with `load_path` set to DST.
 /// - the source's tokenizer and other auxiliary files, copied.
 extension UpcyclePlan {
-    static let olmoModelTypes = ["llama", "mistral", "qwen2"]
-
     func writeOLMo(to destination: String, force: Bool, dryRun: Bool,
                    progress: @escaping @Sendable (ConversionProgress) -> Void) throws(VFFNError) -> ConversionSummary {
         let configPath = source.configPath
         let modelType = source.config["model_type"]?.stringValue ?? "?"
-        guard Self.olmoModelTypes.contains(modelType) else {
-            throw .usage("--output-format olmo takes Llama-family sources (\(Self.olmoModelTypes.joined(separator: ", "))); this is model_type \(modelType)")
+        let olmoTypes = Architectures.families.filter(\.olmoLayout).map(\.modelType)
+        guard Architectures.family(modelType)?.olmoLayout == true else {
+            throw .usage("--output-format olmo takes Llama-family sources (\(olmoTypes.joined(separator: ", "))); this is model_type \(modelType)")
         }
         let c = try Llama.Config(source.config, path: configPath)
         guard c.headDim * c.numHeads == c.hiddenSize else {

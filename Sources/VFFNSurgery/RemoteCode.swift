@@ -1,4 +1,5 @@
 import VFFNFormats
+import VFFNModels
 
 /// The transformers remote code written beside a converted checkpoint by `convert --emit-modeling`:
 /// one Python module (a resource of this package, embedded in the binary so that the executable
@@ -8,24 +9,16 @@ public enum RemoteCode {
 
     public static var source: [UInt8] { PackageResources.modeling_versatile_ffn_py }
 
-    /// The Auto class and the module's class for each model_type.
-    static let classes: [String: (autoClass: String, modelClass: String)] = [
-        "llama": ("AutoModelForCausalLM", "VersatileLlamaForCausalLM"),
-        "mistral": ("AutoModelForCausalLM", "VersatileMistralForCausalLM"),
-        "qwen2": ("AutoModelForCausalLM", "VersatileQwen2ForCausalLM"),
-        "gpt2": ("AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
-        "bert": ("AutoModel", "VersatileBertModel"),
-    ]
-
-    /// `config` with our `auto_map` entry added; any other entries it had are kept.
+    /// `config` with our `auto_map` entry added (the family declares its Auto class and ours);
+    /// any other entries it had are kept.
     static func addingAutoMap(to config: JSON, path: String) throws(VFFNError) -> JSON {
         let type = config["model_type"]?.stringValue ?? ""
-        guard let entry = classes[type] else {
-            throw .badInput(path, "model_type \"\(type)\" has no transformers remote code (supported: \(classes.keys.sorted().joined(separator: ", ")))")
+        guard let family = Architectures.family(type) else {
+            throw .badInput(path, "model_type \"\(type)\" has no transformers remote code (supported: \(Architectures.supportedModelTypes.joined(separator: ", ")))")
         }
         let module = String(fileName.dropLast(3))
-        var members = (config["auto_map"]?.objectMembers ?? []).filter { $0.0 != entry.autoClass }
-        members.append((entry.autoClass, .string(module + "." + entry.modelClass)))
+        var members = (config["auto_map"]?.objectMembers ?? []).filter { $0.0 != family.autoClass }
+        members.append((family.autoClass, .string(module + "." + family.remoteCodeClass)))
         return config.setting("auto_map", to: .object(members))
     }
 }

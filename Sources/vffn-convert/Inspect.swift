@@ -116,7 +116,7 @@ struct ModelCard {
         facts.append(("attention", Self.attention(c)))
         facts.append(("vocabulary", Self.int(c, "vocab_size").map { "\($0) tokens" } ?? "?"))
         facts.append(("context", Self.int(c, "max_position_embeddings", "n_positions", "n_ctx").map { "\($0) positions" } ?? "?"))
-        if type != "bert" {
+        if Architectures.family(type)?.output != .hiddenStates {
             let head = ckpt.tensorNames.contains { $0 == "lm_head.weight" || $0.hasSuffix(".lm_head.weight") }
             facts.append(("output head", head ? "own lm_head" : "tied to the token embedding"))
         }

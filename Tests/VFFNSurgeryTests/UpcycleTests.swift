@@ -377,6 +377,19 @@ import VFFNSurgery
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
 
+    /// Every declared family has its class in the Python module, built on the stock class its
+    /// name promises: a family added without its remote code fails here, not in a user's trainer.
+    @Test func everyFamilyHasItsRemoteCodeClass() throws {
+        let module = String(decoding: RemoteCode.source, as: UTF8.self)
+        for family in Architectures.families {
+            #expect(module.contains("class \(family.remoteCodeClass)("), "\(family.modelType): no class \(family.remoteCodeClass)")
+            #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
+            #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
+        }
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "gpt2", "bert"])
+        #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2"])
+    }
+
     /// The module written is the package's resource byte for byte, and config.json names the
     /// class of the checkpoint's model_type (the Python side is checked by `make test-interop`).
     @Test(arguments: cases.map(\.fixture))

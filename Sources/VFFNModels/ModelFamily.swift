@@ -1,0 +1,38 @@
+import VFFNFormats
+
+/// What the modules above the forward pass need to know about one model_type, said once, by the
+/// architecture that implements it: surgery, the transformers remote code, the OLMo export and
+/// `inspect` read it here instead of keeping model-type lists of their own.
+public struct ModelFamily: Sendable {
+    public let modelType: String
+    /// What `run` returns for it.
+    public let output: OutputKind
+    /// transformers' Auto class for the converted checkpoint, and the class of
+    /// modeling_versatile_ffn.py built on its stock model.
+    public let autoClass: String
+    public let remoteCodeClass: String
+    /// Whether OLMo's sequential block (att_proj = [q; k; v], ff_proj = [up; gate], RMSNorm)
+    /// expresses the family's function, so that `--output-format olmo` can write it.
+    public let olmoLayout: Bool
+
+    public init(_ modelType: String, output: OutputKind, autoClass: String, remoteCodeClass: String, olmoLayout: Bool = false) {
+        self.modelType = modelType
+        self.output = output
+        self.autoClass = autoClass
+        self.remoteCodeClass = remoteCodeClass
+        self.olmoLayout = olmoLayout
+    }
+}
+
+extension Architecture {
+    public static var modelTypes: [String] { families.map(\.modelType) }
+}
+
+extension Architectures {
+    /// Every family, in the order `supportedModelTypes` lists them.
+    public static var families: [ModelFamily] { all.flatMap { $0.families } }
+
+    public static func family(_ modelType: String) -> ModelFamily? {
+        families.first { $0.modelType == modelType }
+    }
+}
