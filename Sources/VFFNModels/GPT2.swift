@@ -5,7 +5,8 @@ import VFFNFormats
 /// projection a `Conv1D` stored `[in, out]`.
 public enum GPT2: Architecture {
     public static let families = [
-        ModelFamily("gpt2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGPT2LMHeadModel"),
+        ModelFamily("gpt2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGPT2LMHeadModel",
+                    notInOLMo: "learned positions, LayerNorm with biases and a GELU FFN"),
     ]
 
     public struct Config: Sendable {

@@ -1,13 +1,16 @@
 import Foundation
 import VFFNFormats
 
-/// Llama, Mistral and Qwen2: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU FFN.
-/// They differ only in config flags (q/k/v biases, sliding windows), read into `Llama.Config`.
+/// Llama, Mistral, Qwen2 and Qwen3: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU
+/// FFN. They differ only in config flags (q/k/v biases, sliding windows, Qwen3's per-head q/k
+/// norms), read into `Llama.Config`.
 public enum Llama: Architecture {
     public static let families = [
-        ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", olmoLayout: true),
-        ModelFamily("mistral", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileMistralForCausalLM", olmoLayout: true),
-        ModelFamily("qwen2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen2ForCausalLM", olmoLayout: true),
+        ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
+        ModelFamily("mistral", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileMistralForCausalLM", notInOLMo: nil),
+        ModelFamily("qwen2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen2ForCausalLM", notInOLMo: nil),
+        ModelFamily("qwen3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen3ForCausalLM",
+                    notInOLMo: "per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection)"),
     ]
 
     public struct Config: Sendable {
@@ -26,6 +29,8 @@ public enum Llama: Architecture {
         /// Bias on o_proj (Llama's `attention_bias` covers it; Qwen2 has none).
         public var outputBias: Bool
         public var mlpBias: Bool
+        /// Qwen3: RMSNorm over each head of q and of k (weight `[head_dim]`) before RoPE.
+        public var qkNormPerHead: Bool
         /// Per layer, the attention window (nil: full causal attention).
         public var slidingWindows: [Int?]
         /// Rotary inverse frequencies, `headDim / 2` of them.
@@ -52,6 +57,9 @@ public enum Llama: Architecture {
             }
             if json["head_dim"] != nil, json["head_dim"]!.isNull == false {
                 headDim = try r.int("head_dim")
+            } else if modelType == "qwen3" {
+                // Qwen3Config's default, in transformers 4.x and 5.x alike (not hidden / heads).
+                headDim = 128
             } else {
                 guard hiddenSize % numHeads == 0 else {
                     throw .badInput(path, "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(numHeads)")
@@ -68,7 +76,9 @@ public enum Llama: Architecture {
             let attentionBias = try r.bool("attention_bias", default: false)
             qkvBias = modelType == "qwen2" ? true : attentionBias
             outputBias = modelType == "qwen2" ? false : attentionBias
-            mlpBias = try r.bool("mlp_bias", default: false)
+            // Qwen3's MLP has no bias switch; a stray mlp_bias in its config is ignored as transformers does.
+            mlpBias = modelType == "qwen3" ? false : try r.bool("mlp_bias", default: false)
+            qkNormPerHead = modelType == "qwen3"
             slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
             let rope = Self.ropeParameters(json)
             ropeTheta = try r.double("rope_theta", default: .nan)
@@ -100,7 +110,7 @@ public enum Llama: Architecture {
             switch modelType {
             case "mistral":
                 return Array(repeating: window, count: layers)
-            case "qwen2":
+            case "qwen2", "qwen3":
                 guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
                 let from = try r.int("max_window_layers", default: layers)
                 return (0..<layers).map { $0 >= from ? window : nil }
@@ -153,6 +163,8 @@ public enum Llama: Architecture {
     struct Layer: Sendable {
         let inputNorm: Norm
         let q, k, v, o: Linear
+        /// Per-head norms of q and k (Qwen3), applied before RoPE.
+        let qNorm, kNorm: Norm?
         let slidingWindow: Int?
     }
 
@@ -192,12 +204,21 @@ public enum Llama: Architecture {
         /// Causal grouped-query attention over positions 0..<T with rotary embeddings.
         func attention(_ layer: Layer, _ h: Matrix) -> Matrix {
             var q = layer.q(h), k = layer.k(h)
+            if let n = layer.qNorm { q = perHead(n, q) }
+            if let n = layer.kNorm { k = perHead(n, k) }
             applyRotary(&q, heads: config.numHeads)
             applyRotary(&k, heads: config.numKVHeads)
             let a = VFFNModels.attention(q: q, k: k, v: layer.v(h), heads: config.numHeads, kvHeads: config.numKVHeads,
                                          headDim: config.headDim, scale: 1 / Float(config.headDim).squareRoot(),
                                          mask: .causal(window: layer.slidingWindow))
             return layer.o(a)
+        }
+
+        /// A norm over each head's `head_dim` values: `[T, H*hd]` is `[T*H, hd]` in memory.
+        func perHead(_ norm: Norm, _ m: Matrix) -> Matrix {
+            let hd = config.headDim
+            let out = norm(Matrix(rows: m.rows * (m.cols / hd), cols: hd, data: m.data))
+            return Matrix(rows: m.rows, cols: m.cols, data: out.data)
         }
 
         /// Rotate-half RoPE (transformers' layout): pairs (i, i + hd/2) rotate by pos * inv_freq[i].
@@ -256,6 +277,8 @@ public enum Llama: Architecture {
                 k: try attn.scope("k_proj").linear(out: c.numKVHeads * hd, in: d, bias: c.qkvBias),
                 v: try attn.scope("v_proj").linear(out: c.numKVHeads * hd, in: d, bias: c.qkvBias),
                 o: try attn.scope("o_proj").linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
+                qNorm: c.qkNormPerHead ? .rms(weight: try attn.scope("q_norm").vector("weight", count: hd), eps: c.rmsNormEps) : nil,
+                kNorm: c.qkNormPerHead ? .rms(weight: try attn.scope("k_norm").vector("weight", count: hd), eps: c.rmsNormEps) : nil,
                 slidingWindow: c.slidingWindows[i]))
             let mlp = l.scope("mlp")
             let ffn = GatedFeedForward(

@@ -11,16 +11,18 @@ public struct ModelFamily: Sendable {
     /// modeling_versatile_ffn.py built on its stock model.
     public let autoClass: String
     public let remoteCodeClass: String
-    /// Whether OLMo's sequential block (att_proj = [q; k; v], ff_proj = [up; gate], RMSNorm)
-    /// expresses the family's function, so that `--output-format olmo` can write it.
-    public let olmoLayout: Bool
+    /// What of the family OLMo's sequential block (att_proj = [q; k; v], ff_proj = [up; gate],
+    /// RMSNorm) cannot express, or nil when `--output-format olmo` can write it.
+    public let notInOLMo: String?
 
-    public init(_ modelType: String, output: OutputKind, autoClass: String, remoteCodeClass: String, olmoLayout: Bool = false) {
+    public var olmoLayout: Bool { notInOLMo == nil }
+
+    public init(_ modelType: String, output: OutputKind, autoClass: String, remoteCodeClass: String, notInOLMo: String?) {
         self.modelType = modelType
         self.output = output
         self.autoClass = autoClass
         self.remoteCodeClass = remoteCodeClass
-        self.olmoLayout = olmoLayout
+        self.notInOLMo = notInOLMo
     }
 }
 

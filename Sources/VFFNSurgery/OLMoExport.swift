@@ -21,9 +21,9 @@ extension UpcyclePlan {
                    progress: @escaping @Sendable (ConversionProgress) -> Void) throws(VFFNError) -> ConversionSummary {
         let configPath = source.configPath
         let modelType = source.config["model_type"]?.stringValue ?? "?"
-        let olmoTypes = Architectures.families.filter(\.olmoLayout).map(\.modelType)
-        guard Architectures.family(modelType)?.olmoLayout == true else {
-            throw .usage("--output-format olmo takes Llama-family sources (\(olmoTypes.joined(separator: ", "))); this is model_type \(modelType)")
+        let olmoTypes = Architectures.families.filter(\.olmoLayout).map(\.modelType).joined(separator: ", ")
+        if let unfit = Architectures.family(modelType)?.notInOLMo {
+            throw .usage("--output-format olmo cannot express model_type \(modelType): \(unfit) (it takes \(olmoTypes))")
         }
         let c = try Llama.Config(source.config, path: configPath)
         guard c.headDim * c.numHeads == c.hiddenSize else {

@@ -14,7 +14,8 @@ import VFFNModels
         "\(fixture)\(dense ? "-dense" : "")-\(fixture.hasPrefix("bert") ? "hidden" : "logits").npy"
     }
 
-    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "llama3-rope", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "llama3-rope", "qwen3-tiny", "qwen3-bf16-4x",
+                      "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
@@ -25,7 +26,7 @@ import VFFNModels
         #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
     }
 
-    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
+    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
     func versatileOutputMatchesPyTorchReference(fixture: String, topK: Int) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
@@ -132,7 +133,7 @@ import VFFNModels
     @Test func unknownOrMissingModelType() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
-        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, gpt2, bert)")
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, gpt2, bert)")
         try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
         expectError(dir, "config.json: has no \"model_type\"")
     }
@@ -152,6 +153,25 @@ import VFFNModels
         }
         try editConfig(dir) { $0.setting("quantization_config", to: .null) }
         _ = try Architectures.load(Checkpoint(path: dir))
+    }
+
+    /// Qwen3's per-head q/k norms are part of the function (fixtures/generate.py spreads their
+    /// weights; with them reset to 1 transformers' logits move by 29%), and a checkpoint that
+    /// lacks them is refused by name rather than run as a Qwen2.
+    @Test func qwen3NeedsItsPerHeadNorms() throws {
+        let dir = try copy("qwen3-bf16-4x")
+        let checkpoint = try Checkpoint(path: dir)
+        var records: [TensorRecord] = []
+        for name in checkpoint.tensorNames where !name.hasSuffix("self_attn.q_norm.weight") {
+            let info = checkpoint.info(name)!
+            records.append(TensorRecord(name: name, dtype: info.dtype, shape: info.shape, bytes: .owned(Array(try checkpoint.bytes(name)!))))
+        }
+        try FileManager.default.removeItem(atPath: dir + "/model.safetensors")
+        try SafeTensorsWriter.write(records, metadata: nil, to: dir + "/model.safetensors")
+        expectError(dir, "model.layers.0.self_attn.q_norm.weight")
+        // Its 4.x-style config has no head_dim-free spelling to fall back on: Qwen3's default is 128.
+        let c = try Llama.Config(try JSON.parse(#"{"model_type": "qwen3", "vocab_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}"#), path: "config.json")
+        #expect(c.headDim == 128 && c.qkNormPerHead)
     }
 
     @Test func configValuesThatCannotDescribeTheModel() throws {

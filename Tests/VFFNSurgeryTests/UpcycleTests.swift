@@ -13,7 +13,8 @@ import VFFNSurgery
         return dst
     }
 
-    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
+                      "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
         let report = try Verifier.verify(destination: dst, source: Fixtures.path(fixture))
@@ -143,7 +144,8 @@ import VFFNSurgery
         #expect(GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8) == GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8))
     }
 
-    @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "gpt2-tiny-seed0-e8k2d4-logits.npy", "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
+    @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "gpt2-tiny-seed0-e8k2d4-logits.npy",
+                      "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
         // fixtures/generate.py --swift-converted ran the PyTorch transcription of SPEC section 1
         // on this exact conversion (seed 0, N 8, k 2, D 4).
@@ -373,6 +375,7 @@ import VFFNSurgery
         ("llama-gqa-sharded", "AutoModelForCausalLM", "VersatileLlamaForCausalLM"),
         ("mistral-f16", "AutoModelForCausalLM", "VersatileMistralForCausalLM"),
         ("qwen2-bf16-tied", "AutoModelForCausalLM", "VersatileQwen2ForCausalLM"),
+        ("qwen3-tiny", "AutoModelForCausalLM", "VersatileQwen3ForCausalLM"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -386,7 +389,7 @@ import VFFNSurgery
             #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2"])
     }
 
@@ -482,7 +485,8 @@ import VFFNSurgery
 
     @Test func refusesWhatOLMoCannotHold() throws {
         let dst = makeTemporaryDirectory() + "/olmo"
-        for (fixture, message) in [("gpt2-tiny", "--output-format olmo takes Llama-family sources (llama, mistral, qwen2); this is model_type gpt2"),
+        for (fixture, message) in [("gpt2-tiny", "--output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2)"),
+                                   ("qwen3-tiny", "--output-format olmo cannot express model_type qwen3: per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection) (it takes llama, mistral, qwen2)"),
                                    ("llama3-rope", "rope type \"llama3\" has no OLMo equivalent (OLMo's rotary embedding is unscaled)")] {
             let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path(fixture)), experts: 4, topK: 2, maxDepth: 2)
             let error = try #require(throws: VFFNError.self) { try plan.write(to: dst, format: .olmo) }
