@@ -6,9 +6,10 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a forward pass over token ids and write the output as float32 .npy.",
         discussion: """
-        One sequence, positions 0..T-1, no padding. Causal LMs (llama, mistral, qwen2, gpt2) write \
-        [T, vocab] logits; encoders (bert, token type 0, bidirectional) write [T, hidden] last \
-        hidden states. A converted checkpoint runs with VersatileFFN semantics unless --dense is given.
+        One sequence, positions 0..T-1, no padding. Causal LMs \
+        (\(Architectures.families.filter { $0.output == .logits }.map(\.modelType).joined(separator: ", "))) write \
+        [T, vocab] logits; encoders (\(Architectures.families.filter { $0.output == .hiddenStates }.map(\.modelType).joined(separator: ", ")), \
+        token type 0, bidirectional) write [T, hidden] last hidden states. A converted checkpoint runs with VersatileFFN semantics unless --dense is given.
         """)
 
     @Argument(help: ArgumentHelp("A checkpoint, dense or converted: a directory, a .gguf or a .vffn file.", valueName: "checkpoint"),

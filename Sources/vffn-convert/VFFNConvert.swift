@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VFFNFormats
+import VFFNModels
 
 @main
 struct VFFNConvert: ParsableCommand {
@@ -14,8 +15,8 @@ struct VFFNConvert: ParsableCommand {
         files, single or sharded), a llama.cpp .gguf file, or a .vffn container; the format is \
         told by content, not by name. Conversion adds one expert_gate [N, d] and one \
         depth_predictor [D, d] per layer and keeps every dense tensor bit-identical. Supported \
-        model types: llama, mistral, qwen2 (SwiGLU, pre-norm), gpt2 (Conv1D, pre-norm; keys with \
-        or without "transformer.") and bert (encoder, post-norm; keys with or without "bert.").
+        model types: \(Architectures.supportedModelTypes.joined(separator: ", ")) (README.md lists \
+        what each covers).
 
         Outputs: a path is created with its missing parent directories; `-` is stdout where the \
         output is one file; a symlink, FIFO or device is written through. An existing output is \
