@@ -48,9 +48,10 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         39: ("MXFP4", 32, 17),
     ]
     static let supportedTypes: Set<Int32> = [0, 1, 8, 30]
-    /// The GGUF architectures mapped back, with their Hugging Face class. Both use llama.cpp's
-    /// Llama tensor names; only llama's Q/K rows are permuted (Qwen2 rotates in NeoX order).
-    static let architectures = ["llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"]
+    /// The GGUF architectures mapped back, with their Hugging Face class. All use llama.cpp's
+    /// Llama tensor names (Qwen3 adds attn_q_norm / attn_k_norm); only llama's Q/K rows are
+    /// permuted (Qwen2 and Qwen3 rotate in NeoX order).
+    static let architectures = ["llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"]
     static let maxNameLength = 64          // GGML_MAX_NAME, terminator included
     static let maxStringLength = 1 << 30   // GGUF_MAX_STRING_LENGTH
     static let maxAlignment: UInt32 = 1 << 20
@@ -194,7 +195,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         architecture = arch ?? ""
         config = arch.flatMap { Self.architectures[$0] } != nil
             ? Result { () throws(VFFNError) in try Self.huggingFaceConfig(values, architecture: arch!, tensors: infos, ropeFactors: ropeFactors, path: path) }
-            : .failure(.badInput(path, "GGUF architecture \(arch.map { "\"\($0)\"" } ?? "(none)") is not supported; only llama and qwen2 are mapped to Hugging Face names"))
+            : .failure(.badInput(path, "GGUF architecture \(arch.map { "\"\($0)\"" } ?? "(none)") is not supported; only \(Self.architectures.keys.sorted().joined(separator: ", ")) are mapped to Hugging Face names"))
     }
 
     static func string(_ r: inout ByteReader, what: String) throws(VFFNError) -> String {
@@ -250,7 +251,8 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         let parts = name.split(separator: ".")
         let perLayer = ["attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
                         "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-                        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"]
+                        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+                        "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"]
         if parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0, let hf = perLayer[String(parts[2])],
            parts[3] == "weight" || parts[3] == "bias" {
             return "model.layers.\(layer).\(hf).\(parts[3])"
@@ -290,7 +292,11 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         ]
         if v["\(arch).attention.key_length"] != nil {
             let headDim = try int("\(arch).attention.key_length")
-            if headDim != hidden / heads { members.append(("head_dim", .int(headDim))) }
+            // Qwen3Config's head_dim defaults to 128, not hidden / heads: say it always there.
+            if headDim != hidden / heads || arch == "qwen3" { members.append(("head_dim", .int(headDim))) }
+        } else if arch == "qwen3" {
+            // llama.cpp reads a missing key_length as hidden / heads.
+            members.append(("head_dim", .int(hidden / heads)))
         }
         if let factors = ropeFactors {
             let theta = try number("\(arch).rope.freq_base") ?? 10000

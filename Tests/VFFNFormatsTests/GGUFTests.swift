@@ -190,7 +190,7 @@ import TestSupport
         // Not a Llama: the tensors parse, but there is no Hugging Face model to map them to.
         var mamba = meta
         mamba[0] = GGUF.str("general.architecture", "mamba")
-        expectError(file([Self.norm], kvs: mamba), "GGUF architecture \"mamba\" is not supported; only llama and qwen2 are mapped to Hugging Face names")
+        expectError(file([Self.norm], kvs: mamba), "GGUF architecture \"mamba\" is not supported; only llama, qwen2, qwen3 are mapped to Hugging Face names")
         // A llama missing a size the config needs.
         expectError(file([.init("token_embd.weight", [8, 4], type: 0, offset: 0)], data: [UInt8](repeating: 0, count: 128), kvs: meta.filter { !String(decoding: $0, as: UTF8.self).contains("block_count") }),
                     "GGUF metadata \"llama.block_count\" is missing or not a positive integer")

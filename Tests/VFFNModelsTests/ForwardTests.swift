@@ -54,7 +54,7 @@ import VFFNModels
     }
 
     @Test(arguments: [("gguf/llama-gqa-f32.gguf", "llama-gqa-sharded"), ("gguf/llama-gqa-f32-v2.gguf", "llama-gqa-sharded"),
-                      ("gguf/qwen2-bf16.gguf", "qwen2-bf16-tied"), ("llama-bin-deflated", "llama-gqa-sharded"), ("gpt2-bin-sharded", "gpt2-tiny"), ("bert-tiny-bin", "bert-tiny")])
+                      ("gguf/qwen2-bf16.gguf", "qwen2-bf16-tied"), ("gguf/qwen3-tiny-f32.gguf", "qwen3-tiny"), ("llama-bin-deflated", "llama-gqa-sharded"), ("gpt2-bin-sharded", "gpt2-tiny"), ("bert-tiny-bin", "bert-tiny")])
     func otherFormatsRunExactlyAsTheirSafetensorsTwin(fixture: String, twin: String) throws {
         let a = try Architectures.load(Checkpoint(path: Fixtures.path(fixture))).forward(Fixtures.tokens, mode: .dense, trace: false).output
         let b = try Architectures.load(Checkpoint(path: Fixtures.path(twin))).forward(Fixtures.tokens, mode: .dense, trace: false).output
