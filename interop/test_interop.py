@@ -69,13 +69,20 @@ REMOTE_CODE_CASES = [
     ("qwen3-tiny", "AutoModelForCausalLM", []),
     ("qwen3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
     ("gguf/qwen3-tiny-f32.gguf", "AutoModelForCausalLM", []),
+    ("smollm3-tiny", "AutoModelForCausalLM", []),
+    ("smollm3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--depth-init", "calibrated"]),
 ]
 
 
+# Stock classes that came after the oldest transformers the remote code supports.
+NEWER_FAMILIES = {"qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
+
+
 def unavailable(fixture):
-    """Why this transformers cannot build the fixture's stock model (Qwen3 came in 4.51), or None."""
-    if "qwen3" in fixture and not hasattr(transformers, "Qwen3ForCausalLM"):
-        return f"transformers {transformers.__version__} has no Qwen3"
+    """Why this transformers cannot build the fixture's stock model, or None."""
+    for family, cls in NEWER_FAMILIES.items():
+        if family in fixture and not hasattr(transformers, cls):
+            return f"transformers {transformers.__version__} has no {cls}"
     return None
 
 

@@ -1,9 +1,9 @@
 import Foundation
 import VFFNFormats
 
-/// Llama, Mistral, Qwen2 and Qwen3: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU
-/// FFN. They differ only in config flags (q/k/v biases, sliding windows, Qwen3's per-head q/k
-/// norms), read into `Llama.Config`.
+/// Llama, Mistral, Qwen2, Qwen3 and SmolLM3: RMSNorm, rotate-half RoPE, grouped-query attention,
+/// SwiGLU FFN. They differ only in config flags (q/k/v biases, sliding windows, Qwen3's per-head
+/// q/k norms, SmolLM3's layers without RoPE), read into `Llama.Config`.
 public enum Llama: Architecture {
     public static let families = [
         ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
@@ -11,6 +11,8 @@ public enum Llama: Architecture {
         ModelFamily("qwen2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen2ForCausalLM", notInOLMo: nil),
         ModelFamily("qwen3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen3ForCausalLM",
                     notInOLMo: "per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection)"),
+        ModelFamily("smollm3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileSmolLM3ForCausalLM",
+                    notInOLMo: "layers without rotary embeddings (OLMo rotates every layer)"),
     ]
 
     public struct Config: Sendable {
@@ -31,6 +33,8 @@ public enum Llama: Architecture {
         public var mlpBias: Bool
         /// Qwen3: RMSNorm over each head of q and of k (weight `[head_dim]`) before RoPE.
         public var qkNormPerHead: Bool
+        /// Per layer, whether q and k are rotated (SmolLM3's `no_rope_layers` marks NoPE layers 0).
+        public var ropeLayers: [Bool]
         /// Per layer, the attention window (nil: full causal attention).
         public var slidingWindows: [Int?]
         /// Rotary inverse frequencies, `headDim / 2` of them.
@@ -79,6 +83,7 @@ public enum Llama: Architecture {
             // Qwen3's MLP has no bias switch; a stray mlp_bias in its config is ignored as transformers does.
             mlpBias = modelType == "qwen3" ? false : try r.bool("mlp_bias", default: false)
             qkNormPerHead = modelType == "qwen3"
+            ropeLayers = try Self.ropeLayers(r, modelType: modelType, layers: numLayers)
             slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
             let rope = Self.ropeParameters(json)
             ropeTheta = try r.double("rope_theta", default: .nan)
@@ -89,10 +94,33 @@ public enum Llama: Architecture {
             maxPositions = rope.type == "dynamic" ? try r.int("max_position_embeddings") : nil
         }
 
+        /// SmolLM3 lists 1 (rotate) or 0 (NoPE) per layer, or, without the list, leaves RoPE out
+        /// of every `no_rope_layer_interval`-th layer, as SmolLM3Config derives it.
+        static func ropeLayers(_ r: ConfigReader, modelType: String, layers: Int) throws(VFFNError) -> [Bool] {
+            guard modelType == "smollm3" else { return Array(repeating: true, count: layers) }
+            if let list = r.json["no_rope_layers"], !list.isNull {
+                guard let items = list.arrayValue, items.count == layers, items.allSatisfy({ $0.intValue == 0 || $0.intValue == 1 }) else {
+                    throw .badInput(r.path, "no_rope_layers must list 0 or 1 for each of the \(layers) layers")
+                }
+                return items.map { $0.intValue == 1 }
+            }
+            let interval = try r.int("no_rope_layer_interval", default: 4)
+            guard interval > 0 else { throw .badInput(r.path, "no_rope_layer_interval \(interval) must be positive") }
+            return (0..<layers).map { ($0 + 1) % interval != 0 }
+        }
+
         /// Which layers attend within a window. transformers 5 lists `layer_types`; older configs
         /// say it with `sliding_window` (Mistral) or `use_sliding_window` + `max_window_layers` (Qwen2).
         static func slidingWindows(_ r: ConfigReader, modelType: String, layers: Int) throws(VFFNError) -> [Int?] {
             let window: Int? = (r.json["sliding_window"]?.isNull ?? true) ? nil : try r.int("sliding_window")
+            if modelType == "smollm3" {
+                // SmolLM3 slides only with use_sliding_window, whatever layer_types says; without
+                // layer_types, its NoPE layers are the sliding ones.
+                guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
+                if r.json["layer_types"]?.arrayValue == nil {
+                    return try ropeLayers(r, modelType: modelType, layers: layers).map { $0 ? nil : window }
+                }
+            }
             if let types = r.json["layer_types"]?.arrayValue {
                 guard types.count == layers else { throw .badInput(r.path, "layer_types has \(types.count) entries for \(layers) layers") }
                 var out: [Int?] = []
@@ -165,6 +193,8 @@ public enum Llama: Architecture {
         let q, k, v, o: Linear
         /// Per-head norms of q and k (Qwen3), applied before RoPE.
         let qNorm, kNorm: Norm?
+        /// False for SmolLM3's NoPE layers.
+        let rotary: Bool
         let slidingWindow: Int?
     }
 
@@ -206,8 +236,10 @@ public enum Llama: Architecture {
             var q = layer.q(h), k = layer.k(h)
             if let n = layer.qNorm { q = perHead(n, q) }
             if let n = layer.kNorm { k = perHead(n, k) }
-            applyRotary(&q, heads: config.numHeads)
-            applyRotary(&k, heads: config.numKVHeads)
+            if layer.rotary {
+                applyRotary(&q, heads: config.numHeads)
+                applyRotary(&k, heads: config.numKVHeads)
+            }
             let a = VFFNModels.attention(q: q, k: k, v: layer.v(h), heads: config.numHeads, kvHeads: config.numKVHeads,
                                          headDim: config.headDim, scale: 1 / Float(config.headDim).squareRoot(),
                                          mask: .causal(window: layer.slidingWindow))
@@ -279,6 +311,7 @@ public enum Llama: Architecture {
                 o: try attn.scope("o_proj").linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
                 qNorm: c.qkNormPerHead ? .rms(weight: try attn.scope("q_norm").vector("weight", count: hd), eps: c.rmsNormEps) : nil,
                 kNorm: c.qkNormPerHead ? .rms(weight: try attn.scope("k_norm").vector("weight", count: hd), eps: c.rmsNormEps) : nil,
+                rotary: c.ropeLayers[i],
                 slidingWindow: c.slidingWindows[i]))
             let mlp = l.scope("mlp")
             let ffn = GatedFeedForward(

@@ -15,7 +15,7 @@ import VFFNModels
     }
 
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "llama3-rope", "qwen3-tiny", "qwen3-bf16-4x",
-                      "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+                      "smollm3-tiny", "smollm3-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
@@ -26,7 +26,7 @@ import VFFNModels
         #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
     }
 
-    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
+    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
     func versatileOutputMatchesPyTorchReference(fixture: String, topK: Int) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
@@ -133,7 +133,7 @@ import VFFNModels
     @Test func unknownOrMissingModelType() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
-        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, gpt2, bert)")
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, gpt2, bert)")
         try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
         expectError(dir, "config.json: has no \"model_type\"")
     }
@@ -172,6 +172,25 @@ import VFFNModels
         // Its 4.x-style config has no head_dim-free spelling to fall back on: Qwen3's default is 128.
         let c = try Llama.Config(try JSON.parse(#"{"model_type": "qwen3", "vocab_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}"#), path: "config.json")
         #expect(c.headDim == 128 && c.qkNormPerHead)
+    }
+
+    /// SmolLM3's NoPE layers and windows, as SmolLM3Config derives them when a config leaves
+    /// the lists out: RoPE is skipped in every interval-th layer, and with use_sliding_window
+    /// those layers slide; without use_sliding_window nothing slides, whatever layer_types says.
+    @Test func smolLM3DerivesItsLayerLists() throws {
+        func config(_ extra: String) throws -> Llama.Config {
+            try Llama.Config(try JSON.parse(#"{"model_type": "smollm3", "vocab_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 8, "num_attention_heads": 4"# + extra + "}"), path: "config.json")
+        }
+        #expect(try config("").ropeLayers == [true, true, true, false, true, true, true, false])
+        let sliding = try config(#", "no_rope_layer_interval": 2, "use_sliding_window": true, "sliding_window": 3"#)
+        #expect(sliding.ropeLayers == [true, false, true, false, true, false, true, false])
+        #expect(sliding.slidingWindows == [nil, 3, nil, 3, nil, 3, nil, 3])
+        let off = try config(#", "sliding_window": 3, "layer_types": ["sliding_attention", "full_attention", "full_attention", "full_attention", "full_attention", "full_attention", "full_attention", "full_attention"]"#)
+        #expect(off.slidingWindows.allSatisfy { $0 == nil })
+        #expect(throws: VFFNError.self) { try config(#", "no_rope_layers": [1, 0]"#) }
+        #expect(try config(#", "no_rope_layers": [0, 1, 1, 1, 1, 1, 1, 0]"#).ropeLayers == [false, true, true, true, true, true, true, false])
+        // Another family never skips RoPE, even with the key present.
+        #expect(try Llama.Config(try JSON.parse(#"{"model_type": "llama", "vocab_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "no_rope_layers": [0, 0]}"#), path: "c").ropeLayers == [true, true])
     }
 
     @Test func configValuesThatCannotDescribeTheModel() throws {

@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -31,10 +31,9 @@ import transformers
 from torch import nn
 from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
-try:
-    from transformers import Qwen3ForCausalLM
-except ImportError:  # transformers before 4.51 has no Qwen3; the other model types still load
-    Qwen3ForCausalLM = None
+# Families newer than the oldest transformers we support: absent there, the others still load.
+Qwen3ForCausalLM = getattr(transformers, "Qwen3ForCausalLM", None)  # 4.51
+SmolLM3ForCausalLM = getattr(transformers, "SmolLM3ForCausalLM", None)  # 4.53
 
 TEMPERATURE_START = 5.0
 TEMPERATURE_END = 0.1
@@ -289,6 +288,14 @@ class VersatileQwen2ForCausalLM(_VersatileModelMixin, Qwen2ForCausalLM):
 
 if Qwen3ForCausalLM is not None:
     class VersatileQwen3ForCausalLM(_VersatileModelMixin, Qwen3ForCausalLM):
+        def __init__(self, config):
+            _rope_settings_for_transformers_4(config)
+            super().__init__(config)
+            install_versatile_ffn(self, config, "llama")
+
+
+if SmolLM3ForCausalLM is not None:
+    class VersatileSmolLM3ForCausalLM(_VersatileModelMixin, SmolLM3ForCausalLM):
         def __init__(self, config):
             _rope_settings_for_transformers_4(config)
             super().__init__(config)
