@@ -70,7 +70,7 @@ REMOTE_CODE_CASES = [
     ("qwen3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
     ("gguf/qwen3-tiny-f32.gguf", "AutoModelForCausalLM", []),
     ("smollm3-tiny", "AutoModelForCausalLM", []),
-    ("smollm3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--depth-init", "calibrated"]),
+    ("smollm3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
 ]
 
 
