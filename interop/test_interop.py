@@ -71,6 +71,8 @@ REMOTE_CODE_CASES = [
     ("gguf/qwen3-tiny-f32.gguf", "AutoModelForCausalLM", []),
     ("smollm3-tiny", "AutoModelForCausalLM", []),
     ("smollm3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
+    ("granite-tiny", "AutoModelForCausalLM", []),
+    ("granite-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
 ]
 
 

@@ -83,7 +83,8 @@ public struct UngatedFeedForward: FeedForward {
 /// The FFN sub-layer `S`: the FFN with its normalization and residual connection.
 public struct FFNSublayer: Sendable {
     public enum Placement: Sendable {
-        /// `S(x) = x + f(norm(x))` (Llama, Mistral, Qwen2, GPT-2)
+        /// `S(x) = x + r·f(norm(x))` (Llama, Mistral, Qwen2, GPT-2; r is Granite's
+        /// residual_multiplier, 1 elsewhere)
         case preNorm
         /// `S(x) = norm(x + f(x))` (BERT)
         case postNorm
@@ -92,11 +93,14 @@ public struct FFNSublayer: Sendable {
     public let placement: Placement
     public let norm: Norm
     public let ffn: any FeedForward
+    /// The residual multiplier r of SPEC section 5's scaled pre-norm topology (Granite).
+    public let residualScale: Float
 
-    public init(placement: Placement, norm: Norm, ffn: any FeedForward) {
+    public init(placement: Placement, norm: Norm, ffn: any FeedForward, residualScale: Float = 1) {
         self.placement = placement
         self.norm = norm
         self.ffn = ffn
+        self.residualScale = residualScale
     }
 
     /// `S(x)` with the whole FFN.
@@ -105,7 +109,7 @@ public struct FFNSublayer: Sendable {
     /// `S_e(x)`: the sub-layer with `f` replaced by one of its sub-experts.
     public func apply(_ f: any FeedForward, to x: Matrix) -> Matrix {
         switch placement {
-        case .preNorm: return x + f(norm(x))
+        case .preNorm: return x + f(norm(x)).scaled(by: residualScale)
         case .postNorm: return norm(x + f(x))
         }
     }

@@ -1,9 +1,10 @@
 import Foundation
 import VFFNFormats
 
-/// Llama, Mistral, Qwen2, Qwen3 and SmolLM3: RMSNorm, rotate-half RoPE, grouped-query attention,
-/// SwiGLU FFN. They differ only in config flags (q/k/v biases, sliding windows, Qwen3's per-head
-/// q/k norms, SmolLM3's layers without RoPE), read into `Llama.Config`.
+/// Llama, Mistral, Qwen2, Qwen3, SmolLM3 and Granite: RMSNorm, rotate-half RoPE, grouped-query
+/// attention, SwiGLU FFN. They differ only in config flags (q/k/v biases, sliding windows, Qwen3's
+/// per-head q/k norms, SmolLM3's layers without RoPE, Granite's four multipliers), read into
+/// `Llama.Config`.
 public enum Llama: Architecture {
     public static let families = [
         ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
@@ -13,6 +14,8 @@ public enum Llama: Architecture {
                     notInOLMo: "per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection)"),
         ModelFamily("smollm3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileSmolLM3ForCausalLM",
                     notInOLMo: "layers without rotary embeddings (OLMo rotates every layer)"),
+        ModelFamily("granite", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGraniteForCausalLM",
+                    notInOLMo: "embedding, attention, residual and logits multipliers"),
     ]
 
     public struct Config: Sendable {
@@ -35,6 +38,13 @@ public enum Llama: Architecture {
         public var qkNormPerHead: Bool
         /// Per layer, whether q and k are rotated (SmolLM3's `no_rope_layers` marks NoPE layers 0).
         public var ropeLayers: [Bool]
+        /// Granite's multipliers (1, 1/sqrt(head_dim), 1 and 1 for every other family): token
+        /// embeddings are scaled, attention scores use `attentionScale`, both residual branches
+        /// are scaled, and logits divided.
+        public var embeddingMultiplier: Float
+        public var attentionScale: Float
+        public var residualMultiplier: Float
+        public var logitsScaling: Float
         /// Per layer, the attention window (nil: full causal attention).
         public var slidingWindows: [Int?]
         /// Rotary inverse frequencies, `headDim / 2` of them.
@@ -84,6 +94,14 @@ public enum Llama: Architecture {
             mlpBias = modelType == "qwen3" ? false : try r.bool("mlp_bias", default: false)
             qkNormPerHead = modelType == "qwen3"
             ropeLayers = try Self.ropeLayers(r, modelType: modelType, layers: numLayers)
+            let granite = modelType == "granite"
+            embeddingMultiplier = granite ? Float(try r.double("embedding_multiplier", default: 1)) : 1
+            attentionScale = granite ? Float(try r.double("attention_multiplier", default: 1)) : 1 / Float(headDim).squareRoot()
+            residualMultiplier = granite ? Float(try r.double("residual_multiplier", default: 1)) : 1
+            logitsScaling = granite ? Float(try r.double("logits_scaling", default: 1)) : 1
+            guard logitsScaling != 0, logitsScaling.isFinite, embeddingMultiplier.isFinite, attentionScale.isFinite, residualMultiplier.isFinite else {
+                throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
+            }
             slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
             let rope = Self.ropeParameters(json)
             ropeTheta = try r.double("rope_theta", default: .nan)
@@ -220,15 +238,18 @@ public enum Llama: Architecture {
             for (t, id) in tokens.enumerated() {
                 x.data.replaceSubrange(t * d..<(t + 1) * d, with: embedding.row(id))
             }
+            x = x.scaled(by: config.embeddingMultiplier)
             var traced: [Matrix] = [], ffnInputs: [Matrix] = []
             var routing: [RoutingStats] = []
             for (i, layer) in layers.enumerated() {
-                x = x + attention(layer, layer.inputNorm(x))
+                x = x + attention(layer, layer.inputNorm(x)).scaled(by: config.residualMultiplier)
                 if trace { ffnInputs.append(x) }
                 x = try ffnStep(i, x, mode: mode, routing: &routing)
                 if trace { traced.append(x) }
             }
-            return ForwardResult(output: lmHead(finalNorm(x)), layerOutputs: traced, ffnInputs: ffnInputs, routing: routing)
+            let logits = lmHead(finalNorm(x))
+            return ForwardResult(output: logits.divided(by: config.logitsScaling),
+                                 layerOutputs: traced, ffnInputs: ffnInputs, routing: routing)
         }
 
         /// Causal grouped-query attention over positions 0..<T with rotary embeddings.
@@ -241,7 +262,7 @@ public enum Llama: Architecture {
                 applyRotary(&k, heads: config.numKVHeads)
             }
             let a = VFFNModels.attention(q: q, k: k, v: layer.v(h), heads: config.numHeads, kvHeads: config.numKVHeads,
-                                         headDim: config.headDim, scale: 1 / Float(config.headDim).squareRoot(),
+                                         headDim: config.headDim, scale: config.attentionScale,
                                          mask: .causal(window: layer.slidingWindow))
             return layer.o(a)
         }
@@ -321,7 +342,7 @@ public enum Llama: Architecture {
             sublayers.append(FFNSublayer(
                 placement: .preNorm,
                 norm: .rms(weight: try l.scope("post_attention_layernorm").vector("weight", count: d), eps: c.rmsNormEps),
-                ffn: ffn))
+                ffn: ffn, residualScale: c.residualMultiplier))
         }
         let finalNorm = Norm.rms(weight: try root.scope("norm").vector("weight", count: d), eps: c.rmsNormEps)
         let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding)

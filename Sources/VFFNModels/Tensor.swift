@@ -47,6 +47,22 @@ public struct Matrix: Sendable {
         for i in out.data.indices { out.data[i] += b.data[i] }
         return out
     }
+
+    /// Every value divided by `s`, as transformers divides Granite's logits (not times 1/s).
+    public func divided(by s: Float) -> Matrix {
+        guard s != 1 else { return self }
+        var out = self
+        for i in out.data.indices { out.data[i] /= s }
+        return out
+    }
+
+    /// Every value times `s`; the matrix itself for 1, so unscaled families round as before.
+    public func scaled(by s: Float) -> Matrix {
+        guard s != 1 else { return self }
+        var out = self
+        for i in out.data.indices { out.data[i] *= s }
+        return out
+    }
 }
 
 /// Where a weight matrix's values live: decoded in memory, or still in the checkpoint's mapped

@@ -15,7 +15,7 @@ import VFFNModels
     }
 
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "llama3-rope", "qwen3-tiny", "qwen3-bf16-4x",
-                      "smollm3-tiny", "smollm3-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+                      "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny", "granite-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
@@ -26,7 +26,7 @@ import VFFNModels
         #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
     }
 
-    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
+    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("granite-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
     func versatileOutputMatchesPyTorchReference(fixture: String, topK: Int) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
@@ -39,9 +39,10 @@ import VFFNModels
             #expect(r.depthCounts.filter { $0 > 0 }.count >= 2)
             #expect(r.expertLoad.reduce(0, +) == Fixtures.tokens.count * topK)
         }
-        // And it is not the dense model by accident.
+        // And it is not the dense model by accident: ten times the tolerance away from it (Granite's
+        // residual multiplier 0.22 keeps every FFN branch small, so the gap is 9e-3 there).
         let dense = try model.forward(Fixtures.tokens, mode: .dense, trace: false)
-        #expect(relativeError(dense.output.data, golden.values) > 1e-2)
+        #expect(relativeError(dense.output.data, golden.values) > 10 * Self.tolerance)
     }
 
     /// The same weights in another format give the same output, bit for bit.
@@ -133,7 +134,7 @@ import VFFNModels
     @Test func unknownOrMissingModelType() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
-        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, gpt2, bert)")
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, gpt2, bert)")
         try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
         expectError(dir, "config.json: has no \"model_type\"")
     }

@@ -13,14 +13,17 @@ import VFFNSurgery
         return dst
     }
 
-    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "smollm3-tiny", "smollm3-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
+    @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny",
+                      "granite-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
                       "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
         let report = try Verifier.verify(destination: dst, source: Fixtures.path(fixture))
         #expect(report.passed, "\(report.table)")
-        // GPT-2 and BERT have an output-projection bias, shared whole by every sub-expert.
-        let biased = fixture.hasPrefix("gpt2") || fixture.hasPrefix("bert")
+        // GPT-2 and BERT have an output-projection bias, shared whole by every sub-expert, and so
+        // has a Llama-family FFN with mlp_bias (granite-bf16-4x).
+        let config = try Checkpoint(path: Fixtures.path(fixture)).config
+        let biased = fixture.hasPrefix("gpt2") || fixture.hasPrefix("bert") || config["mlp_bias"]?.boolValue == true
         #expect(report.hasOutputBias == biased)
         #expect(report.table.contains(biased ? "sum f_e = f + (N-1)b" : "sum f_e = f "))
         #expect(report.checks.first { $0.name == "dense tensors bit-identical" }?.passed == true)
@@ -146,7 +149,7 @@ import VFFNSurgery
         #expect(GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8) == GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8))
     }
 
-    @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy",
+    @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy", "granite-tiny-seed0-e8k2d4-logits.npy",
                       "gpt2-tiny-seed0-e8k2d4-logits.npy",
                       "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
@@ -380,6 +383,7 @@ import VFFNSurgery
         ("qwen2-bf16-tied", "AutoModelForCausalLM", "VersatileQwen2ForCausalLM"),
         ("qwen3-tiny", "AutoModelForCausalLM", "VersatileQwen3ForCausalLM"),
         ("smollm3-bf16-4x", "AutoModelForCausalLM", "VersatileSmolLM3ForCausalLM"),
+        ("granite-bf16-4x", "AutoModelForCausalLM", "VersatileGraniteForCausalLM"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -393,7 +397,7 @@ import VFFNSurgery
             #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2"])
     }
 

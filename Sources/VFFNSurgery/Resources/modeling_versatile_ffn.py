@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -21,7 +21,8 @@
 # counter advances once per training forward; trainers that accumulate gradients over several
 # forwards per optimizer step call `model.set_depth_temperature_step(step)` instead.
 #
-# S is the dense sub-layer: x + f(norm(x)) for pre-norm models, norm(x + f(x)) for BERT. The FFN's
+# S is the dense sub-layer: x + f(norm(x)) for pre-norm models (x + r f(norm(x)) for Granite,
+# whose layer scales the FFN branch by residual_multiplier r), norm(x + f(x)) for BERT. The FFN's
 # own dropout (GPT-2's resid_pdrop, BERT's hidden_dropout_prob) is applied to f in training, as in
 # the dense model.
 
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+from transformers import BertModel, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
 # Families newer than the oldest transformers we support: absent there, the others still load.
 Qwen3ForCausalLM = getattr(transformers, "Qwen3ForCausalLM", None)  # 4.51
@@ -141,13 +142,15 @@ class _VersatileFFNMixin:
 class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
     """Takes the place of a pre-norm layer's `mlp`: adopts the dense MLP's modules under their own
     names (so `mlp.gate_proj.weight`, `mlp.c_fc.weight`, ... load unchanged), adds `expert_gate` and
-    `depth_predictor`, and returns out(x) - x, because the layer adds the residual x back."""
+    `depth_predictor`, and returns out(x) - x, because the layer adds the residual x back (divided
+    by r for Granite, whose layer adds r times the MLP's output)."""
 
     def __init__(self, config, dense_mlp, norm, family):
         super().__init__()
         for name, child in dense_mlp.named_children():
             self.add_module(name, child)
         self.family = family
+        self.residual_scale = float(config.residual_multiplier) if family == "granite" else 1.0
         # Not a child: the norm stays registered where the layer has it.
         self.__dict__["norm"] = norm
         self._init_gates(config, config.hidden_size, self._intermediate_size())
@@ -175,17 +178,21 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         dropout = getattr(self, "dropout", None)
         return dropout(f) if dropout is not None else f
 
+    def _scaled(self, f):
+        return f if self.residual_scale == 1.0 else self.residual_scale * f
+
     def _sublayer(self, x):
-        return x + self._f_from(self._neurons(self.norm.normalize(x)))
+        return x + self._scaled(self._f_from(self._neurons(self.norm.normalize(x))))
 
     def _width(self, x, chosen, weights):
         """(x_width, S(x)). The k sub-layers share x and norm(x), and their weights sum to 1, so
-        sum_i w_i (x + f_{j_i}(h)) = x + b + W_out (a * mask): one product instead of k."""
+        sum_i w_i (x + r f_{j_i}(h)) = x + r (b + W_out (a * mask)): one product instead of k."""
         a = self._neurons(self.norm.normalize(x))
-        return x + self._f_from(a * self._expert_mask(chosen, weights)), x + self._f_from(a)
+        return x + self._scaled(self._f_from(a * self._expert_mask(chosen, weights))), x + self._scaled(self._f_from(a))
 
     def forward(self, x):
-        return self._versatile(x) - x
+        delta = self._versatile(x) - x
+        return delta if self.residual_scale == 1.0 else delta / self.residual_scale
 
 
 class _PostNormVersatileLayer(_VersatileFFNMixin):
@@ -300,6 +307,13 @@ if SmolLM3ForCausalLM is not None:
             _rope_settings_for_transformers_4(config)
             super().__init__(config)
             install_versatile_ffn(self, config, "llama")
+
+
+class VersatileGraniteForCausalLM(_VersatileModelMixin, GraniteForCausalLM):
+    def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "granite")
 
 
 class VersatileGPT2LMHeadModel(_VersatileModelMixin, GPT2LMHeadModel):
