@@ -73,6 +73,8 @@ REMOTE_CODE_CASES = [
     ("smollm3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
     ("granite-tiny", "AutoModelForCausalLM", []),
     ("granite-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
+    ("olmo-tiny", "AutoModelForCausalLM", []),
+    ("olmo-clip-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster"]),
 ]
 
 

@@ -1,10 +1,10 @@
 import Foundation
 import VFFNFormats
 
-/// Llama, Mistral, Qwen2, Qwen3, SmolLM3 and Granite: RMSNorm, rotate-half RoPE, grouped-query
-/// attention, SwiGLU FFN. They differ only in config flags (q/k/v biases, sliding windows, Qwen3's
-/// per-head q/k norms, SmolLM3's layers without RoPE, Granite's four multipliers), read into
-/// `Llama.Config`.
+/// Llama, Mistral, Qwen2, Qwen3, SmolLM3, Granite and OLMo: pre-norm blocks, rotate-half RoPE,
+/// grouped-query attention, SwiGLU FFN. They differ only in config flags (q/k/v biases, sliding
+/// windows, Qwen3's per-head q/k norms, SmolLM3's layers without RoPE, Granite's four
+/// multipliers, OLMo's parameter-free LayerNorm and clip_qkv), read into `Llama.Config`.
 public enum Llama: Architecture {
     public static let families = [
         ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
@@ -16,6 +16,10 @@ public enum Llama: Architecture {
                     notInOLMo: "layers without rotary embeddings (OLMo rotates every layer)"),
         ModelFamily("granite", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGraniteForCausalLM",
                     notInOLMo: "embedding, attention, residual and logits multipliers"),
+        // OLMo 1 and 1.7 as transformers holds them. Writing them back in OLMo's own layout
+        // (layer_norm_type default, no affine, clip_qkv) is not implemented yet.
+        ModelFamily("olmo", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmoForCausalLM",
+                    notInOLMo: "a parameter-free LayerNorm and clip_qkv, which this export does not write yet"),
     ]
 
     public struct Config: Sendable {
@@ -28,6 +32,10 @@ public enum Llama: Architecture {
         public var numKVHeads: Int
         public var headDim: Int
         public var rmsNormEps: Float
+        /// OLMo: every norm is a LayerNorm without weight or bias, eps 1e-5 (hard-coded there).
+        public var parameterFreeLayerNorm: Bool
+        /// OLMo: q, k and v are clamped to [-clip, clip] after their projections.
+        public var clipQKV: Float?
         public var tieWordEmbeddings: Bool
         /// Biases on q, k and v (Qwen2 always; Llama when `attention_bias`).
         public var qkvBias: Bool
@@ -86,6 +94,14 @@ public enum Llama: Architecture {
                 throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (only silu)")
             }
             rmsNormEps = Float(try r.double("rms_norm_eps", default: 1e-6))
+            parameterFreeLayerNorm = modelType == "olmo"
+            if modelType == "olmo", let clip = json["clip_qkv"], !clip.isNull {
+                let c = try r.double("clip_qkv", default: .nan)
+                guard c > 0, c.isFinite else { throw .badInput(path, "clip_qkv \(c) must be positive") }
+                clipQKV = Float(c)
+            } else {
+                clipQKV = nil
+            }
             tieWordEmbeddings = try r.bool("tie_word_embeddings", default: false)
             let attentionBias = try r.bool("attention_bias", default: false)
             qkvBias = modelType == "qwen2" ? true : attentionBias
@@ -254,14 +270,19 @@ public enum Llama: Architecture {
 
         /// Causal grouped-query attention over positions 0..<T with rotary embeddings.
         func attention(_ layer: Layer, _ h: Matrix) -> Matrix {
-            var q = layer.q(h), k = layer.k(h)
+            var q = layer.q(h), k = layer.k(h), v = layer.v(h)
+            if let clip = config.clipQKV {
+                q = q.clamped(to: clip)
+                k = k.clamped(to: clip)
+                v = v.clamped(to: clip)
+            }
             if let n = layer.qNorm { q = perHead(n, q) }
             if let n = layer.kNorm { k = perHead(n, k) }
             if layer.rotary {
                 applyRotary(&q, heads: config.numHeads)
                 applyRotary(&k, heads: config.numKVHeads)
             }
-            let a = VFFNModels.attention(q: q, k: k, v: layer.v(h), heads: config.numHeads, kvHeads: config.numKVHeads,
+            let a = VFFNModels.attention(q: q, k: k, v: v, heads: config.numHeads, kvHeads: config.numKVHeads,
                                          headDim: config.headDim, scale: config.attentionScale,
                                          mask: .causal(window: layer.slidingWindow))
             return layer.o(a)
@@ -319,13 +340,20 @@ public enum Llama: Architecture {
         let root = store.scope("model")
         let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim
         let embedding = try root.scope("embed_tokens").linear(out: c.vocabSize, in: d, bias: false)
+        /// The family's norm at `scope`: RMSNorm with its weight, or OLMo's LayerNorm without any.
+        func norm(_ scope: WeightScope) throws(VFFNError) -> Norm {
+            if c.parameterFreeLayerNorm {
+                return .layer(weight: [Float](repeating: 1, count: d), bias: [Float](repeating: 0, count: d), eps: 1e-5)
+            }
+            return .rms(weight: try scope.vector("weight", count: d), eps: c.rmsNormEps)
+        }
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
         for i in 0..<c.numLayers {
             let l = root.scope("layers.\(i)")
             let attn = l.scope("self_attn")
             layers.append(Layer(
-                inputNorm: .rms(weight: try l.scope("input_layernorm").vector("weight", count: d), eps: c.rmsNormEps),
+                inputNorm: try norm(l.scope("input_layernorm")),
                 q: try attn.scope("q_proj").linear(out: c.numHeads * hd, in: d, bias: c.qkvBias),
                 k: try attn.scope("k_proj").linear(out: c.numKVHeads * hd, in: d, bias: c.qkvBias),
                 v: try attn.scope("v_proj").linear(out: c.numKVHeads * hd, in: d, bias: c.qkvBias),
@@ -341,10 +369,10 @@ public enum Llama: Architecture {
                 down: try mlp.scope("down_proj").linear(out: d, in: I, bias: c.mlpBias))
             sublayers.append(FFNSublayer(
                 placement: .preNorm,
-                norm: .rms(weight: try l.scope("post_attention_layernorm").vector("weight", count: d), eps: c.rmsNormEps),
+                norm: try norm(l.scope("post_attention_layernorm")),
                 ffn: ffn, residualScale: c.residualMultiplier))
         }
-        let finalNorm = Norm.rms(weight: try root.scope("norm").vector("weight", count: d), eps: c.rmsNormEps)
+        let finalNorm = try norm(root.scope("norm"))
         let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding)
         let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I)
         try store.requireAllUsed()

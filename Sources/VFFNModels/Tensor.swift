@@ -48,6 +48,13 @@ public struct Matrix: Sendable {
         return out
     }
 
+    /// Every value clamped to [-limit, limit] (OLMo's clip_qkv).
+    public func clamped(to limit: Float) -> Matrix {
+        var out = self
+        for i in out.data.indices { out.data[i] = min(max(out.data[i], -limit), limit) }
+        return out
+    }
+
     /// Every value divided by `s`, as transformers divides Granite's logits (not times 1/s).
     public func divided(by s: Float) -> Matrix {
         guard s != 1 else { return self }

@@ -14,7 +14,7 @@ import VFFNSurgery
     }
 
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny",
-                      "granite-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
+                      "granite-bf16-4x", "olmo-tiny", "olmo-clip-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
                       "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
@@ -149,7 +149,7 @@ import VFFNSurgery
         #expect(GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8) == GateInitializer(seed: 0).values(layer: 1, tensor: .expertGate, count: 8))
     }
 
-    @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy", "granite-tiny-seed0-e8k2d4-logits.npy",
+    @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy", "granite-tiny-seed0-e8k2d4-logits.npy", "olmo-tiny-seed0-e8k2d4-logits.npy",
                       "gpt2-tiny-seed0-e8k2d4-logits.npy",
                       "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
@@ -384,6 +384,7 @@ import VFFNSurgery
         ("qwen3-tiny", "AutoModelForCausalLM", "VersatileQwen3ForCausalLM"),
         ("smollm3-bf16-4x", "AutoModelForCausalLM", "VersatileSmolLM3ForCausalLM"),
         ("granite-bf16-4x", "AutoModelForCausalLM", "VersatileGraniteForCausalLM"),
+        ("olmo-clip-bf16-4x", "AutoModelForCausalLM", "VersatileOlmoForCausalLM"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -397,7 +398,7 @@ import VFFNSurgery
             #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2"])
     }
 

@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import BertModel, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+from transformers import (BertModel, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM,
+                          Qwen2ForCausalLM)
 
 # Families newer than the oldest transformers we support: absent there, the others still load.
 Qwen3ForCausalLM = getattr(transformers, "Qwen3ForCausalLM", None)  # 4.51
@@ -314,6 +315,13 @@ class VersatileGraniteForCausalLM(_VersatileModelMixin, GraniteForCausalLM):
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "granite")
+
+
+class VersatileOlmoForCausalLM(_VersatileModelMixin, OlmoForCausalLM):
+    def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "llama")
 
 
 class VersatileGPT2LMHeadModel(_VersatileModelMixin, GPT2LMHeadModel):
