@@ -207,12 +207,22 @@ def rms_norm(x, weight, eps):
     return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
+def olmo_norm(model, sd, name):
+    """OLMo's LayerNorm as config.yaml describes it: RMS with a weight, or (OLMo 1) the default
+    LayerNorm without weight or bias, which has no tensor."""
+    eps = model["layer_norm_eps"]
+    if model["layer_norm_type"] == "default" and not model["layer_norm_with_affine"]:
+        return lambda x: F.layer_norm(x, (x.shape[-1],), None, None, eps)
+    assert model["layer_norm_type"] == "rms" and model["layer_norm_with_affine"], model["layer_norm_type"]
+    return lambda x: rms_norm(x, sd[name], eps)
+
+
 def olmo_forward(sd, model, tokens):
     """A forward pass over OLMo's fused layout, written from OLMo's definitions (OLMoSequentialBlock,
     RotaryEmbedding, SwiGLU) and SPEC section 1 for the VersatileFFN sub-layer; nothing here reads
     the Hugging Face names, so the fusing and config.yaml are what is tested."""
     d, heads, kv_heads = model["d_model"], model["n_heads"], model["n_kv_heads"]
-    head_dim, eps = d // heads, model["layer_norm_eps"]
+    head_dim = d // heads
     settings = model["versatile_ffn"]
     experts, top_k, depth = settings["num_experts"], settings["top_k"], settings["max_depth"]
     T = len(tokens)
@@ -231,7 +241,9 @@ def olmo_forward(sd, model, tokens):
     x = sd["transformer.wte.weight"][torch.tensor(tokens)]
     for i in range(model["n_layers"]):
         b = f"transformer.blocks.{i}."
-        qkv = linear(rms_norm(x, sd[b + "attn_norm.weight"], eps), b + "att_proj")
+        qkv = linear(olmo_norm(model, sd, b + "attn_norm.weight")(x), b + "att_proj")
+        if model["clip_qkv"] is not None:
+            qkv = qkv.clamp(min=-model["clip_qkv"], max=model["clip_qkv"])
         q, k, v = qkv.split((d, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
         q = rotate(q.view(T, heads, head_dim).transpose(0, 1))
         k = rotate(k.view(T, kv_heads, head_dim).transpose(0, 1)).repeat_interleave(heads // kv_heads, dim=0)
@@ -243,7 +255,7 @@ def olmo_forward(sd, model, tokens):
         neurons = ff_out.shape[1]
 
         def activations(h):
-            up, gate = linear(rms_norm(h, sd[b + "ff_norm.weight"], eps), b + "ff_proj").chunk(2, dim=-1)
+            up, gate = linear(olmo_norm(model, sd, b + "ff_norm.weight")(h), b + "ff_proj").chunk(2, dim=-1)
             return F.silu(gate) * up
 
         def project(a):
@@ -271,7 +283,7 @@ def olmo_forward(sd, model, tokens):
         x_depth = torch.stack([outputs[int(loops[t]) - 1][t] for t in range(T)])
         m = ((depth - loops).float() / depth).unsqueeze(-1)
         x = (1 - m) * x_depth + m * x_width
-    x = rms_norm(x, sd["transformer.ln_f.weight"], eps)
+    x = olmo_norm(model, sd, "transformer.ln_f.weight")(x)
     if model["weight_tying"]:
         return F.linear(x, sd["transformer.wte.weight"])
     return linear(x, "transformer.ff_out")
@@ -285,6 +297,9 @@ OLMO_CASES = [
     # Mistral's sliding window (4 here) caps max_sequence_length, so four tokens.
     ("mistral-f16", ["--max-depth", "2"], TOKENS[:4]),
     ("gguf/qwen2-bf16.gguf", [], TOKENS),
+    # OLMo 1 back in its own layout: no norm tensors, layer_norm_type default; 1.7's clip_qkv.
+    ("olmo-tiny", [], TOKENS),
+    ("olmo-clip-bf16-4x", ["--split", "cluster"], TOKENS),
 ]
 
 
@@ -304,8 +319,10 @@ class OLMoExportTests(unittest.TestCase):
                 # Tensors: the Hugging Face conversion's (same seed), fused as documented.
                 source = load_state(hf)
                 hf_config = json.loads((hf / "config.json").read_text())
-                expected = {"transformer.wte.weight": source["model.embed_tokens.weight"],
-                            "transformer.ln_f.weight": source["model.norm.weight"]}
+                expected = {"transformer.wte.weight": source["model.embed_tokens.weight"]}
+                # OLMo 1's norms have no tensors in either layout.
+                if "model.norm.weight" in source:
+                    expected["transformer.ln_f.weight"] = source["model.norm.weight"]
                 if not hf_config.get("tie_word_embeddings", False):
                     expected["transformer.ff_out.weight"] = source["lm_head.weight"]
                 for i in range(hf_config["num_hidden_layers"]):
@@ -314,8 +331,9 @@ class OLMoExportTests(unittest.TestCase):
                     expected[b + "attn_out.weight"] = source[l + "self_attn.o_proj.weight"]
                     expected[b + "ff_proj.weight"] = torch.cat([source[l + "mlp.up_proj.weight"], source[l + "mlp.gate_proj.weight"]])
                     expected[b + "ff_out.weight"] = source[l + "mlp.down_proj.weight"]
-                    expected[b + "attn_norm.weight"] = source[l + "input_layernorm.weight"]
-                    expected[b + "ff_norm.weight"] = source[l + "post_attention_layernorm.weight"]
+                    if l + "input_layernorm.weight" in source:
+                        expected[b + "attn_norm.weight"] = source[l + "input_layernorm.weight"]
+                        expected[b + "ff_norm.weight"] = source[l + "post_attention_layernorm.weight"]
                     expected[b + "expert_gate.weight"] = source[l + "mlp.expert_gate.weight"]
                     expected[b + "depth_predictor.weight"] = source[l + "mlp.depth_predictor.weight"]
                     if model["include_bias"]:

@@ -16,10 +16,9 @@ public enum Llama: Architecture {
                     notInOLMo: "layers without rotary embeddings (OLMo rotates every layer)"),
         ModelFamily("granite", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGraniteForCausalLM",
                     notInOLMo: "embedding, attention, residual and logits multipliers"),
-        // OLMo 1 and 1.7 as transformers holds them. Writing them back in OLMo's own layout
-        // (layer_norm_type default, no affine, clip_qkv) is not implemented yet.
-        ModelFamily("olmo", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmoForCausalLM",
-                    notInOLMo: "a parameter-free LayerNorm and clip_qkv, which this export does not write yet"),
+        // OLMo 1 and 1.7 as transformers holds them; the export writes them back in OLMo's own
+        // terms (layer_norm_type default without affine, clip_qkv).
+        ModelFamily("olmo", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmoForCausalLM", notInOLMo: nil),
     ]
 
     public struct Config: Sendable {

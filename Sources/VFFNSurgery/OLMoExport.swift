@@ -95,14 +95,17 @@ extension UpcyclePlan {
             tensors += try fused(block + "attn_out", [layer + ".self_attn.o_proj"], hasBias: c.outputBias)
             tensors += try fused(block + "ff_proj", [layer + ".mlp.up_proj", layer + ".mlp.gate_proj"], hasBias: c.mlpBias)
             tensors += try fused(block + "ff_out", [layer + ".mlp.down_proj"], hasBias: c.mlpBias)
-            tensors.append(try copied(block + "attn_norm.weight", layer + ".input_layernorm.weight"))
-            tensors.append(try copied(block + "ff_norm.weight", layer + ".post_attention_layernorm.weight"))
+            // OLMo 1's LayerNorms have no parameters, in either layout.
+            if !c.parameterFreeLayerNorm {
+                tensors.append(try copied(block + "attn_norm.weight", layer + ".input_layernorm.weight"))
+                tensors.append(try copied(block + "ff_norm.weight", layer + ".post_attention_layernorm.weight"))
+            }
             tensors.append(.init(name: block + "expert_gate.weight", dtype: gates.dtype, shape: [numExperts, d],
                                  parts: [.owned(FloatCodec.encode(gates.expertGate, as: gates.dtype))]))
             tensors.append(.init(name: block + "depth_predictor.weight", dtype: gates.dtype, shape: [maxDepth, d],
                                  parts: [.owned(FloatCodec.encode(gates.depthPredictor, as: gates.dtype))]))
         }
-        tensors.append(try copied("transformer.ln_f.weight", base + "norm.weight"))
+        if !c.parameterFreeLayerNorm { tensors.append(try copied("transformer.ln_f.weight", base + "norm.weight")) }
         if c.tieWordEmbeddings {
             used.insert("lm_head.weight") // a tied head saved anyway is the embedding again
         } else {
@@ -148,7 +151,7 @@ extension UpcyclePlan {
             return (v?.intValue ?? v?.arrayValue?.first?.intValue).map(String.init) ?? "null"
         }
         let eos = token("eos_token_id"), pad = token("pad_token_id")
-        let eps = source.config["rms_norm_eps"]?.doubleValue ?? 1e-6
+        let eps = c.parameterFreeLayerNorm ? 1e-5 : source.config["rms_norm_eps"]?.doubleValue ?? 1e-6
         return """
         # OLMo config fragment written by \(Self.toolVersion) from \(source.path) (model_type \(modelType)).
         # Merge it into a training config: `load_path` starts training from this directory's
@@ -170,11 +173,11 @@ extension UpcyclePlan {
           rope_full_precision: true
           flash_attention: false
           attention_layer_norm: false
-          clip_qkv: null
+          clip_qkv: \(c.clipQKV.map { Self.yamlFloat(Double($0)) } ?? "null")
           include_bias: \(includeBias)
           bias_for_layer_norm: false
-          layer_norm_type: rms
-          layer_norm_with_affine: true
+          layer_norm_type: \(c.parameterFreeLayerNorm ? "default" : "rms")
+          layer_norm_with_affine: \(!c.parameterFreeLayerNorm)
           layer_norm_eps: \(Self.yamlFloat(eps))
           attention_dropout: 0.0
           residual_dropout: 0.0

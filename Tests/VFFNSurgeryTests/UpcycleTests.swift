@@ -399,7 +399,7 @@ import VFFNSurgery
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
         #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "gpt2", "bert"])
-        #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2"])
+        #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo"])
     }
 
     /// The module written is the package's resource byte for byte, and config.json names the
@@ -455,6 +455,18 @@ import VFFNSurgery
         return (dst, try TorchCheckpointFile(path: dst + "/model.pt"), yaml)
     }
 
+    /// OLMo 1 goes back to its own layout in its own terms: no norm tensors (its LayerNorms have
+    /// no parameters), layer_norm_type default without affine, and 1.7's clip_qkv.
+    @Test(arguments: [("olmo-tiny", "null"), ("olmo-clip-bf16-4x", "1.5")])
+    func olmoReturnsToItsOwnLayout(fixture: String, clip: String) throws {
+        let (_, file, yaml) = try export(fixture)
+        #expect(!file.tensors.contains { $0.name.contains("norm") }, "\(file.tensors.map(\.name))")
+        #expect(file.tensors.count == 1 + 2 * 6 + (fixture == "olmo-tiny" ? 1 : 0)) // wte; per block 6; an untied head
+        for line in ["  layer_norm_type: default", "  layer_norm_with_affine: false", "  layer_norm_eps: 1.0e-05", "  clip_qkv: \(clip)"] {
+            #expect(yaml.contains(line + "\n"), "config.yaml lacks \(line)")
+        }
+    }
+
     @Test func llamaFusesAttentionAndSwiGLUInOLMoOrder() throws {
         let (dir, file, yaml) = try export("llama-gqa-sharded")
         let src = try Checkpoint(path: Fixtures.path("llama-gqa-sharded"))
@@ -494,8 +506,8 @@ import VFFNSurgery
 
     @Test func refusesWhatOLMoCannotHold() throws {
         let dst = makeTemporaryDirectory() + "/olmo"
-        for (fixture, message) in [("gpt2-tiny", "--output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2)"),
-                                   ("qwen3-tiny", "--output-format olmo cannot express model_type qwen3: per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection) (it takes llama, mistral, qwen2)"),
+        for (fixture, message) in [("gpt2-tiny", "--output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2, olmo)"),
+                                   ("qwen3-tiny", "--output-format olmo cannot express model_type qwen3: per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection) (it takes llama, mistral, qwen2, olmo)"),
                                    ("llama3-rope", "rope type \"llama3\" has no OLMo equivalent (OLMo's rotary embedding is unscaled)")] {
             let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path(fixture)), experts: 4, topK: 2, maxDepth: 2)
             let error = try #require(throws: VFFNError.self) { try plan.write(to: dst, format: .olmo) }
