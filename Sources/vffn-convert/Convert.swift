@@ -53,7 +53,8 @@ struct Convert: ParsableCommand {
     @Option(name: .customLong("depth-target"), help: "With --depth-init calibrated: the fractions of calibration tokens at depths 1...D, e.g. 0.4,0.3,0.2,0.1 (default: uniform).")
     var depthTarget: String?
 
-    @Option(name: .customLong("output-format"), help: "safetensors (a Hugging Face directory), vffn (one container file) or olmo (an unsharded OLMo checkpoint directory: model.pt in OLMo's fused layout + config.yaml; Llama, Mistral, Qwen2).")
+    @Option(name: .customLong("output-format"),
+            help: "safetensors (a Hugging Face directory), vffn (one container file) or olmo (an unsharded OLMo checkpoint directory: model.pt in OLMo's fused layout + config.yaml; \(Architectures.families.filter(\.olmoLayout).map(\.modelType).joined(separator: ", "))).")
     var outputFormat: UpcyclePlan.OutputFormat = .safetensors
 
     @Flag(name: .customLong("emit-modeling"), help: "Also write modeling_versatile_ffn.py and config.json \"auto_map\" entries, so that transformers loads DST with trust_remote_code=True (AutoModelForCausalLM; AutoModel for BERT).")
