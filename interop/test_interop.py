@@ -75,6 +75,8 @@ REMOTE_CODE_CASES = [
     ("granite-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
     ("olmo-tiny", "AutoModelForCausalLM", []),
     ("olmo-clip-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster"]),
+    ("starcoder2-tiny", "AutoModelForCausalLM", []),
+    ("starcoder2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
 ]
 
 
@@ -91,7 +93,7 @@ def unavailable(fixture):
 
 
 def ffn_weight_names(model_type):
-    if model_type == "gpt2":
+    if model_type in ("gpt2", "starcoder2"):
         return ["mlp.c_fc.weight", "mlp.c_proj.weight"]
     if model_type == "bert":
         return ["intermediate.dense.weight", "output.dense.weight"]

@@ -1,10 +1,12 @@
 import Foundation
 import VFFNFormats
 
-/// Llama, Mistral, Qwen2, Qwen3, SmolLM3, Granite and OLMo: pre-norm blocks, rotate-half RoPE,
-/// grouped-query attention, SwiGLU FFN. They differ only in config flags (q/k/v biases, sliding
-/// windows, Qwen3's per-head q/k norms, SmolLM3's layers without RoPE, Granite's four
-/// multipliers, OLMo's parameter-free LayerNorm and clip_qkv), read into `Llama.Config`.
+/// Llama, Mistral, Qwen2, Qwen3, SmolLM3, Granite, OLMo and StarCoder2: pre-norm blocks,
+/// rotate-half RoPE, grouped-query attention, and a SwiGLU FFN (StarCoder2: an ungated GELU one
+/// with biases). They differ only in config flags (q/k/v biases, sliding windows, Qwen3's
+/// per-head q/k norms, SmolLM3's layers without RoPE, Granite's four multipliers, OLMo's
+/// parameter-free LayerNorm and clip_qkv, StarCoder2's LayerNorm with bias), read into
+/// `Llama.Config`.
 public enum Llama: Architecture {
     public static let families = [
         ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
@@ -19,7 +21,23 @@ public enum Llama: Architecture {
         // OLMo 1 and 1.7 as transformers holds them; the export writes them back in OLMo's own
         // terms (layer_norm_type default without affine, clip_qkv).
         ModelFamily("olmo", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmoForCausalLM", notInOLMo: nil),
+        ModelFamily("starcoder2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileStarcoder2ForCausalLM",
+                    notInOLMo: "an ungated GELU FFN and LayerNorms with biases"),
     ]
+
+    /// The FFN's projections under `mlp.`, named once for surgery's layout and for loading:
+    /// SwiGLU's gate, up and down, or StarCoder2's ungated c_fc and c_proj.
+    public enum FFNKind: Sendable, Equatable {
+        case gated
+        case ungated(Activation)
+
+        var projections: [(name: String, input: Bool)] {
+            switch self {
+            case .gated: return [("gate_proj", true), ("up_proj", true), ("down_proj", false)]
+            case .ungated: return [("c_fc", true), ("c_proj", false)]
+            }
+        }
+    }
 
     public struct Config: Sendable {
         public var modelType: String
@@ -33,6 +51,10 @@ public enum Llama: Architecture {
         public var rmsNormEps: Float
         /// OLMo: every norm is a LayerNorm without weight or bias, eps 1e-5 (hard-coded there).
         public var parameterFreeLayerNorm: Bool
+        /// StarCoder2: every norm is a LayerNorm with weight and bias (eps `norm_epsilon`).
+        public var layerNormWithBias: Bool
+        public var layerNormEps: Float
+        public var ffn: FFNKind
         /// OLMo: q, k and v are clamped to [-clip, clip] after their projections.
         public var clipQKV: Float?
         public var tieWordEmbeddings: Bool
@@ -88,10 +110,21 @@ public enum Llama: Architecture {
                 headDim = hiddenSize / numHeads
             }
             guard headDim % 2 == 0 else { throw .badInput(path, "head dimension \(headDim) is odd; rotary embeddings need it even") }
-            let act = json["hidden_act"]?.stringValue ?? "silu"
-            guard act == "silu" || act == "swish" else {
-                throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (only silu)")
+            let starcoder2 = modelType == "starcoder2"
+            let act = json["hidden_act"]?.stringValue ?? (starcoder2 ? "gelu_pytorch_tanh" : "silu")
+            if starcoder2 {
+                guard let a = Activation(huggingFaceName: act) else {
+                    throw .badInput(path, "hidden_act \"\(act)\" is not supported (supported: \(Activation.supportedNames.joined(separator: ", ")))")
+                }
+                ffn = .ungated(a)
+            } else {
+                guard act == "silu" || act == "swish" else {
+                    throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (only silu)")
+                }
+                ffn = .gated
             }
+            layerNormWithBias = starcoder2
+            layerNormEps = starcoder2 ? Float(try r.double("norm_epsilon", default: 1e-5)) : 1e-5
             rmsNormEps = Float(try r.double("rms_norm_eps", default: 1e-6))
             parameterFreeLayerNorm = modelType == "olmo"
             if modelType == "olmo", let clip = json["clip_qkv"], !clip.isNull {
@@ -102,11 +135,12 @@ public enum Llama: Architecture {
                 clipQKV = nil
             }
             tieWordEmbeddings = try r.bool("tie_word_embeddings", default: false)
-            let attentionBias = try r.bool("attention_bias", default: false)
+            // StarCoder2 says use_bias for every projection, attention and MLP alike.
+            let attentionBias = starcoder2 ? try r.bool("use_bias", default: true) : try r.bool("attention_bias", default: false)
             qkvBias = modelType == "qwen2" ? true : attentionBias
             outputBias = modelType == "qwen2" ? false : attentionBias
             // Qwen3's MLP has no bias switch; a stray mlp_bias in its config is ignored as transformers does.
-            mlpBias = modelType == "qwen3" ? false : try r.bool("mlp_bias", default: false)
+            mlpBias = modelType == "qwen3" ? false : starcoder2 ? attentionBias : try r.bool("mlp_bias", default: false)
             qkNormPerHead = modelType == "qwen3"
             ropeLayers = try Self.ropeLayers(r, modelType: modelType, layers: numLayers)
             let granite = modelType == "granite"
@@ -169,7 +203,7 @@ public enum Llama: Architecture {
                 return out
             }
             switch modelType {
-            case "mistral":
+            case "mistral", "starcoder2":
                 return Array(repeating: window, count: layers)
             case "qwen2", "qwen3":
                 guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
@@ -321,11 +355,14 @@ public enum Llama: Architecture {
         let d = c.hiddenSize, I = c.intermediateSize
         let sites = (0..<c.numLayers).map { i in
             let p = "model.layers.\(i).mlp"
-            var tensors = [FFNTensor("\(p).gate_proj.weight", shape: [I, d], neuronAxis: 0), FFNTensor("\(p).up_proj.weight", shape: [I, d], neuronAxis: 0),
-                           FFNTensor("\(p).down_proj.weight", shape: [d, I], neuronAxis: 1)]
+            // Input projections hold neurons as rows ([I, d]), the output projection as columns.
+            var tensors = c.ffn.projections.map { proj in
+                FFNTensor("\(p).\(proj.name).weight", shape: proj.input ? [I, d] : [d, I], neuronAxis: proj.input ? 0 : 1)
+            }
             if c.mlpBias {
-                tensors += [FFNTensor("\(p).gate_proj.bias", shape: [I], neuronAxis: 0), FFNTensor("\(p).up_proj.bias", shape: [I], neuronAxis: 0),
-                            FFNTensor("\(p).down_proj.bias", shape: [d], neuronAxis: nil)]
+                tensors += c.ffn.projections.map { proj in
+                    FFNTensor("\(p).\(proj.name).bias", shape: [proj.input ? I : d], neuronAxis: proj.input ? 0 : nil)
+                }
             }
             return FFNSite(layer: i, prefix: p, tensors: tensors)
         }
@@ -342,7 +379,10 @@ public enum Llama: Architecture {
         /// The family's norm at `scope`: RMSNorm with its weight, or OLMo's LayerNorm without any.
         func norm(_ scope: WeightScope) throws(VFFNError) -> Norm {
             if c.parameterFreeLayerNorm {
-                return .layer(weight: [Float](repeating: 1, count: d), bias: [Float](repeating: 0, count: d), eps: 1e-5)
+                return .layer(weight: [Float](repeating: 1, count: d), bias: [Float](repeating: 0, count: d), eps: c.layerNormEps)
+            }
+            if c.layerNormWithBias {
+                return .layer(weight: try scope.vector("weight", count: d), bias: try scope.vector("bias", count: d), eps: c.layerNormEps)
             }
             return .rms(weight: try scope.vector("weight", count: d), eps: c.rmsNormEps)
         }
@@ -362,10 +402,15 @@ public enum Llama: Architecture {
                 rotary: c.ropeLayers[i],
                 slidingWindow: c.slidingWindows[i]))
             let mlp = l.scope("mlp")
-            let ffn = GatedFeedForward(
-                gate: try mlp.scope("gate_proj").linear(out: I, in: d, bias: c.mlpBias),
-                up: try mlp.scope("up_proj").linear(out: I, in: d, bias: c.mlpBias),
-                down: try mlp.scope("down_proj").linear(out: d, in: I, bias: c.mlpBias))
+            var projections: [Linear] = []
+            for proj in c.ffn.projections {
+                projections.append(try mlp.scope(proj.name).linear(out: proj.input ? I : d, in: proj.input ? d : I, bias: c.mlpBias))
+            }
+            let ffn: any FeedForward
+            switch c.ffn {
+            case .gated: ffn = GatedFeedForward(gate: projections[0], up: projections[1], down: projections[2])
+            case .ungated(let activation): ffn = UngatedFeedForward(input: projections[0], output: projections[1], activation: activation)
+            }
             sublayers.append(FFNSublayer(
                 placement: .preNorm,
                 norm: try norm(l.scope("post_attention_layernorm")),

@@ -14,7 +14,8 @@ import VFFNSurgery
     }
 
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny",
-                      "granite-bf16-4x", "olmo-tiny", "olmo-clip-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
+                      "granite-bf16-4x", "olmo-tiny", "olmo-clip-bf16-4x", "starcoder2-tiny",
+                      "starcoder2-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
                       "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
@@ -24,6 +25,7 @@ import VFFNSurgery
         // has a Llama-family FFN with mlp_bias (granite-bf16-4x).
         let config = try Checkpoint(path: Fixtures.path(fixture)).config
         let biased = fixture.hasPrefix("gpt2") || fixture.hasPrefix("bert") || config["mlp_bias"]?.boolValue == true
+            || (fixture.hasPrefix("starcoder2") && config["use_bias"]?.boolValue != false)
         #expect(report.hasOutputBias == biased)
         #expect(report.table.contains(biased ? "sum f_e = f + (N-1)b" : "sum f_e = f "))
         #expect(report.checks.first { $0.name == "dense tensors bit-identical" }?.passed == true)
@@ -150,6 +152,7 @@ import VFFNSurgery
     }
 
     @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy", "granite-tiny-seed0-e8k2d4-logits.npy", "olmo-tiny-seed0-e8k2d4-logits.npy",
+                      "starcoder2-tiny-seed0-e8k2d4-logits.npy",
                       "gpt2-tiny-seed0-e8k2d4-logits.npy",
                       "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
@@ -385,6 +388,7 @@ import VFFNSurgery
         ("smollm3-bf16-4x", "AutoModelForCausalLM", "VersatileSmolLM3ForCausalLM"),
         ("granite-bf16-4x", "AutoModelForCausalLM", "VersatileGraniteForCausalLM"),
         ("olmo-clip-bf16-4x", "AutoModelForCausalLM", "VersatileOlmoForCausalLM"),
+        ("starcoder2-tiny", "AutoModelForCausalLM", "VersatileStarcoder2ForCausalLM"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -398,7 +402,7 @@ import VFFNSurgery
             #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo"])
     }
 

@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 from transformers import (BertModel, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM,
-                          Qwen2ForCausalLM)
+                          Qwen2ForCausalLM, Starcoder2ForCausalLM)
 
 # Families newer than the oldest transformers we support: absent there, the others still load.
 Qwen3ForCausalLM = getattr(transformers, "Qwen3ForCausalLM", None)  # 4.51
@@ -159,25 +159,33 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
     def _intermediate_size(self):
         if self.family == "gpt2":
             return self.c_fc.weight.shape[1]  # Conv1D: [in, out]
+        if self.family == "starcoder2":
+            return self.c_fc.weight.shape[0]  # Linear: [out, in]
         return self.gate_proj.weight.shape[0]
 
     def _neurons(self, h):
-        if self.family == "gpt2":
+        if self.family in ("gpt2", "starcoder2"):
             return self.act(self.c_fc(h))
         return self.act_fn(self.gate_proj(h)) * self.up_proj(h)
 
     def _project(self, a):
         if self.family == "gpt2":
             return a @ self.c_proj.weight
+        if self.family == "starcoder2":
+            return F.linear(a, self.c_proj.weight)
         return F.linear(a, self.down_proj.weight)
 
     @property
     def _out_bias(self):
-        return self.c_proj.bias if self.family == "gpt2" else self.down_proj.bias
+        return self.c_proj.bias if self.family in ("gpt2", "starcoder2") else self.down_proj.bias
 
     def _dropout(self, f):
         dropout = getattr(self, "dropout", None)
-        return dropout(f) if dropout is not None else f
+        if dropout is not None:
+            return dropout(f)
+        # Starcoder2MLP keeps its dropout as a probability, applied after c_proj.
+        p = getattr(self, "residual_dropout", 0.0)
+        return F.dropout(f, p=p, training=self.training) if p else f
 
     def _scaled(self, f):
         return f if self.residual_scale == 1.0 else self.residual_scale * f
@@ -322,6 +330,13 @@ class VersatileOlmoForCausalLM(_VersatileModelMixin, OlmoForCausalLM):
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "llama")
+
+
+class VersatileStarcoder2ForCausalLM(_VersatileModelMixin, Starcoder2ForCausalLM):
+    def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "starcoder2")
 
 
 class VersatileGPT2LMHeadModel(_VersatileModelMixin, GPT2LMHeadModel):
