@@ -77,6 +77,8 @@ REMOTE_CODE_CASES = [
     ("olmo-clip-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster"]),
     ("starcoder2-tiny", "AutoModelForCausalLM", []),
     ("starcoder2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
+    ("phi3-longrope", "AutoModelForCausalLM", []),
+    ("phi3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
 ]
 
 
@@ -89,6 +91,11 @@ def unavailable(fixture):
     for family, cls in NEWER_FAMILIES.items():
         if family in fixture and not hasattr(transformers, cls):
             return f"transformers {transformers.__version__} has no {cls}"
+    if "phi3" in fixture:
+        import inspect
+        from transformers.models.phi3 import modeling_phi3
+        if "partial_rotary_factor" not in inspect.getsource(modeling_phi3):
+            return f"transformers {transformers.__version__}'s Phi-3 ignores partial_rotary_factor (the remote code refuses it there)"
     return None
 
 

@@ -1,12 +1,12 @@
 import Foundation
 import VFFNFormats
 
-/// Llama, Mistral, Qwen2, Qwen3, SmolLM3, Granite, OLMo and StarCoder2: pre-norm blocks,
+/// Llama, Mistral, Qwen2, Qwen3, SmolLM3, Granite, OLMo, StarCoder2 and Phi-3: pre-norm blocks,
 /// rotate-half RoPE, grouped-query attention, and a SwiGLU FFN (StarCoder2: an ungated GELU one
 /// with biases). They differ only in config flags (q/k/v biases, sliding windows, Qwen3's
 /// per-head q/k norms, SmolLM3's layers without RoPE, Granite's four multipliers, OLMo's
-/// parameter-free LayerNorm and clip_qkv, StarCoder2's LayerNorm with bias), read into
-/// `Llama.Config`.
+/// parameter-free LayerNorm and clip_qkv, StarCoder2's LayerNorm with bias, Phi-3's fused
+/// qkv_proj and gate_up_proj, partial rotary and longrope), read into `Llama.Config`.
 public enum Llama: Architecture {
     public static let families = [
         ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
@@ -23,18 +23,26 @@ public enum Llama: Architecture {
         ModelFamily("olmo", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmoForCausalLM", notInOLMo: nil),
         ModelFamily("starcoder2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileStarcoder2ForCausalLM",
                     notInOLMo: "an ungated GELU FFN and LayerNorms with biases"),
+        // Phi-3, 3.5-mini and Phi-4-mini.
+        ModelFamily("phi3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatilePhi3ForCausalLM",
+                    notInOLMo: "partial rotary embeddings and longrope scaling"),
     ]
 
     /// The FFN's projections under `mlp.`, named once for surgery's layout and for loading:
     /// SwiGLU's gate, up and down, or StarCoder2's ungated c_fc and c_proj.
     public enum FFNKind: Sendable, Equatable {
         case gated
+        /// Phi-3's gate_up_proj: rows [0, I) are the gate, [I, 2I) the up projection.
+        case fusedGateUp
         case ungated(Activation)
 
-        var projections: [(name: String, input: Bool)] {
+        /// Each projection, whether it is an input one (neurons as rows), and how many
+        /// I-row blocks it stacks (2 for a fused gate and up).
+        var projections: [(name: String, input: Bool, blocks: Int)] {
             switch self {
-            case .gated: return [("gate_proj", true), ("up_proj", true), ("down_proj", false)]
-            case .ungated: return [("c_fc", true), ("c_proj", false)]
+            case .gated: return [("gate_proj", true, 1), ("up_proj", true, 1), ("down_proj", false, 1)]
+            case .fusedGateUp: return [("gate_up_proj", true, 2), ("down_proj", false, 1)]
+            case .ungated: return [("c_fc", true, 1), ("c_proj", false, 1)]
             }
         }
     }
@@ -55,6 +63,8 @@ public enum Llama: Architecture {
         public var layerNormWithBias: Bool
         public var layerNormEps: Float
         public var ffn: FFNKind
+        /// Phi-3's qkv_proj: rows [q | k | v].
+        public var fusedQKV: Bool
         /// OLMo: q, k and v are clamped to [-clip, clip] after their projections.
         public var clipQKV: Float?
         public var tieWordEmbeddings: Bool
@@ -76,8 +86,15 @@ public enum Llama: Architecture {
         public var logitsScaling: Float
         /// Per layer, the attention window (nil: full causal attention).
         public var slidingWindows: [Int?]
-        /// Rotary inverse frequencies, `headDim / 2` of them.
+        /// Rotary inverse frequencies, `rotaryDim / 2` of them.
         public var inverseFrequencies: [Float]
+        /// The leading dims of each head that rotate (`partial_rotary_factor`); the rest pass.
+        public var rotaryDim: Int
+        /// longrope: the frequencies for sequences longer than `longropeOriginal`, and the factor
+        /// that scales cos and sin at every length.
+        public var longInverseFrequencies: [Float]?
+        public var longropeOriginal: Int?
+        public var rotaryScale: Float
         /// The rotary base and the rope type ("default" when the config names none).
         public var ropeTheta: Double
         public var ropeType: String
@@ -121,8 +138,9 @@ public enum Llama: Architecture {
                 guard act == "silu" || act == "swish" else {
                     throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (only silu)")
                 }
-                ffn = .gated
+                ffn = modelType == "phi3" ? .fusedGateUp : .gated
             }
+            fusedQKV = modelType == "phi3"
             layerNormWithBias = starcoder2
             layerNormEps = starcoder2 ? Float(try r.double("norm_epsilon", default: 1e-5)) : 1e-5
             rmsNormEps = Float(try r.double("rms_norm_eps", default: 1e-6))
@@ -157,7 +175,16 @@ public enum Llama: Architecture {
             if ropeTheta.isNaN { ropeTheta = rope.params?["rope_theta"]?.doubleValue ?? 10000 }
             ropeType = rope.type
             maxPositionEmbeddings = (json["max_position_embeddings"]?.isNull ?? true) ? nil : try r.int("max_position_embeddings")
-            inverseFrequencies = try Self.inverseFrequencies(r, headDim: headDim, theta: ropeTheta, rope: rope)
+            // transformers 5 keeps partial_rotary_factor in rope_parameters, 4.x at the top level.
+            let partial = rope.params?["partial_rotary_factor"]?.doubleValue ?? json["partial_rotary_factor"]?.doubleValue ?? 1
+            guard partial > 0, partial <= 1 else { throw .badInput(path, "partial_rotary_factor \(partial) must be in (0, 1]") }
+            rotaryDim = Int(Double(headDim) * partial)   // int(), as transformers truncates
+            guard rotaryDim % 2 == 0, rotaryDim > 0 else { throw .badInput(path, "rotary dimension \(rotaryDim) (head_dim x partial_rotary_factor) is not even") }
+            let frequencies = try Self.inverseFrequencies(r, dim: rotaryDim, theta: ropeTheta, rope: rope, maxPositions: maxPositionEmbeddings)
+            inverseFrequencies = frequencies.short
+            longInverseFrequencies = frequencies.long
+            longropeOriginal = frequencies.original
+            rotaryScale = frequencies.scale
             maxPositions = rope.type == "dynamic" ? try r.int("max_position_embeddings") : nil
         }
 
@@ -203,7 +230,7 @@ public enum Llama: Architecture {
                 return out
             }
             switch modelType {
-            case "mistral", "starcoder2":
+            case "mistral", "starcoder2", "phi3":
                 return Array(repeating: window, count: layers)
             case "qwen2", "qwen3":
                 guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
@@ -222,13 +249,33 @@ public enum Llama: Architecture {
         }
 
         /// `1 / theta^(2i/dim)` in f32 as transformers computes it, adjusted by the rope type for
-        /// the types we implement.
-        static func inverseFrequencies(_ r: ConfigReader, headDim: Int, theta: Double, rope: (params: JSON?, type: String)) throws(VFFNError) -> [Float] {
+        /// the types we implement; longrope also gives its long-sequence set and cos/sin scale.
+        static func inverseFrequencies(_ r: ConfigReader, dim: Int, theta: Double, rope: (params: JSON?, type: String), maxPositions: Int?)
+            throws(VFFNError) -> (short: [Float], long: [Float]?, original: Int?, scale: Float) {
             let params = rope.params
             let base = Float(theta)
-            var inv = (0..<headDim / 2).map { i in 1 / powf(base, Float(2 * i) / Float(headDim)) }
+            var inv = (0..<dim / 2).map { i in 1 / powf(base, Float(2 * i) / Float(dim)) }
             let type = rope.type
             switch type {
+            case "longrope":
+                // transformers' _compute_longrope_parameters: 1 / (factor_i * theta^(2i/dim)),
+                // short factors up to original_max_position_embeddings, long ones beyond it.
+                func factors(_ key: String) throws(VFFNError) -> [Float] {
+                    guard let list = params?[key]?.arrayValue, list.count == dim / 2,
+                          case let values = list.compactMap(\.doubleValue), values.count == list.count, values.allSatisfy({ $0 > 0 })
+                    else { throw .badInput(r.path, "longrope \(key) must list \(dim / 2) positive numbers (one per rotary frequency)") }
+                    return values.map(Float.init)
+                }
+                let short = try factors("short_factor"), long = try factors("long_factor")
+                guard let original = params?["original_max_position_embeddings"]?.intValue ?? r.json["original_max_position_embeddings"]?.intValue,
+                      original > 0 else {
+                    throw .badInput(r.path, "longrope needs original_max_position_embeddings")
+                }
+                let frequency = { (ext: [Float]) in (0..<dim / 2).map { i in 1 / (ext[i] * powf(base, Float(2 * i) / Float(dim))) } }
+                let factor = params?["factor"]?.doubleValue ?? Double(maxPositions ?? original) / Double(original)
+                let attention = params?["attention_factor"]?.doubleValue
+                    ?? (factor <= 1 ? 1 : (1 + log(factor) / log(Double(original))).squareRoot())
+                return (frequency(short), frequency(long), original, Float(attention))
             case "default", "dynamic":
                 // Dynamic NTK scaling changes nothing until a sequence outgrows
                 // max_position_embeddings, which `forward` refuses.
@@ -249,9 +296,10 @@ public enum Llama: Architecture {
                     return (1 - smooth) * f / Float(factor) + smooth * f
                 }
             default:
-                throw .badInput(r.path, "rope type \"\(type)\" is not supported (default, linear, llama3)")
+                let key = r.json["rope_parameters"].map { $0.isNull ? "rope_scaling" : "rope_parameters" } ?? "rope_scaling"
+                throw .badInput(r.path, "\(key) rope type \"\(type)\" is not supported (default, linear, llama3, dynamic, longrope)")
             }
-            return inv
+            return (inv, nil, nil, 1)
         }
     }
 
@@ -329,12 +377,15 @@ public enum Llama: Architecture {
         }
 
         /// Rotate-half RoPE (transformers' layout): pairs (i, i + hd/2) rotate by pos * inv_freq[i].
+        /// Only the first `rotaryDim` dims of each head rotate (partial rotary); longrope picks its
+        /// long frequencies once the sequence outgrows the original context, as transformers does.
         func applyRotary(_ m: inout Matrix, heads: Int) {
-            let hd = config.headDim, half = hd / 2
+            let hd = config.headDim, half = config.rotaryDim / 2
+            let frequencies = config.longropeOriginal.map { m.rows > $0 } == true ? config.longInverseFrequencies! : config.inverseFrequencies
             for t in 0..<m.rows {
                 for i in 0..<half {
-                    let angle = Float(t) * config.inverseFrequencies[i]
-                    let c = cosf(angle), s = sinf(angle)
+                    let angle = Float(t) * frequencies[i]
+                    let c = cosf(angle) * config.rotaryScale, s = sinf(angle) * config.rotaryScale
                     for h in 0..<heads {
                         let a = t * m.cols + h * hd + i
                         let x1 = m.data[a], x2 = m.data[a + half]
@@ -356,12 +407,13 @@ public enum Llama: Architecture {
         let sites = (0..<c.numLayers).map { i in
             let p = "model.layers.\(i).mlp"
             // Input projections hold neurons as rows ([I, d]), the output projection as columns.
+            // A fused gate_up_proj stacks two I-row blocks; the neuron permutation moves both alike.
             var tensors = c.ffn.projections.map { proj in
-                FFNTensor("\(p).\(proj.name).weight", shape: proj.input ? [I, d] : [d, I], neuronAxis: proj.input ? 0 : 1)
+                FFNTensor("\(p).\(proj.name).weight", shape: proj.input ? [proj.blocks * I, d] : [d, I], neuronAxis: proj.input ? 0 : 1)
             }
             if c.mlpBias {
                 tensors += c.ffn.projections.map { proj in
-                    FFNTensor("\(p).\(proj.name).bias", shape: [proj.input ? I : d], neuronAxis: proj.input ? 0 : nil)
+                    FFNTensor("\(p).\(proj.name).bias", shape: [proj.input ? proj.blocks * I : d], neuronAxis: proj.input ? 0 : nil)
                 }
             }
             return FFNSite(layer: i, prefix: p, tensors: tensors)
@@ -391,11 +443,21 @@ public enum Llama: Architecture {
         for i in 0..<c.numLayers {
             let l = root.scope("layers.\(i)")
             let attn = l.scope("self_attn")
+            let inputNorm = try norm(l.scope("input_layernorm"))
+            let qDim = c.numHeads * hd, kvDim = c.numKVHeads * hd
+            let q, k, v: Linear
+            if c.fusedQKV {
+                // Views of one [q | k | v] matrix: nothing is copied.
+                let qkv = try attn.scope("qkv_proj").linear(out: qDim + 2 * kvDim, in: d, bias: c.qkvBias)
+                (q, k, v) = (qkv.rows(0..<qDim), qkv.rows(qDim..<qDim + kvDim), qkv.rows(qDim + kvDim..<qDim + 2 * kvDim))
+            } else {
+                q = try attn.scope("q_proj").linear(out: qDim, in: d, bias: c.qkvBias)
+                k = try attn.scope("k_proj").linear(out: kvDim, in: d, bias: c.qkvBias)
+                v = try attn.scope("v_proj").linear(out: kvDim, in: d, bias: c.qkvBias)
+            }
             layers.append(Layer(
-                inputNorm: try norm(l.scope("input_layernorm")),
-                q: try attn.scope("q_proj").linear(out: c.numHeads * hd, in: d, bias: c.qkvBias),
-                k: try attn.scope("k_proj").linear(out: c.numKVHeads * hd, in: d, bias: c.qkvBias),
-                v: try attn.scope("v_proj").linear(out: c.numKVHeads * hd, in: d, bias: c.qkvBias),
+                inputNorm: inputNorm,
+                q: q, k: k, v: v,
                 o: try attn.scope("o_proj").linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
                 qNorm: c.qkNormPerHead ? .rms(weight: try attn.scope("q_norm").vector("weight", count: hd), eps: c.rmsNormEps) : nil,
                 kNorm: c.qkNormPerHead ? .rms(weight: try attn.scope("k_norm").vector("weight", count: hd), eps: c.rmsNormEps) : nil,
@@ -404,11 +466,12 @@ public enum Llama: Architecture {
             let mlp = l.scope("mlp")
             var projections: [Linear] = []
             for proj in c.ffn.projections {
-                projections.append(try mlp.scope(proj.name).linear(out: proj.input ? I : d, in: proj.input ? d : I, bias: c.mlpBias))
+                projections.append(try mlp.scope(proj.name).linear(out: proj.input ? proj.blocks * I : d, in: proj.input ? d : I, bias: c.mlpBias))
             }
             let ffn: any FeedForward
             switch c.ffn {
             case .gated: ffn = GatedFeedForward(gate: projections[0], up: projections[1], down: projections[2])
+            case .fusedGateUp: ffn = GatedFeedForward(gate: projections[0].rows(0..<I), up: projections[0].rows(I..<2 * I), down: projections[1])
             case .ungated(let activation): ffn = UngatedFeedForward(input: projections[0], output: projections[1], activation: activation)
             }
             sublayers.append(FFNSublayer(

@@ -295,7 +295,12 @@ public struct UpcyclePlan: @unchecked Sendable {
         var permuted: [String: (FFNTensor, [Int])] = [:]
         if let permutations {
             for (l, site) in layout.sites.enumerated() {
-                for t in site.tensors where t.neuronAxis != nil { permuted[t.name] = (t, permutations[l]) }
+                let order = permutations[l]
+                for t in site.tensors where t.neuronAxis != nil {
+                    // Fused halves (Phi-3's gate_up_proj, [gate; up]): each block moves by the same order.
+                    let blocks = t.shape[t.neuronAxis!] / order.count
+                    permuted[t.name] = (t, (0..<blocks).flatMap { b in order.map { $0 + b * order.count } })
+                }
             }
         }
         return permuted

@@ -15,7 +15,7 @@ import VFFNSurgery
 
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny",
                       "granite-bf16-4x", "olmo-tiny", "olmo-clip-bf16-4x", "starcoder2-tiny",
-                      "starcoder2-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
+                      "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
                       "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
@@ -152,7 +152,7 @@ import VFFNSurgery
     }
 
     @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy", "granite-tiny-seed0-e8k2d4-logits.npy", "olmo-tiny-seed0-e8k2d4-logits.npy",
-                      "starcoder2-tiny-seed0-e8k2d4-logits.npy",
+                      "starcoder2-tiny-seed0-e8k2d4-logits.npy", "phi3-longrope-seed0-e8k2d4-logits.npy",
                       "gpt2-tiny-seed0-e8k2d4-logits.npy",
                       "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
@@ -389,6 +389,7 @@ import VFFNSurgery
         ("granite-bf16-4x", "AutoModelForCausalLM", "VersatileGraniteForCausalLM"),
         ("olmo-clip-bf16-4x", "AutoModelForCausalLM", "VersatileOlmoForCausalLM"),
         ("starcoder2-tiny", "AutoModelForCausalLM", "VersatileStarcoder2ForCausalLM"),
+        ("phi3-longrope", "AutoModelForCausalLM", "VersatilePhi3ForCausalLM"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -402,7 +403,7 @@ import VFFNSurgery
             #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo"])
     }
 

@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 from transformers import (BertModel, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM,
-                          Qwen2ForCausalLM, Starcoder2ForCausalLM)
+                          Phi3ForCausalLM, Qwen2ForCausalLM, Starcoder2ForCausalLM)
 
 # Families newer than the oldest transformers we support: absent there, the others still load.
 Qwen3ForCausalLM = getattr(transformers, "Qwen3ForCausalLM", None)  # 4.51
@@ -157,6 +157,8 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         self._init_gates(config, config.hidden_size, self._intermediate_size())
 
     def _intermediate_size(self):
+        if self.family == "phi3":
+            return self.gate_up_proj.weight.shape[0] // 2  # [gate; up]
         if self.family == "gpt2":
             return self.c_fc.weight.shape[1]  # Conv1D: [in, out]
         if self.family == "starcoder2":
@@ -164,6 +166,9 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         return self.gate_proj.weight.shape[0]
 
     def _neurons(self, h):
+        if self.family == "phi3":
+            gate, up = self.gate_up_proj(h).chunk(2, dim=-1)
+            return up * self.activation_fn(gate)
         if self.family in ("gpt2", "starcoder2"):
             return self.act(self.c_fc(h))
         return self.act_fn(self.gate_proj(h)) * self.up_proj(h)
@@ -337,6 +342,24 @@ class VersatileStarcoder2ForCausalLM(_VersatileModelMixin, Starcoder2ForCausalLM
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "starcoder2")
+
+
+def _partial_rotary(config):
+    params = getattr(config, "rope_parameters", None) or {}
+    return params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+
+
+class VersatilePhi3ForCausalLM(_VersatileModelMixin, Phi3ForCausalLM):
+    def __init__(self, config):
+        # transformers before 4.48 rotates the whole head whatever partial_rotary_factor says
+        # (Phi-4-mini's 0.75): that model would silently compute another function.
+        import inspect
+        from transformers.models.phi3 import modeling_phi3
+        if _partial_rotary(config) != 1.0 and "partial_rotary_factor" not in inspect.getsource(modeling_phi3):
+            raise ValueError(f"transformers {transformers.__version__} ignores partial_rotary_factor for Phi-3; use 4.48 or later")
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "phi3")
 
 
 class VersatileGPT2LMHeadModel(_VersatileModelMixin, GPT2LMHeadModel):
