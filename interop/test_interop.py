@@ -104,6 +104,8 @@ def ffn_weight_names(model_type):
         return ["mlp.c_fc.weight", "mlp.c_proj.weight"]
     if model_type == "bert":
         return ["intermediate.dense.weight", "output.dense.weight"]
+    if model_type == "phi3":
+        return ["mlp.gate_up_proj.weight", "mlp.down_proj.weight"]
     return ["mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"]
 
 
@@ -191,6 +193,17 @@ class RemoteCodeTests(unittest.TestCase):
                 with torch.no_grad():
                     trained = self.output(model, TOKENS).numpy()
                 self.assertLess(relative_error(trained, run_tokens(saved, tmp)), TOLERANCE)
+
+    def test_phi3_refused_where_partial_rotary_is_ignored(self):
+        """Under a transformers whose Phi-3 rotates whole heads, the remote code refuses rather
+        than compute another function; elsewhere this test has nothing to check."""
+        reason = unavailable("phi3-longrope")
+        if not reason or "partial_rotary_factor" not in reason:
+            self.skipTest(f"transformers {transformers.__version__} honours partial_rotary_factor")
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = self.convert("phi3-longrope", [], tmp)
+            with self.assertRaisesRegex(ValueError, "ignores partial_rotary_factor for Phi-3"):
+                transformers.AutoModelForCausalLM.from_pretrained(dst, trust_remote_code=True)
 
     def test_depth_temperature_schedule(self):
         with tempfile.TemporaryDirectory() as tmp:
