@@ -224,7 +224,7 @@ public enum Llama: Architecture {
                     case "sliding_attention":
                         guard let window else { throw .badInput(r.path, "layer_types asks for sliding_attention but sliding_window is null") }
                         out.append(window)
-                    default: throw .badInput(r.path, "layer type \(t.compact) is not supported")
+                    default: throw .badInput(r.path, "layer_types entry \(t.compact) is not supported (full_attention, sliding_attention)")
                     }
                 }
                 return out

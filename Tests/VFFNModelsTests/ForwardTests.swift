@@ -196,6 +196,31 @@ import VFFNModels
         #expect(try Llama.Config(try JSON.parse(#"{"model_type": "llama", "vocab_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "no_rope_layers": [0, 0]}"#), path: "c").ropeLayers == [true, true])
     }
 
+    /// A feature a family has in transformers but not here is refused by its key and value, not
+    /// run as something else: YaRN rope, a layer type we do not know, an unknown activation.
+    @Test func unimplementedFeaturesAreRefusedByKeyAndValue() throws {
+        let dir = try copy("qwen3-tiny")
+        try editConfig(dir) { $0.setting("rope_parameters", to: try! JSON.parse(#"{"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0}"#)) }
+        expectError(dir, "rope_parameters rope type \"yarn\" is not supported (default, linear, llama3, dynamic, longrope)")
+        try editConfig(dir) {
+            $0.setting("rope_parameters", to: .null).setting("rope_scaling", to: try! JSON.parse(#"{"type": "yarn", "factor": 4.0}"#))
+        }
+        expectError(dir, "rope_scaling rope type \"yarn\" is not supported")
+        let windows = try copy("qwen3-tiny")
+        try editConfig(windows) { $0.setting("layer_types", to: try! JSON.parse(#"["chunked_attention", "full_attention"]"#)) }
+        expectError(windows, "layer_types entry \"chunked_attention\" is not supported (full_attention, sliding_attention)")
+        let act = try copy("starcoder2-tiny")
+        try editConfig(act) { $0.setting("hidden_act", to: .string("quick_gelu")) }
+        expectError(act, "hidden_act \"quick_gelu\" is not supported")
+        let longrope = try copy("phi3-longrope")
+        try editConfig(longrope) { c in
+            var rope = c["rope_parameters"]!
+            rope = rope.setting("short_factor", to: try! JSON.parse("[1.0]"))
+            return c.setting("rope_parameters", to: rope)
+        }
+        expectError(longrope, "longrope short_factor must list 2 positive numbers (one per rotary frequency)")
+    }
+
     @Test func configValuesThatCannotDescribeTheModel() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("hidden_size", to: .string("32")) }
