@@ -143,7 +143,8 @@ public enum Llama: Architecture {
             fusedQKV = modelType == "phi3"
             layerNormWithBias = starcoder2
             layerNormEps = starcoder2 ? Float(try r.double("norm_epsilon", default: 1e-5)) : 1e-5
-            rmsNormEps = Float(try r.double("rms_norm_eps", default: 1e-6))
+            // The defaults are each family's config class's, for configs that leave a key out.
+            rmsNormEps = Float(try r.double("rms_norm_eps", default: modelType == "phi3" ? 1e-5 : 1e-6))
             parameterFreeLayerNorm = modelType == "olmo"
             if modelType == "olmo", let clip = json["clip_qkv"], !clip.isNull {
                 let c = try r.double("clip_qkv", default: .nan)
@@ -152,7 +153,9 @@ public enum Llama: Architecture {
             } else {
                 clipQKV = nil
             }
-            tieWordEmbeddings = try r.bool("tie_word_embeddings", default: false)
+            // SmolLM3Config and Starcoder2Config default to a tied head, and a 4.x save leaves a
+            // value equal to the default out of config.json.
+            tieWordEmbeddings = try r.bool("tie_word_embeddings", default: ["smollm3", "starcoder2"].contains(modelType))
             // StarCoder2 says use_bias for every projection, attention and MLP alike.
             let attentionBias = starcoder2 ? try r.bool("use_bias", default: true) : try r.bool("attention_bias", default: false)
             qkvBias = modelType == "qwen2" ? true : attentionBias
@@ -170,7 +173,9 @@ public enum Llama: Architecture {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
             }
             slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
-            let rope = Self.ropeParameters(json)
+            var rope = Self.ropeParameters(json)
+            // Phi3Config reads its early checkpoints' "su" and "yarn" as longrope.
+            if modelType == "phi3", rope.type == "su" || rope.type == "yarn" { rope.type = "longrope" }
             ropeTheta = try r.double("rope_theta", default: .nan)
             if ropeTheta.isNaN { ropeTheta = rope.params?["rope_theta"]?.doubleValue ?? 10000 }
             ropeType = rope.type
@@ -234,7 +239,7 @@ public enum Llama: Architecture {
                 return Array(repeating: window, count: layers)
             case "qwen2", "qwen3":
                 guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
-                let from = try r.int("max_window_layers", default: layers)
+                let from = try r.int("max_window_layers", default: 28)   // Qwen2Config's and Qwen3Config's default
                 return (0..<layers).map { $0 >= from ? window : nil }
             default:
                 return Array(repeating: nil, count: layers)
@@ -267,7 +272,11 @@ public enum Llama: Architecture {
                     return values.map(Float.init)
                 }
                 let short = try factors("short_factor"), long = try factors("long_factor")
-                guard let original = params?["original_max_position_embeddings"]?.intValue ?? r.json["original_max_position_embeddings"]?.intValue,
+                // transformers 5 prefers the top-level value (Phi-3 saves it there, and Phi3Config
+                // defaults it to 4096), then the nested one, then max_position_embeddings.
+                let phi3 = r.json["model_type"]?.stringValue == "phi3"
+                guard let original = r.json["original_max_position_embeddings"]?.intValue
+                        ?? (phi3 ? 4096 : params?["original_max_position_embeddings"]?.intValue ?? maxPositions),
                       original > 0 else {
                     throw .badInput(r.path, "longrope needs original_max_position_embeddings")
                 }

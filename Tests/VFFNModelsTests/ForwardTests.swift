@@ -221,6 +221,30 @@ import VFFNModels
         expectError(longrope, "longrope short_factor must list 2 positive numbers (one per rotary frequency)")
     }
 
+    /// Keys a config may leave out take the family's own default, as its transformers config
+    /// class has it (a 4.x save omits values equal to the default).
+    @Test func missingKeysTakeTheFamilysDefault() throws {
+        func config(_ type: String, _ extra: String = "") throws -> Llama.Config {
+            try Llama.Config(try JSON.parse(#"{"model_type": ""# + type + #"", "vocab_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 30, "num_attention_heads": 4"# + extra + "}"), path: "config.json")
+        }
+        #expect(try config("smollm3").tieWordEmbeddings && config("starcoder2").tieWordEmbeddings)
+        #expect(try !config("llama").tieWordEmbeddings && !config("qwen3").tieWordEmbeddings)
+        #expect(try config("phi3").rmsNormEps == 1e-5 && config("llama").rmsNormEps == 1e-6)
+        // Qwen2Config's max_window_layers defaults to 28: layers 28 and 29 slide.
+        let q = try config("qwen2", #", "use_sliding_window": true, "sliding_window": 16"#)
+        #expect(q.slidingWindows.enumerated().allSatisfy { $0.element == ($0.offset >= 28 ? 16 : nil) })
+        // Phi-3's early "su" rope is longrope; its original context is the top-level key
+        // (Phi3Config's 4096 when absent), whatever the nested one says.
+        let factors = #""short_factor": [1, 1, 1, 1], "long_factor": [2, 2, 2, 2]"#
+        let su = try config("phi3", #", "max_position_embeddings": 131072, "rope_scaling": {"type": "su", "#
+                            + factors + #", "original_max_position_embeddings": 64}"#)
+        #expect(su.longropeOriginal == 4096)
+        #expect(abs(su.rotaryScale - Float((1 + log(32.0) / log(4096.0)).squareRoot())) < 1e-6)
+        let top = try config("phi3", #", "max_position_embeddings": 131072, "original_max_position_embeddings": 8192, "rope_scaling": {"type": "longrope", "#
+                             + factors + "}")
+        #expect(top.longropeOriginal == 8192)
+    }
+
     @Test func configValuesThatCannotDescribeTheModel() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("hidden_size", to: .string("32")) }

@@ -150,6 +150,9 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         super().__init__()
         for name, child in dense_mlp.named_children():
             self.add_module(name, child)
+        # Starcoder2MLP keeps its dropout as a float attribute, not a child module.
+        if hasattr(dense_mlp, "residual_dropout"):
+            self.residual_dropout = float(dense_mlp.residual_dropout)
         self.family = family
         self.residual_scale = float(config.residual_multiplier) if family == "granite" else 1.0
         # Not a child: the norm stays registered where the layer has it.
@@ -274,6 +277,9 @@ def _rope_settings_for_transformers_4(config):
         return
     if "rope_theta" in params:
         config.rope_theta = params["rope_theta"]
+    if "partial_rotary_factor" in params:
+        # transformers 4.48+ reads Phi-3's partial rotary at the top level only.
+        config.partial_rotary_factor = params["partial_rotary_factor"]
     if params.get("rope_type", "default") != "default" and getattr(config, "rope_scaling", None) is None:
         config.rope_scaling = {k: v for k, v in params.items() if k != "rope_theta"}
 
