@@ -8,25 +8,105 @@ import VFFNFormats
 /// parameter-free LayerNorm and clip_qkv, StarCoder2's LayerNorm with bias, Phi-3's fused
 /// qkv_proj and gate_up_proj, partial rotary and longrope), read into `Llama.Config`.
 public enum Llama: Architecture {
-    public static let families = [
-        ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
-        ModelFamily("mistral", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileMistralForCausalLM", notInOLMo: nil),
-        ModelFamily("qwen2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen2ForCausalLM", notInOLMo: nil),
-        ModelFamily("qwen3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen3ForCausalLM",
-                    notInOLMo: "per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection)"),
-        ModelFamily("smollm3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileSmolLM3ForCausalLM",
-                    notInOLMo: "layers without rotary embeddings (OLMo rotates every layer)"),
-        ModelFamily("granite", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGraniteForCausalLM",
-                    notInOLMo: "embedding, attention, residual and logits multipliers"),
+    /// Each model type this file runs, declared once: the facts other modules read
+    /// (`ModelFamily`) and how its config is read and its layers run (`DecoderTraits`).
+    static let declarations: [(family: ModelFamily, traits: DecoderTraits)] = [
+        (ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
+         DecoderTraits()),
+        (ModelFamily("mistral", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileMistralForCausalLM", notInOLMo: nil),
+         DecoderTraits(windows: .everyLayer)),
+        (ModelFamily("qwen2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen2ForCausalLM", notInOLMo: nil),
+         DecoderTraits(qkvBias: .always, outputBias: .never, windows: .fromMaxWindowLayers)),
+        (ModelFamily("qwen3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen3ForCausalLM",
+                     notInOLMo: "per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection)"),
+         // Qwen3's MLP has no bias switch: a stray mlp_bias is ignored, as transformers does.
+         DecoderTraits(mlpBias: .never, qkNormPerHead: true, headDimDefault: 128, windows: .fromMaxWindowLayers)),
+        (ModelFamily("smollm3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileSmolLM3ForCausalLM",
+                     notInOLMo: "layers without rotary embeddings (OLMo rotates every layer)"),
+         DecoderTraits(windows: .noRopeLayers, noRopeLayers: true, tiedByDefault: true)),
+        (ModelFamily("granite", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGraniteForCausalLM",
+                     notInOLMo: "embedding, attention, residual and logits multipliers"),
+         DecoderTraits(multipliers: true)),
         // OLMo 1 and 1.7 as transformers holds them; the export writes them back in OLMo's own
         // terms (layer_norm_type default without affine, clip_qkv).
-        ModelFamily("olmo", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmoForCausalLM", notInOLMo: nil),
-        ModelFamily("starcoder2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileStarcoder2ForCausalLM",
-                    notInOLMo: "an ungated GELU FFN and LayerNorms with biases"),
-        // Phi-3, 3.5-mini and Phi-4-mini.
-        ModelFamily("phi3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatilePhi3ForCausalLM",
-                    notInOLMo: "partial rotary embeddings and longrope scaling"),
+        (ModelFamily("olmo", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmoForCausalLM", notInOLMo: nil),
+         DecoderTraits(norm: .layerWithoutParameters(eps: 1e-5), clipQKV: true)),
+        // StarCoder2 says use_bias for every projection, attention and MLP alike.
+        (ModelFamily("starcoder2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileStarcoder2ForCausalLM",
+                     notInOLMo: "an ungated GELU FFN and LayerNorms with biases"),
+         DecoderTraits(qkvBias: .key("use_bias", default: true), outputBias: .key("use_bias", default: true), mlpBias: .key("use_bias", default: true),
+                       norm: .layerWithBias(epsKey: "norm_epsilon", defaultEps: 1e-5), ffn: .ungated(defaultActivation: "gelu_pytorch_tanh"),
+                       windows: .everyLayer, tiedByDefault: true)),
+        // Phi-3, 3.5-mini and Phi-4-mini. Phi3Config reads its early checkpoints' "su" and "yarn"
+        // as longrope, and pins the original context to its top-level key (4096 when absent).
+        (ModelFamily("phi3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatilePhi3ForCausalLM",
+                     notInOLMo: "partial rotary embeddings and longrope scaling"),
+         DecoderTraits(norm: .rms(defaultEps: 1e-5), ffn: .fusedGateUp, fusedQKV: true, windows: .everyLayer,
+                       ropeAliases: ["su": "longrope", "yarn": "longrope"], originalContextDefault: 4096)),
     ]
+
+    public static var families: [ModelFamily] { declarations.map(\.family) }
+
+    static func traits(_ modelType: String) -> DecoderTraits? {
+        declarations.first { $0.family.modelType == modelType }?.traits
+    }
+
+    /// How a family of this file differs from Llama: which config keys it reads, with its own
+    /// config class's defaults (a 4.x save omits values equal to them), and which pieces its
+    /// layers have. The default value of every field is Llama's.
+    public struct DecoderTraits: Sendable {
+        public enum Bias: Sendable {
+            case always, never
+            case key(String, default: Bool)
+        }
+        public enum NormRule: Sendable {
+            /// RMSNorm with a weight, eps from `rms_norm_eps`.
+            case rms(defaultEps: Double)
+            /// OLMo's LayerNorm without weight or bias, eps fixed in its code.
+            case layerWithoutParameters(eps: Float)
+            /// LayerNorm with weight and bias.
+            case layerWithBias(epsKey: String, defaultEps: Double)
+        }
+        public enum FFNRule: Sendable {
+            case gated, fusedGateUp
+            case ungated(defaultActivation: String)
+        }
+        public enum WindowRule: Sendable {
+            /// `layer_types`, or no window at all.
+            case none
+            /// `sliding_window` on every layer (Mistral), unless `layer_types` says otherwise.
+            case everyLayer
+            /// `use_sliding_window`: layers from `max_window_layers` (28 by default) on (Qwen2).
+            case fromMaxWindowLayers
+            /// `use_sliding_window`: the NoPE layers, or what `layer_types` says (SmolLM3).
+            case noRopeLayers
+        }
+
+        public var qkvBias: Bias = .key("attention_bias", default: false)
+        public var outputBias: Bias = .key("attention_bias", default: false)
+        public var mlpBias: Bias = .key("mlp_bias", default: false)
+        public var norm: NormRule = .rms(defaultEps: 1e-6)
+        public var ffn: FFNRule = .gated
+        /// Phi-3's qkv_proj, rows [q | k | v].
+        public var fusedQKV = false
+        /// Qwen3's RMSNorm over each head of q and k before RoPE.
+        public var qkNormPerHead = false
+        /// `head_dim` when the config has none (nil: hidden / heads).
+        public var headDimDefault: Int?
+        public var windows: WindowRule = .none
+        /// SmolLM3's `no_rope_layers` / `no_rope_layer_interval`.
+        public var noRopeLayers = false
+        /// Granite's embedding, attention, residual and logits multipliers.
+        public var multipliers = false
+        /// OLMo's clip_qkv.
+        public var clipQKV = false
+        public var tiedByDefault = false
+        /// Rope type names the family's config class renames.
+        public var ropeAliases: [String: String] = [:]
+        /// longrope's original context: the top-level key, else this (nil: the nested key, else
+        /// max_position_embeddings).
+        public var originalContextDefault: Int?
+    }
 
     /// The FFN's projections under `mlp.`, named once for surgery's layout and for loading:
     /// SwiGLU's gate, up and down, or StarCoder2's ungated c_fc and c_proj.
@@ -106,6 +186,16 @@ public enum Llama: Architecture {
         public init(_ json: JSON, path: String) throws(VFFNError) {
             let r = ConfigReader(json, path: path)
             modelType = json["model_type"]?.stringValue ?? "llama"
+            guard let traits = Llama.traits(modelType) else {
+                throw .badInput(path, "model_type \"\(modelType)\" is not one of \(Llama.families.map(\.modelType).joined(separator: ", "))")
+            }
+            func bias(_ rule: DecoderTraits.Bias) throws(VFFNError) -> Bool {
+                switch rule {
+                case .always: return true
+                case .never: return false
+                case let .key(key, value): return try r.bool(key, default: value)
+                }
+            }
             vocabSize = try r.int("vocab_size")
             hiddenSize = try r.int("hidden_size")
             intermediateSize = try r.int("intermediate_size")
@@ -117,9 +207,8 @@ public enum Llama: Architecture {
             }
             if json["head_dim"] != nil, json["head_dim"]!.isNull == false {
                 headDim = try r.int("head_dim")
-            } else if modelType == "qwen3" {
-                // Qwen3Config's default, in transformers 4.x and 5.x alike (not hidden / heads).
-                headDim = 128
+            } else if let given = traits.headDimDefault {
+                headDim = given
             } else {
                 guard hiddenSize % numHeads == 0 else {
                     throw .badInput(path, "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(numHeads)")
@@ -127,55 +216,59 @@ public enum Llama: Architecture {
                 headDim = hiddenSize / numHeads
             }
             guard headDim % 2 == 0 else { throw .badInput(path, "head dimension \(headDim) is odd; rotary embeddings need it even") }
-            let starcoder2 = modelType == "starcoder2"
-            let act = json["hidden_act"]?.stringValue ?? (starcoder2 ? "gelu_pytorch_tanh" : "silu")
-            if starcoder2 {
+            switch traits.ffn {
+            case let .ungated(defaultActivation):
+                let act = json["hidden_act"]?.stringValue ?? defaultActivation
                 guard let a = Activation(huggingFaceName: act) else {
                     throw .badInput(path, "hidden_act \"\(act)\" is not supported (supported: \(Activation.supportedNames.joined(separator: ", ")))")
                 }
                 ffn = .ungated(a)
-            } else {
+            case .gated, .fusedGateUp:
+                let act = json["hidden_act"]?.stringValue ?? "silu"
                 guard act == "silu" || act == "swish" else {
                     throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (only silu)")
                 }
-                ffn = modelType == "phi3" ? .fusedGateUp : .gated
+                if case .fusedGateUp = traits.ffn { ffn = .fusedGateUp } else { ffn = .gated }
             }
-            fusedQKV = modelType == "phi3"
-            layerNormWithBias = starcoder2
-            layerNormEps = starcoder2 ? Float(try r.double("norm_epsilon", default: 1e-5)) : 1e-5
-            // The defaults are each family's config class's, for configs that leave a key out.
-            rmsNormEps = Float(try r.double("rms_norm_eps", default: modelType == "phi3" ? 1e-5 : 1e-6))
-            parameterFreeLayerNorm = modelType == "olmo"
-            if modelType == "olmo", let clip = json["clip_qkv"], !clip.isNull {
+            fusedQKV = traits.fusedQKV
+            switch traits.norm {
+            case let .rms(defaultEps):
+                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps) = (false, false, 1e-5)
+                rmsNormEps = Float(try r.double("rms_norm_eps", default: defaultEps))
+            case let .layerWithoutParameters(eps):
+                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps, rmsNormEps) = (true, false, eps, eps)
+            case let .layerWithBias(epsKey, defaultEps):
+                (parameterFreeLayerNorm, layerNormWithBias) = (false, true)
+                layerNormEps = Float(try r.double(epsKey, default: defaultEps))
+                rmsNormEps = layerNormEps
+            }
+            if traits.clipQKV, let clip = json["clip_qkv"], !clip.isNull {
                 let c = try r.double("clip_qkv", default: .nan)
                 guard c > 0, c.isFinite else { throw .badInput(path, "clip_qkv \(c) must be positive") }
                 clipQKV = Float(c)
             } else {
                 clipQKV = nil
             }
-            // SmolLM3Config and Starcoder2Config default to a tied head, and a 4.x save leaves a
-            // value equal to the default out of config.json.
-            tieWordEmbeddings = try r.bool("tie_word_embeddings", default: ["smollm3", "starcoder2"].contains(modelType))
-            // StarCoder2 says use_bias for every projection, attention and MLP alike.
-            let attentionBias = starcoder2 ? try r.bool("use_bias", default: true) : try r.bool("attention_bias", default: false)
-            qkvBias = modelType == "qwen2" ? true : attentionBias
-            outputBias = modelType == "qwen2" ? false : attentionBias
-            // Qwen3's MLP has no bias switch; a stray mlp_bias in its config is ignored as transformers does.
-            mlpBias = modelType == "qwen3" ? false : starcoder2 ? attentionBias : try r.bool("mlp_bias", default: false)
-            qkNormPerHead = modelType == "qwen3"
-            ropeLayers = try Self.ropeLayers(r, modelType: modelType, layers: numLayers)
-            let granite = modelType == "granite"
-            embeddingMultiplier = granite ? Float(try r.double("embedding_multiplier", default: 1)) : 1
-            attentionScale = granite ? Float(try r.double("attention_multiplier", default: 1)) : 1 / Float(headDim).squareRoot()
-            residualMultiplier = granite ? Float(try r.double("residual_multiplier", default: 1)) : 1
-            logitsScaling = granite ? Float(try r.double("logits_scaling", default: 1)) : 1
+            tieWordEmbeddings = try r.bool("tie_word_embeddings", default: traits.tiedByDefault)
+            qkvBias = try bias(traits.qkvBias)
+            outputBias = try bias(traits.outputBias)
+            mlpBias = try bias(traits.mlpBias)
+            qkNormPerHead = traits.qkNormPerHead
+            ropeLayers = try Self.ropeLayers(r, traits: traits, layers: numLayers)
+            if traits.multipliers {
+                embeddingMultiplier = Float(try r.double("embedding_multiplier", default: 1))
+                attentionScale = Float(try r.double("attention_multiplier", default: 1))
+                residualMultiplier = Float(try r.double("residual_multiplier", default: 1))
+                logitsScaling = Float(try r.double("logits_scaling", default: 1))
+            } else {
+                (embeddingMultiplier, attentionScale, residualMultiplier, logitsScaling) = (1, 1 / Float(headDim).squareRoot(), 1, 1)
+            }
             guard logitsScaling != 0, logitsScaling.isFinite, embeddingMultiplier.isFinite, attentionScale.isFinite, residualMultiplier.isFinite else {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
             }
-            slidingWindows = try Self.slidingWindows(r, modelType: modelType, layers: numLayers)
+            slidingWindows = try Self.slidingWindows(r, traits: traits, layers: numLayers)
             var rope = Self.ropeParameters(json)
-            // Phi3Config reads its early checkpoints' "su" and "yarn" as longrope.
-            if modelType == "phi3", rope.type == "su" || rope.type == "yarn" { rope.type = "longrope" }
+            if let alias = traits.ropeAliases[rope.type] { rope.type = alias }
             ropeTheta = try r.double("rope_theta", default: .nan)
             if ropeTheta.isNaN { ropeTheta = rope.params?["rope_theta"]?.doubleValue ?? 10000 }
             ropeType = rope.type
@@ -185,7 +278,8 @@ public enum Llama: Architecture {
             guard partial > 0, partial <= 1 else { throw .badInput(path, "partial_rotary_factor \(partial) must be in (0, 1]") }
             rotaryDim = Int(Double(headDim) * partial)   // int(), as transformers truncates
             guard rotaryDim % 2 == 0, rotaryDim > 0 else { throw .badInput(path, "rotary dimension \(rotaryDim) (head_dim x partial_rotary_factor) is not even") }
-            let frequencies = try Self.inverseFrequencies(r, dim: rotaryDim, theta: ropeTheta, rope: rope, maxPositions: maxPositionEmbeddings)
+            let frequencies = try Self.inverseFrequencies(r, dim: rotaryDim, theta: ropeTheta, rope: rope, maxPositions: maxPositionEmbeddings,
+                                                          originalContextDefault: traits.originalContextDefault)
             inverseFrequencies = frequencies.short
             longInverseFrequencies = frequencies.long
             longropeOriginal = frequencies.original
@@ -195,8 +289,8 @@ public enum Llama: Architecture {
 
         /// SmolLM3 lists 1 (rotate) or 0 (NoPE) per layer, or, without the list, leaves RoPE out
         /// of every `no_rope_layer_interval`-th layer, as SmolLM3Config derives it.
-        static func ropeLayers(_ r: ConfigReader, modelType: String, layers: Int) throws(VFFNError) -> [Bool] {
-            guard modelType == "smollm3" else { return Array(repeating: true, count: layers) }
+        static func ropeLayers(_ r: ConfigReader, traits: DecoderTraits, layers: Int) throws(VFFNError) -> [Bool] {
+            guard traits.noRopeLayers else { return Array(repeating: true, count: layers) }
             if let list = r.json["no_rope_layers"], !list.isNull {
                 guard let items = list.arrayValue, items.count == layers, items.allSatisfy({ $0.intValue == 0 || $0.intValue == 1 }) else {
                     throw .badInput(r.path, "no_rope_layers must list 0 or 1 for each of the \(layers) layers")
@@ -210,14 +304,14 @@ public enum Llama: Architecture {
 
         /// Which layers attend within a window. transformers 5 lists `layer_types`; older configs
         /// say it with `sliding_window` (Mistral) or `use_sliding_window` + `max_window_layers` (Qwen2).
-        static func slidingWindows(_ r: ConfigReader, modelType: String, layers: Int) throws(VFFNError) -> [Int?] {
+        static func slidingWindows(_ r: ConfigReader, traits: DecoderTraits, layers: Int) throws(VFFNError) -> [Int?] {
             let window: Int? = (r.json["sliding_window"]?.isNull ?? true) ? nil : try r.int("sliding_window")
-            if modelType == "smollm3" {
+            if case .noRopeLayers = traits.windows {
                 // SmolLM3 slides only with use_sliding_window, whatever layer_types says; without
                 // layer_types, its NoPE layers are the sliding ones.
                 guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
                 if r.json["layer_types"]?.arrayValue == nil {
-                    return try ropeLayers(r, modelType: modelType, layers: layers).map { $0 ? nil : window }
+                    return try ropeLayers(r, traits: traits, layers: layers).map { $0 ? nil : window }
                 }
             }
             if let types = r.json["layer_types"]?.arrayValue {
@@ -234,14 +328,14 @@ public enum Llama: Architecture {
                 }
                 return out
             }
-            switch modelType {
-            case "mistral", "starcoder2", "phi3":
+            switch traits.windows {
+            case .everyLayer:
                 return Array(repeating: window, count: layers)
-            case "qwen2", "qwen3":
+            case .fromMaxWindowLayers:
                 guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
                 let from = try r.int("max_window_layers", default: 28)   // Qwen2Config's and Qwen3Config's default
                 return (0..<layers).map { $0 >= from ? window : nil }
-            default:
+            case .none, .noRopeLayers:
                 return Array(repeating: nil, count: layers)
             }
         }
@@ -255,8 +349,8 @@ public enum Llama: Architecture {
 
         /// `1 / theta^(2i/dim)` in f32 as transformers computes it, adjusted by the rope type for
         /// the types we implement; longrope also gives its long-sequence set and cos/sin scale.
-        static func inverseFrequencies(_ r: ConfigReader, dim: Int, theta: Double, rope: (params: JSON?, type: String), maxPositions: Int?)
-            throws(VFFNError) -> (short: [Float], long: [Float]?, original: Int?, scale: Float) {
+        static func inverseFrequencies(_ r: ConfigReader, dim: Int, theta: Double, rope: (params: JSON?, type: String), maxPositions: Int?,
+                                       originalContextDefault: Int? = nil) throws(VFFNError) -> (short: [Float], long: [Float]?, original: Int?, scale: Float) {
             let params = rope.params
             let base = Float(theta)
             var inv = (0..<dim / 2).map { i in 1 / powf(base, Float(2 * i) / Float(dim)) }
@@ -274,9 +368,8 @@ public enum Llama: Architecture {
                 let short = try factors("short_factor"), long = try factors("long_factor")
                 // transformers 5 prefers the top-level value (Phi-3 saves it there, and Phi3Config
                 // defaults it to 4096), then the nested one, then max_position_embeddings.
-                let phi3 = r.json["model_type"]?.stringValue == "phi3"
                 guard let original = r.json["original_max_position_embeddings"]?.intValue
-                        ?? (phi3 ? 4096 : params?["original_max_position_embeddings"]?.intValue ?? maxPositions),
+                        ?? originalContextDefault ?? params?["original_max_position_embeddings"]?.intValue ?? maxPositions,
                       original > 0 else {
                     throw .badInput(r.path, "longrope needs original_max_position_embeddings")
                 }
