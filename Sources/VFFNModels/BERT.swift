@@ -106,6 +106,9 @@ public enum BERT: Architecture {
         try basePrefix(checkpoint, candidates: ["bert", ""], probe: "embeddings.word_embeddings.weight")
     }
 
+    /// The FFN's two projections under `encoder.layer.N`, named once for the layout and for loading.
+    static let ffnInput = "intermediate.dense", ffnOutput = "output.dense"
+
     public static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout {
         let c = try config(checkpoint)
         let base = try prefix(checkpoint)
@@ -114,8 +117,8 @@ public enum BERT: Architecture {
         let sites = (0..<c.numLayers).map { i in
             let p = (base.isEmpty ? "" : base + ".") + "encoder.layer.\(i)"
             return FFNSite(layer: i, prefix: p, tensors: [
-                FFNTensor("\(p).intermediate.dense.weight", shape: [I, d], neuronAxis: 0), FFNTensor("\(p).intermediate.dense.bias", shape: [I], neuronAxis: 0),
-                FFNTensor("\(p).output.dense.weight", shape: [d, I], neuronAxis: 1), FFNTensor("\(p).output.dense.bias", shape: [d], neuronAxis: nil),
+                FFNTensor("\(p).\(ffnInput).weight", shape: [I, d], neuronAxis: 0), FFNTensor("\(p).\(ffnInput).bias", shape: [I], neuronAxis: 0),
+                FFNTensor("\(p).\(ffnOutput).weight", shape: [d, I], neuronAxis: 1), FFNTensor("\(p).\(ffnOutput).bias", shape: [d], neuronAxis: nil),
             ])
         }
         try checkSites(sites, in: checkpoint)
@@ -150,8 +153,8 @@ public enum BERT: Architecture {
                 o: try attn.scope("output.dense").linear(out: d, in: d, bias: true),
                 attentionNorm: try attn.scope("output.LayerNorm").layerNorm(count: d, eps: eps)))
             let ffn = UngatedFeedForward(
-                input: try l.scope("intermediate.dense").linear(out: I, in: d, bias: true),
-                output: try l.scope("output.dense").linear(out: d, in: I, bias: true),
+                input: try l.scope(ffnInput).linear(out: I, in: d, bias: true),
+                output: try l.scope(ffnOutput).linear(out: d, in: I, bias: true),
                 activation: c.activation)
             sublayers.append(FFNSublayer(placement: .postNorm, norm: try l.scope("output.LayerNorm").layerNorm(count: d, eps: eps), ffn: ffn))
         }

@@ -107,6 +107,9 @@ public enum GPT2: Architecture {
         try basePrefix(checkpoint, candidates: ["transformer", ""], probe: "wte.weight")
     }
 
+    /// The FFN's two Conv1D projections under `h.N.mlp`, named once for the layout and for loading.
+    static let ffnInput = "c_fc", ffnOutput = "c_proj"
+
     public static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout {
         let c = try config(checkpoint)
         let base = try prefix(checkpoint)
@@ -115,8 +118,8 @@ public enum GPT2: Architecture {
             let p = (base.isEmpty ? "" : base + ".") + "h.\(i).mlp"
             // Conv1D stores [in, out]: neurons are c_fc's columns and c_proj's rows.
             return FFNSite(layer: i, prefix: p, tensors: [
-                FFNTensor("\(p).c_fc.weight", shape: [d, I], neuronAxis: 1), FFNTensor("\(p).c_fc.bias", shape: [I], neuronAxis: 0),
-                FFNTensor("\(p).c_proj.weight", shape: [I, d], neuronAxis: 0), FFNTensor("\(p).c_proj.bias", shape: [d], neuronAxis: nil),
+                FFNTensor("\(p).\(ffnInput).weight", shape: [d, I], neuronAxis: 1), FFNTensor("\(p).\(ffnInput).bias", shape: [I], neuronAxis: 0),
+                FFNTensor("\(p).\(ffnOutput).weight", shape: [I, d], neuronAxis: 0), FFNTensor("\(p).\(ffnOutput).bias", shape: [d], neuronAxis: nil),
             ])
         }
         try checkSites(sites, in: checkpoint)
@@ -144,8 +147,8 @@ public enum GPT2: Architecture {
                 o: try attn.scope("c_proj").conv1D(out: d, in: d)))
             let mlp = l.scope("mlp")
             let ffn = UngatedFeedForward(
-                input: try mlp.scope("c_fc").conv1D(out: I, in: d),
-                output: try mlp.scope("c_proj").conv1D(out: d, in: I),
+                input: try mlp.scope(ffnInput).conv1D(out: I, in: d),
+                output: try mlp.scope(ffnOutput).conv1D(out: d, in: I),
                 activation: c.activation)
             sublayers.append(FFNSublayer(placement: .preNorm, norm: try l.scope("ln_2").layerNorm(count: d, eps: c.layerNormEps), ffn: ffn))
         }
