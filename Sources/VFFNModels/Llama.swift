@@ -118,7 +118,7 @@ public enum Llama: Architecture {
 
         /// Each projection, whether it is an input one (neurons as rows), and how many
         /// I-row blocks it stacks (2 for a fused gate and up).
-        var projections: [(name: String, input: Bool, blocks: Int)] {
+        public var projections: [(name: String, input: Bool, blocks: Int)] {
             switch self {
             case .gated: return [("gate_proj", true, 1), ("up_proj", true, 1), ("down_proj", false, 1)]
             case .fusedGateUp: return [("gate_up_proj", true, 2), ("down_proj", false, 1)]

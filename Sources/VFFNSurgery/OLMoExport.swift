@@ -87,14 +87,19 @@ extension UpcyclePlan {
             return .init(name: olmoName, dtype: p.info.dtype, shape: p.info.shape, parts: [p.bytes])
         }
 
+        guard c.ffn == .gated, case let ffn = c.ffn.projections, ffn.count == 3 else {
+            throw .usage("--output-format olmo needs a SwiGLU FFN with separate gate, up and down projections")
+        }
         var tensors = [try copied("transformer.wte.weight", base + "embed_tokens.weight")]
         let d = layout.hiddenSize
         for (i, (layer, gates)) in zip(layersPrefix, layers).enumerated() {
             let block = "transformer.blocks.\(i)."
             tensors += try fused(block + "att_proj", ["q", "k", "v"].map { layer + ".self_attn.\($0)_proj" }, hasBias: c.qkvBias)
             tensors += try fused(block + "attn_out", [layer + ".self_attn.o_proj"], hasBias: c.outputBias)
-            tensors += try fused(block + "ff_proj", [layer + ".mlp.up_proj", layer + ".mlp.gate_proj"], hasBias: c.mlpBias)
-            tensors += try fused(block + "ff_out", [layer + ".mlp.down_proj"], hasBias: c.mlpBias)
+            // The family's own projection names; OLMo's SwiGLU takes `x, gate = chunk(2)`, so ff_proj is [up; gate].
+            let (gate, up, down) = (ffn[0].name, ffn[1].name, ffn[2].name)
+            tensors += try fused(block + "ff_proj", [layer + ".mlp." + up, layer + ".mlp." + gate], hasBias: c.mlpBias)
+            tensors += try fused(block + "ff_out", [layer + ".mlp." + down], hasBias: c.mlpBias)
             // OLMo 1's LayerNorms have no parameters, in either layout.
             if !c.parameterFreeLayerNorm {
                 tensors.append(try copied(block + "attn_norm.weight", layer + ".input_layernorm.weight"))
