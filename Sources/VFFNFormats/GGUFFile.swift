@@ -246,16 +246,12 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     /// llama.cpp's names (gguf-py `tensor_mapping.py`) back to Hugging Face's. Unknown names are
     /// refused rather than carried under a name no loader would understand.
     static func huggingFaceName(_ name: String, path: String) throws(VFFNError) -> String {
-        let fixed = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"]
-        if let n = fixed[name] { return n }
+        if let n = DecoderTensor.ggufGlobals[name] { return n }
         let parts = name.split(separator: ".")
-        let perLayer = ["attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-                        "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-                        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-                        "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"]
-        if parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0, let hf = perLayer[String(parts[2])],
+        if parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0,
+           let hf = DecoderTensor.allCases.first(where: { $0.gguf == String(parts[2]) }),
            parts[3] == "weight" || parts[3] == "bias" {
-            return "model.layers.\(layer).\(hf).\(parts[3])"
+            return hf.at(layer) + "." + parts[3]
         }
         throw .badInput(path, "GGUF tensor \"\(name)\" has no Hugging Face Llama equivalent")
     }
@@ -271,7 +267,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
             guard let d = x.asDouble else { throw .badInput(path, "GGUF metadata \"\(key)\" is not a number") }
             return d
         }
-        guard let embedding = tensors.first(where: { $0.name == "model.embed_tokens.weight" }), embedding.shape.count == 2 else {
+        guard let embedding = tensors.first(where: { $0.name == DecoderTensor.embedding }), embedding.shape.count == 2 else {
             throw .badInput(path, "GGUF file has no 2-D token_embd.weight")
         }
         let heads = try int("\(arch).attention.head_count")
@@ -288,7 +284,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
             ("max_position_embeddings", .int(try int("\(arch).context_length"))),
             ("rms_norm_eps", .number(String(try number("\(arch).attention.layer_norm_rms_epsilon") ?? 1e-5))),
             ("rope_theta", .number(String(try number("\(arch).rope.freq_base") ?? 10000))),
-            ("tie_word_embeddings", .bool(!tensors.contains { $0.name == "lm_head.weight" })),
+            ("tie_word_embeddings", .bool(!tensors.contains { $0.name == DecoderTensor.head })),
         ]
         if v["\(arch).attention.key_length"] != nil {
             let headDim = try int("\(arch).attention.key_length")
@@ -373,10 +369,11 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     /// Q and K as llama.cpp stores them: within each head, row 2i+j holds what Hugging Face keeps
     /// at row j*(d/2)+i. Returns the head count to undo it with, or nil for other tensors.
     private func permutedHeads(_ name: String) throws(VFFNError) -> Int? {
-        guard architecture == "llama", name.hasSuffix("self_attn.q_proj.weight") || name.hasSuffix("self_attn.k_proj.weight")
-           || name.hasSuffix("self_attn.q_proj.bias") || name.hasSuffix("self_attn.k_proj.bias") else { return nil }
+        let isQ = [".weight", ".bias"].contains { name.hasSuffix(DecoderTensor.q.rawValue + $0) }
+        let isK = [".weight", ".bias"].contains { name.hasSuffix(DecoderTensor.k.rawValue + $0) }
+        guard architecture == "llama", isQ || isK else { return nil }
         let c = try config.get()
-        return name.contains("q_proj") ? c["num_attention_heads"]!.intValue! : c["num_key_value_heads"]!.intValue!
+        return isQ ? c["num_attention_heads"]!.intValue! : c["num_key_value_heads"]!.intValue!
     }
 
     public func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer {
@@ -449,7 +446,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         var notes: [String] = []
         let q8 = stored.filter { $0.type == 8 }.count
         if q8 > 0 { notes.append("\(q8) Q8_0 tensor(s) dequantized to F32 (written as F32 by convert)") }
-        if architecture == "llama", tensors.contains(where: { $0.name.hasSuffix("q_proj.weight") }) {
+        if architecture == "llama", tensors.contains(where: { $0.name.hasSuffix(DecoderTensor.q.rawValue + ".weight") }) {
             notes.append("q_proj/k_proj rows un-permuted from llama.cpp's rotary layout")
         }
         if stored.contains(where: { $0.ggufName == "rope_freqs.weight" }) { notes.append("rope_freqs.weight expressed as llama3 rope_scaling in config.json") }

@@ -118,11 +118,11 @@ public enum Llama: Architecture {
 
         /// Each projection, whether it is an input one (neurons as rows), and how many
         /// I-row blocks it stacks (2 for a fused gate and up).
-        public var projections: [(name: String, input: Bool, blocks: Int)] {
+        public var projections: [(tensor: DecoderTensor, input: Bool, blocks: Int)] {
             switch self {
-            case .gated: return [("gate_proj", true, 1), ("up_proj", true, 1), ("down_proj", false, 1)]
-            case .fusedGateUp: return [("gate_up_proj", true, 2), ("down_proj", false, 1)]
-            case .ungated: return [("c_fc", true, 1), ("c_proj", false, 1)]
+            case .gated: return [(.gate, true, 1), (.up, true, 1), (.down, false, 1)]
+            case .fusedGateUp: return [(.gateUp, true, 2), (.down, false, 1)]
+            case .ungated: return [(.fcIn, true, 1), (.fcOut, false, 1)]
             }
         }
     }
@@ -507,15 +507,15 @@ public enum Llama: Architecture {
         let c = try config(checkpoint)
         let d = c.hiddenSize, I = c.intermediateSize
         let sites = (0..<c.numLayers).map { i in
-            let p = "model.layers.\(i).mlp"
+            let p = DecoderTensor.layer(i) + "." + DecoderTensor.ffnModule
             // Input projections hold neurons as rows ([I, d]), the output projection as columns.
             // A fused gate_up_proj stacks two I-row blocks; the neuron permutation moves both alike.
             var tensors = c.ffn.projections.map { proj in
-                FFNTensor("\(p).\(proj.name).weight", shape: proj.input ? [proj.blocks * I, d] : [d, I], neuronAxis: proj.input ? 0 : 1)
+                FFNTensor("\(proj.tensor.at(i)).weight", shape: proj.input ? [proj.blocks * I, d] : [d, I], neuronAxis: proj.input ? 0 : 1)
             }
             if c.mlpBias {
                 tensors += c.ffn.projections.map { proj in
-                    FFNTensor("\(p).\(proj.name).bias", shape: [proj.input ? proj.blocks * I : d], neuronAxis: proj.input ? 0 : nil)
+                    FFNTensor("\(proj.tensor.at(i)).bias", shape: [proj.input ? proj.blocks * I : d], neuronAxis: proj.input ? 0 : nil)
                 }
             }
             return FFNSite(layer: i, prefix: p, tensors: tensors)
@@ -527,9 +527,9 @@ public enum Llama: Architecture {
     public static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel {
         let c = try config(checkpoint)
         let store = WeightStore(checkpoint)
-        let root = store.scope("model")
+        let root = store.scope("")
         let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim
-        let embedding = try root.scope("embed_tokens").linear(out: c.vocabSize, in: d, bias: false)
+        let embedding = try root.scope(String(DecoderTensor.embedding.dropLast(".weight".count))).linear(out: c.vocabSize, in: d, bias: false)
         /// The family's norm at `scope`: RMSNorm with its weight, or OLMo's LayerNorm without any.
         func norm(_ scope: WeightScope) throws(VFFNError) -> Norm {
             if c.parameterFreeLayerNorm {
@@ -543,32 +543,30 @@ public enum Llama: Architecture {
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
         for i in 0..<c.numLayers {
-            let l = root.scope("layers.\(i)")
-            let attn = l.scope("self_attn")
-            let inputNorm = try norm(l.scope("input_layernorm"))
+            let l = root.scope(DecoderTensor.layer(i))
+            let inputNorm = try norm(l.scope(DecoderTensor.inputNorm.rawValue))
             let qDim = c.numHeads * hd, kvDim = c.numKVHeads * hd
             let q, k, v: Linear
             if c.fusedQKV {
                 // Views of one [q | k | v] matrix: nothing is copied.
-                let qkv = try attn.scope("qkv_proj").linear(out: qDim + 2 * kvDim, in: d, bias: c.qkvBias)
+                let qkv = try l.scope(DecoderTensor.qkv.rawValue).linear(out: qDim + 2 * kvDim, in: d, bias: c.qkvBias)
                 (q, k, v) = (qkv.rows(0..<qDim), qkv.rows(qDim..<qDim + kvDim), qkv.rows(qDim + kvDim..<qDim + 2 * kvDim))
             } else {
-                q = try attn.scope("q_proj").linear(out: qDim, in: d, bias: c.qkvBias)
-                k = try attn.scope("k_proj").linear(out: kvDim, in: d, bias: c.qkvBias)
-                v = try attn.scope("v_proj").linear(out: kvDim, in: d, bias: c.qkvBias)
+                q = try l.scope(DecoderTensor.q.rawValue).linear(out: qDim, in: d, bias: c.qkvBias)
+                k = try l.scope(DecoderTensor.k.rawValue).linear(out: kvDim, in: d, bias: c.qkvBias)
+                v = try l.scope(DecoderTensor.v.rawValue).linear(out: kvDim, in: d, bias: c.qkvBias)
             }
             layers.append(Layer(
                 inputNorm: inputNorm,
                 q: q, k: k, v: v,
-                o: try attn.scope("o_proj").linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
-                qNorm: c.qkNormPerHead ? .rms(weight: try attn.scope("q_norm").vector("weight", count: hd), eps: c.rmsNormEps) : nil,
-                kNorm: c.qkNormPerHead ? .rms(weight: try attn.scope("k_norm").vector("weight", count: hd), eps: c.rmsNormEps) : nil,
+                o: try l.scope(DecoderTensor.o.rawValue).linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
+                qNorm: c.qkNormPerHead ? .rms(weight: try l.scope(DecoderTensor.qNorm.rawValue).vector("weight", count: hd), eps: c.rmsNormEps) : nil,
+                kNorm: c.qkNormPerHead ? .rms(weight: try l.scope(DecoderTensor.kNorm.rawValue).vector("weight", count: hd), eps: c.rmsNormEps) : nil,
                 rotary: c.ropeLayers[i],
                 slidingWindow: c.slidingWindows[i]))
-            let mlp = l.scope("mlp")
             var projections: [Linear] = []
             for proj in c.ffn.projections {
-                projections.append(try mlp.scope(proj.name).linear(out: proj.input ? proj.blocks * I : d, in: proj.input ? d : I, bias: c.mlpBias))
+                projections.append(try l.scope(proj.tensor.rawValue).linear(out: proj.input ? proj.blocks * I : d, in: proj.input ? d : I, bias: c.mlpBias))
             }
             let ffn: any FeedForward
             switch c.ffn {
@@ -578,10 +576,10 @@ public enum Llama: Architecture {
             }
             sublayers.append(FFNSublayer(
                 placement: .preNorm,
-                norm: try norm(l.scope("post_attention_layernorm")),
+                norm: try norm(l.scope(DecoderTensor.ffnNorm.rawValue)),
                 ffn: ffn, residualScale: c.residualMultiplier))
         }
-        let finalNorm = try norm(root.scope("norm"))
+        let finalNorm = try norm(root.scope(String(DecoderTensor.finalNorm.dropLast(".weight".count))))
         let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding)
         let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I)
         try store.requireAllUsed()

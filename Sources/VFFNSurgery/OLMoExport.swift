@@ -44,8 +44,7 @@ extension UpcyclePlan {
             maxSequence = window
         }
 
-        let layersPrefix = layout.sites.map { String($0.prefix.dropLast(".mlp".count)) }
-        let base = layersPrefix.first.map { p in String(p[..<p.range(of: "layers.", options: .backwards)!.lowerBound]) } ?? "model."
+        let layersPrefix = layout.sites.map { DecoderTensor.layer($0.layer) }
         let permuted = permutedTensors
         var used = Set<String>()
         func part(_ name: String) throws(VFFNError) -> (info: TensorInfo, bytes: TensorBytes) {
@@ -90,31 +89,31 @@ extension UpcyclePlan {
         guard c.ffn == .gated, case let ffn = c.ffn.projections, ffn.count == 3 else {
             throw .usage("--output-format olmo needs a SwiGLU FFN with separate gate, up and down projections")
         }
-        var tensors = [try copied("transformer.wte.weight", base + "embed_tokens.weight")]
+        var tensors = [try copied("transformer.wte.weight", DecoderTensor.embedding)]
         let d = layout.hiddenSize
         for (i, (layer, gates)) in zip(layersPrefix, layers).enumerated() {
             let block = "transformer.blocks.\(i)."
-            tensors += try fused(block + "att_proj", ["q", "k", "v"].map { layer + ".self_attn.\($0)_proj" }, hasBias: c.qkvBias)
-            tensors += try fused(block + "attn_out", [layer + ".self_attn.o_proj"], hasBias: c.outputBias)
+            tensors += try fused(block + "att_proj", [DecoderTensor.q, .k, .v].map { layer + "." + $0.rawValue }, hasBias: c.qkvBias)
+            tensors += try fused(block + "attn_out", [layer + "." + DecoderTensor.o.rawValue], hasBias: c.outputBias)
             // The family's own projection names; OLMo's SwiGLU takes `x, gate = chunk(2)`, so ff_proj is [up; gate].
-            let (gate, up, down) = (ffn[0].name, ffn[1].name, ffn[2].name)
-            tensors += try fused(block + "ff_proj", [layer + ".mlp." + up, layer + ".mlp." + gate], hasBias: c.mlpBias)
-            tensors += try fused(block + "ff_out", [layer + ".mlp." + down], hasBias: c.mlpBias)
+            let (gate, up, down) = (ffn[0].tensor.rawValue, ffn[1].tensor.rawValue, ffn[2].tensor.rawValue)
+            tensors += try fused(block + "ff_proj", [layer + "." + up, layer + "." + gate], hasBias: c.mlpBias)
+            tensors += try fused(block + "ff_out", [layer + "." + down], hasBias: c.mlpBias)
             // OLMo 1's LayerNorms have no parameters, in either layout.
             if !c.parameterFreeLayerNorm {
-                tensors.append(try copied(block + "attn_norm.weight", layer + ".input_layernorm.weight"))
-                tensors.append(try copied(block + "ff_norm.weight", layer + ".post_attention_layernorm.weight"))
+                tensors.append(try copied(block + "attn_norm.weight", layer + "." + DecoderTensor.inputNorm.rawValue + ".weight"))
+                tensors.append(try copied(block + "ff_norm.weight", layer + "." + DecoderTensor.ffnNorm.rawValue + ".weight"))
             }
             tensors.append(.init(name: block + "expert_gate.weight", dtype: gates.dtype, shape: [numExperts, d],
                                  parts: [.owned(FloatCodec.encode(gates.expertGate, as: gates.dtype))]))
             tensors.append(.init(name: block + "depth_predictor.weight", dtype: gates.dtype, shape: [maxDepth, d],
                                  parts: [.owned(FloatCodec.encode(gates.depthPredictor, as: gates.dtype))]))
         }
-        if !c.parameterFreeLayerNorm { tensors.append(try copied("transformer.ln_f.weight", base + "norm.weight")) }
+        if !c.parameterFreeLayerNorm { tensors.append(try copied("transformer.ln_f.weight", DecoderTensor.finalNorm)) }
         if c.tieWordEmbeddings {
-            used.insert("lm_head.weight") // a tied head saved anyway is the embedding again
+            used.insert(DecoderTensor.head) // a tied head saved anyway is the embedding again
         } else {
-            let head = try copied("transformer.ff_out.weight", "lm_head.weight")
+            let head = try copied("transformer.ff_out.weight", DecoderTensor.head)
             tensors.append(head)
             if includeBias {
                 tensors.append(.init(name: "transformer.ff_out.bias", dtype: head.dtype, shape: [head.shape[0]],

@@ -1,0 +1,61 @@
+/// The tensors of a Llama-shaped decoder layer under their Hugging Face names, and llama.cpp's
+/// name for each (gguf-py's `tensor_mapping.py`), spelled here once. The forward's loader and
+/// surgery's layout (VFFNModels), the OLMo export (VFFNSurgery) and the GGUF reader, which sits
+/// in this module below them all, read these instead of spelling the names again.
+public enum DecoderTensor: String, CaseIterable, Sendable {
+    case inputNorm = "input_layernorm"
+    case q = "self_attn.q_proj"
+    case k = "self_attn.k_proj"
+    case v = "self_attn.v_proj"
+    case o = "self_attn.o_proj"
+    /// Phi-3's fused [q | k | v].
+    case qkv = "self_attn.qkv_proj"
+    /// Qwen3's per-head norms.
+    case qNorm = "self_attn.q_norm"
+    case kNorm = "self_attn.k_norm"
+    case ffnNorm = "post_attention_layernorm"
+    case gate = "mlp.gate_proj"
+    case up = "mlp.up_proj"
+    case down = "mlp.down_proj"
+    /// Phi-3's fused [gate; up].
+    case gateUp = "mlp.gate_up_proj"
+    /// StarCoder2's ungated projections.
+    case fcIn = "mlp.c_fc"
+    case fcOut = "mlp.c_proj"
+
+    /// Where layer `i` lives, and its FFN module (where the gates are named).
+    public static func layer(_ i: Int) -> String { "model.layers.\(i)" }
+    public static let ffnModule = "mlp"
+    public static let embedding = "model.embed_tokens.weight"
+    public static let finalNorm = "model.norm.weight"
+    public static let head = "lm_head.weight"
+
+    /// `name` below layer `i`, e.g. `model.layers.3.mlp.down_proj`.
+    public func at(_ i: Int) -> String { Self.layer(i) + "." + rawValue }
+
+    /// The leaf under the FFN module (`down_proj`), for tensors inside it.
+    public var ffnLeaf: String? {
+        rawValue.hasPrefix(Self.ffnModule + ".") ? String(rawValue.dropFirst(Self.ffnModule.count + 1)) : nil
+    }
+
+    /// llama.cpp's per-layer name (`blk.N.<this>`), for the tensors GGUF files carry.
+    public var gguf: String? {
+        switch self {
+        case .inputNorm: return "attn_norm"
+        case .q: return "attn_q"
+        case .k: return "attn_k"
+        case .v: return "attn_v"
+        case .o: return "attn_output"
+        case .qNorm: return "attn_q_norm"
+        case .kNorm: return "attn_k_norm"
+        case .ffnNorm: return "ffn_norm"
+        case .gate: return "ffn_gate"
+        case .up: return "ffn_up"
+        case .down: return "ffn_down"
+        case .qkv, .gateUp, .fcIn, .fcOut: return nil
+        }
+    }
+
+    /// llama.cpp's whole-model tensors and their Hugging Face names.
+    public static let ggufGlobals = ["token_embd.weight": embedding, "output_norm.weight": finalNorm, "output.weight": head]
+}
