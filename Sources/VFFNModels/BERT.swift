@@ -6,7 +6,7 @@ import VFFNFormats
 /// returns the last hidden states; pooler and task heads are carried through, not run.
 public enum BERT: Architecture {
     public static let families = [
-        ModelFamily("bert", output: .hiddenStates, autoClass: "AutoModel", remoteCodeClass: "VersatileBertModel",
+        ModelFamily("bert", topology: .postNorm, output: .hiddenStates, autoClass: "AutoModel", remoteCodeClass: "VersatileBertModel",
                     notInOLMo: "an encoder's post-norm layers and bidirectional attention"),
     ]
 

@@ -24,7 +24,7 @@ public enum Llama: Architecture {
         (ModelFamily("smollm3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileSmolLM3ForCausalLM",
                      notInOLMo: "layers without rotary embeddings (OLMo rotates every layer)"),
          DecoderTraits(windows: .noRopeLayers, noRopeLayers: true, tiedByDefault: true)),
-        (ModelFamily("granite", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGraniteForCausalLM",
+        (ModelFamily("granite", topology: .scaledPreNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGraniteForCausalLM",
                      notInOLMo: "embedding, attention, residual and logits multipliers"),
          DecoderTraits(multipliers: true)),
         // OLMo 1 and 1.7 as transformers holds them; the export writes them back in OLMo's own

@@ -4,7 +4,18 @@ import VFFNFormats
 /// architecture that implements it: surgery, the transformers remote code, the OLMo export and
 /// `inspect` read it here instead of keeping model-type lists of their own.
 public struct ModelFamily: Sendable {
+    /// SPEC section 5's block topologies: where the FFN sub-layer's norm and residual sit.
+    public enum Topology: String, Sendable {
+        /// `S(x) = x + F(N x)`
+        case preNorm = "pre-norm"
+        /// `S(x) = x + r·F(N x)` (Granite's residual_multiplier r)
+        case scaledPreNorm = "scaled pre-norm"
+        /// `S(x) = N(x + F(x))` (BERT)
+        case postNorm = "post-norm"
+    }
+
     public let modelType: String
+    public let topology: Topology
     /// What `run` returns for it.
     public let output: OutputKind
     /// transformers' Auto class for the converted checkpoint, and the class of
@@ -17,8 +28,10 @@ public struct ModelFamily: Sendable {
 
     public var olmoLayout: Bool { notInOLMo == nil }
 
-    public init(_ modelType: String, output: OutputKind, autoClass: String, remoteCodeClass: String, notInOLMo: String?) {
+    public init(_ modelType: String, topology: Topology = .preNorm, output: OutputKind, autoClass: String, remoteCodeClass: String,
+                notInOLMo: String?) {
         self.modelType = modelType
+        self.topology = topology
         self.output = output
         self.autoClass = autoClass
         self.remoteCodeClass = remoteCodeClass

@@ -101,7 +101,7 @@ struct ModelCard {
         let c = ckpt.config
         let type = c["model_type"]?.stringValue ?? "?"
         let arch = c["architectures"]?.arrayValue?.first?.stringValue
-        var family = type + (arch.map { " (\($0))" } ?? "")
+        var family = type + (arch.map { " (\($0))" } ?? "") + (Architectures.family(type).map { ", \($0.topology.rawValue) blocks" } ?? "")
         var ffn: String?
         do {
             let layout = try Architectures.lookup(ckpt).ffnLayout(ckpt)

@@ -405,6 +405,7 @@ import VFFNSurgery
         }
         #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo"])
+        #expect(Architectures.families.filter { $0.topology != .preNorm }.map { "\($0.modelType) \($0.topology.rawValue)" } == ["granite scaled pre-norm", "bert post-norm"])
     }
 
     /// The module written is the package's resource byte for byte, and config.json names the
