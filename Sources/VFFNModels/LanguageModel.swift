@@ -140,6 +140,13 @@ public enum Architectures {
             throw .badInput(configPath, "is a quantized checkpoint (quantization_config\(method.map { ", quant_method \"\($0)\"" } ?? "")); "
                             + "convert the unquantized model, stored as F32, F16 or BF16")
         }
+        // The same weights packed without the config entry (a stripped GPTQ/AWQ upload, or
+        // bitsandbytes' 4-bit state), named by the tensors that give them away.
+        let packed = [(".qweight", "GPTQ/AWQ qweight"), (".qzeros", "GPTQ/AWQ qzeros"), (".g_idx", "GPTQ g_idx"),
+                      (".weight.absmax", "bitsandbytes absmax"), (".weight.quant_map", "bitsandbytes quant_map"), (".weight_scale", "fp8 weight_scale")]
+        if let (name, what) = checkpoint.tensorNames.lazy.compactMap({ n in packed.first { n.hasSuffix($0.0) }.map { (n, $0.1) } }).first {
+            throw .badInput(checkpoint.path, "holds packed quantized weights (\(what): \"\(name)\"); convert the unquantized model, stored as F32, F16 or BF16")
+        }
         return arch
     }
 

@@ -156,6 +156,17 @@ import VFFNModels
         }
         try editConfig(dir) { $0.setting("quantization_config", to: .null) }
         _ = try Architectures.load(Checkpoint(path: dir))
+        // Without the config entry, the packed tensors themselves give a GPTQ upload away.
+        let checkpoint = try Checkpoint(path: dir)
+        var records: [TensorRecord] = []
+        for name in checkpoint.tensorNames {
+            let info = checkpoint.info(name)!
+            let renamed = name == "model.layers.0.mlp.down_proj.weight" ? "model.layers.0.mlp.down_proj.qweight" : name
+            records.append(TensorRecord(name: renamed, dtype: info.dtype, shape: info.shape, bytes: .owned(Array(try checkpoint.bytes(name)!))))
+        }
+        try FileManager.default.removeItem(atPath: dir + "/model.safetensors")
+        try SafeTensorsWriter.write(records, metadata: nil, to: dir + "/model.safetensors")
+        expectError(dir, "holds packed quantized weights (GPTQ/AWQ qweight: \"model.layers.0.mlp.down_proj.qweight\")")
     }
 
     /// Qwen3's per-head q/k norms are part of the function (fixtures/generate.py spreads their
