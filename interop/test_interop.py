@@ -79,11 +79,13 @@ REMOTE_CODE_CASES = [
     ("starcoder2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
     ("phi3-longrope", "AutoModelForCausalLM", []),
     ("phi3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
+    ("olmo2-tiny", "AutoModelForCausalLM", []),
+    ("olmo2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
 ]
 
 
 # Stock classes that came after the oldest transformers the remote code supports.
-NEWER_FAMILIES = {"qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
+NEWER_FAMILIES = {"qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}
 
 
 def unavailable(fixture):

@@ -13,7 +13,10 @@ public enum DecoderTensor: String, CaseIterable, Sendable {
     /// Qwen3's per-head norms.
     case qNorm = "self_attn.q_norm"
     case kNorm = "self_attn.k_norm"
-    case ffnNorm = "post_attention_layernorm"
+    /// The FFN's norm in pre-norm families; OLMo 2 puts it on the attention output instead.
+    case postAttentionNorm = "post_attention_layernorm"
+    /// OLMo 2's norm on the FFN output.
+    case postFeedforwardNorm = "post_feedforward_layernorm"
     case gate = "mlp.gate_proj"
     case up = "mlp.up_proj"
     case down = "mlp.down_proj"
@@ -48,11 +51,11 @@ public enum DecoderTensor: String, CaseIterable, Sendable {
         case .o: return "attn_output"
         case .qNorm: return "attn_q_norm"
         case .kNorm: return "attn_k_norm"
-        case .ffnNorm: return "ffn_norm"
+        case .postAttentionNorm: return "ffn_norm"
         case .gate: return "ffn_gate"
         case .up: return "ffn_up"
         case .down: return "ffn_down"
-        case .qkv, .gateUp, .fcIn, .fcOut: return nil
+        case .qkv, .gateUp, .fcIn, .fcOut, .postFeedforwardNorm: return nil
         }
     }
 

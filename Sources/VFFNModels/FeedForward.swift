@@ -88,6 +88,8 @@ public struct FFNSublayer: Sendable {
         case preNorm
         /// `S(x) = norm(x + f(x))` (BERT)
         case postNorm
+        /// `S(x) = x + norm(f(x))` (OLMo 2)
+        case outputNorm
     }
 
     public let placement: Placement
@@ -111,6 +113,7 @@ public struct FFNSublayer: Sendable {
         switch placement {
         case .preNorm: return x + f(norm(x)).scaled(by: residualScale)
         case .postNorm: return norm(x + f(x))
+        case .outputNorm: return x + norm(f(x))
         }
     }
 

@@ -43,6 +43,11 @@ public enum Llama: Architecture {
                      notInOLMo: "partial rotary embeddings and longrope scaling"),
          DecoderTraits(norm: .rms(defaultEps: 1e-5), ffn: .fusedGateUp, fusedQKV: true, windows: .everyLayer,
                        ropeAliases: ["su": "longrope", "yarn": "longrope"], originalContextDefault: 4096)),
+        // OLMo 2: norms on the attention and FFN outputs instead of their inputs, and q/k norms
+        // over the whole projection (heads x head_dim) before the reshape and RoPE.
+        (ModelFamily("olmo2", topology: .outputNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmo2ForCausalLM",
+                     notInOLMo: "norms on the attention and FFN outputs (OLMo 2's reordered norms), which this export does not write"),
+         DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true)),
     ]
 
     public static var families: [ModelFamily] { declarations.map(\.family) }
@@ -91,6 +96,10 @@ public enum Llama: Architecture {
         public var fusedQKV = false
         /// Qwen3's RMSNorm over each head of q and k before RoPE.
         public var qkNormPerHead = false
+        /// OLMo 2's norms after attention and the FFN (no input norm), and its q/k norms over
+        /// the whole projection.
+        public var outputNorms = false
+        public var qkNormFullWidth = false
         /// `head_dim` when the config has none (nil: hidden / heads).
         public var headDimDefault: Int?
         public var windows: WindowRule = .none
@@ -155,6 +164,10 @@ public enum Llama: Architecture {
         public var mlpBias: Bool
         /// Qwen3: RMSNorm over each head of q and of k (weight `[head_dim]`) before RoPE.
         public var qkNormPerHead: Bool
+        /// OLMo 2: `post_attention_layernorm` on the attention output, `post_feedforward_layernorm`
+        /// on the FFN output, no input norm; q/k norms over heads x head_dim.
+        public var outputNorms: Bool
+        public var qkNormFullWidth: Bool
         /// Per layer, whether q and k are rotated (SmolLM3's `no_rope_layers` marks NoPE layers 0).
         public var ropeLayers: [Bool]
         /// Granite's multipliers (1, 1/sqrt(head_dim), 1 and 1 for every other family): token
@@ -254,6 +267,8 @@ public enum Llama: Architecture {
             outputBias = try bias(traits.outputBias)
             mlpBias = try bias(traits.mlpBias)
             qkNormPerHead = traits.qkNormPerHead
+            outputNorms = traits.outputNorms
+            qkNormFullWidth = traits.qkNormFullWidth
             ropeLayers = try Self.ropeLayers(r, traits: traits, layers: numLayers)
             if traits.multipliers {
                 embeddingMultiplier = Float(try r.double("embedding_multiplier", default: 1))
@@ -406,7 +421,9 @@ public enum Llama: Architecture {
     }
 
     struct Layer: Sendable {
-        let inputNorm: Norm
+        /// The norm before attention, or (OLMo 2) after it.
+        let inputNorm: Norm?
+        let attentionOutputNorm: Norm?
         let q, k, v, o: Linear
         /// Per-head norms of q and k (Qwen3), applied before RoPE.
         let qNorm, kNorm: Norm?
@@ -441,7 +458,8 @@ public enum Llama: Architecture {
             var traced: [Matrix] = [], ffnInputs: [Matrix] = []
             var routing: [RoutingStats] = []
             for (i, layer) in layers.enumerated() {
-                x = x + attention(layer, layer.inputNorm(x)).scaled(by: config.residualMultiplier)
+                let a = attention(layer, layer.inputNorm.map { $0(x) } ?? x)
+                x = x + (layer.attentionOutputNorm.map { $0(a) } ?? a).scaled(by: config.residualMultiplier)
                 if trace { ffnInputs.append(x) }
                 x = try ffnStep(i, x, mode: mode, routing: &routing)
                 if trace { traced.append(x) }
@@ -459,8 +477,8 @@ public enum Llama: Architecture {
                 k = k.clamped(to: clip)
                 v = v.clamped(to: clip)
             }
-            if let n = layer.qNorm { q = perHead(n, q) }
-            if let n = layer.kNorm { k = perHead(n, k) }
+            if let n = layer.qNorm { q = config.qkNormFullWidth ? n(q) : perHead(n, q) }
+            if let n = layer.kNorm { k = config.qkNormFullWidth ? n(k) : perHead(n, k) }
             if layer.rotary {
                 applyRotary(&q, heads: config.numHeads)
                 applyRotary(&k, heads: config.numKVHeads)
@@ -544,7 +562,8 @@ public enum Llama: Architecture {
         var sublayers: [FFNSublayer] = []
         for i in 0..<c.numLayers {
             let l = root.scope(DecoderTensor.layer(i))
-            let inputNorm = try norm(l.scope(DecoderTensor.inputNorm.rawValue))
+            let inputNorm = c.outputNorms ? nil : try norm(l.scope(DecoderTensor.inputNorm.rawValue))
+            let attentionOutputNorm = c.outputNorms ? try norm(l.scope(DecoderTensor.postAttentionNorm.rawValue)) : nil
             let qDim = c.numHeads * hd, kvDim = c.numKVHeads * hd
             let q, k, v: Linear
             if c.fusedQKV {
@@ -557,11 +576,13 @@ public enum Llama: Architecture {
                 v = try l.scope(DecoderTensor.v.rawValue).linear(out: kvDim, in: d, bias: c.qkvBias)
             }
             layers.append(Layer(
-                inputNorm: inputNorm,
+                inputNorm: inputNorm, attentionOutputNorm: attentionOutputNorm,
                 q: q, k: k, v: v,
                 o: try l.scope(DecoderTensor.o.rawValue).linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
-                qNorm: c.qkNormPerHead ? .rms(weight: try l.scope(DecoderTensor.qNorm.rawValue).vector("weight", count: hd), eps: c.rmsNormEps) : nil,
-                kNorm: c.qkNormPerHead ? .rms(weight: try l.scope(DecoderTensor.kNorm.rawValue).vector("weight", count: hd), eps: c.rmsNormEps) : nil,
+                qNorm: c.qkNormPerHead || c.qkNormFullWidth
+                    ? .rms(weight: try l.scope(DecoderTensor.qNorm.rawValue).vector("weight", count: c.qkNormFullWidth ? qDim : hd), eps: c.rmsNormEps) : nil,
+                kNorm: c.qkNormPerHead || c.qkNormFullWidth
+                    ? .rms(weight: try l.scope(DecoderTensor.kNorm.rawValue).vector("weight", count: c.qkNormFullWidth ? kvDim : hd), eps: c.rmsNormEps) : nil,
                 rotary: c.ropeLayers[i],
                 slidingWindow: c.slidingWindows[i]))
             var projections: [Linear] = []
@@ -575,8 +596,8 @@ public enum Llama: Architecture {
             case .ungated(let activation): ffn = UngatedFeedForward(input: projections[0], output: projections[1], activation: activation)
             }
             sublayers.append(FFNSublayer(
-                placement: .preNorm,
-                norm: try norm(l.scope(DecoderTensor.ffnNorm.rawValue)),
+                placement: c.outputNorms ? .outputNorm : .preNorm,
+                norm: try norm(l.scope((c.outputNorms ? DecoderTensor.postFeedforwardNorm : .postAttentionNorm).rawValue)),
                 ffn: ffn, residualScale: c.residualMultiplier))
         }
         let finalNorm = try norm(root.scope(String(DecoderTensor.finalNorm.dropLast(".weight".count))))

@@ -12,6 +12,8 @@ public struct ModelFamily: Sendable {
         case scaledPreNorm = "scaled pre-norm"
         /// `S(x) = N(x + F(x))` (BERT)
         case postNorm = "post-norm"
+        /// `S(x) = x + N(F(x))`, and the attention branch normalized the same way (OLMo 2)
+        case outputNorm = "output-norm"
     }
 
     public let modelType: String

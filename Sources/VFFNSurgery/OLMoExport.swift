@@ -102,7 +102,7 @@ extension UpcyclePlan {
             // OLMo 1's LayerNorms have no parameters, in either layout.
             if !c.parameterFreeLayerNorm {
                 tensors.append(try copied(block + "attn_norm.weight", layer + "." + DecoderTensor.inputNorm.rawValue + ".weight"))
-                tensors.append(try copied(block + "ff_norm.weight", layer + "." + DecoderTensor.ffnNorm.rawValue + ".weight"))
+                tensors.append(try copied(block + "ff_norm.weight", layer + "." + DecoderTensor.postAttentionNorm.rawValue + ".weight"))
             }
             tensors.append(.init(name: block + "expert_gate.weight", dtype: gates.dtype, shape: [numExperts, d],
                                  parts: [.owned(FloatCodec.encode(gates.expertGate, as: gates.dtype))]))

@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, starcoder2, phi3, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -22,7 +22,8 @@
 # forwards per optimizer step call `model.set_depth_temperature_step(step)` instead.
 #
 # S is the dense sub-layer: x + f(norm(x)) for pre-norm models (x + r f(norm(x)) for Granite,
-# whose layer scales the FFN branch by residual_multiplier r), norm(x + f(x)) for BERT. The FFN's
+# whose layer scales the FFN branch by residual_multiplier r), x + norm(f(x)) for OLMo 2 (its norm
+# follows the FFN), norm(x + f(x)) for BERT. The FFN's
 # own dropout (GPT-2's resid_pdrop, BERT's hidden_dropout_prob) is applied to f in training, as in
 # the dense model.
 
@@ -35,6 +36,7 @@ from transformers import (BertModel, GPT2LMHeadModel, GraniteForCausalLM, LlamaF
 
 # Families newer than the oldest transformers we support: absent there, the others still load.
 Qwen3ForCausalLM = getattr(transformers, "Qwen3ForCausalLM", None)  # 4.51
+Olmo2ForCausalLM = getattr(transformers, "Olmo2ForCausalLM", None)  # 4.47
 SmolLM3ForCausalLM = getattr(transformers, "SmolLM3ForCausalLM", None)  # 4.53
 
 TEMPERATURE_START = 5.0
@@ -155,6 +157,8 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
             self.residual_dropout = float(dense_mlp.residual_dropout)
         self.family = family
         self.residual_scale = float(config.residual_multiplier) if family == "granite" else 1.0
+        # OLMo 2's FFN reads x itself and its norm follows: S(x) = x + norm(f(x)).
+        self.norm_after = family == "olmo2"
         # Not a child: the norm stays registered where the layer has it.
         self.__dict__["norm"] = norm
         self._init_gates(config, config.hidden_size, self._intermediate_size())
@@ -199,11 +203,21 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         return f if self.residual_scale == 1.0 else self.residual_scale * f
 
     def _sublayer(self, x):
+        if self.norm_after:
+            return x + self.norm.normalize(self._f_from(self._neurons(x)))
         return x + self._scaled(self._f_from(self._neurons(self.norm.normalize(x))))
 
     def _width(self, x, chosen, weights):
         """(x_width, S(x)). The k sub-layers share x and norm(x), and their weights sum to 1, so
-        sum_i w_i (x + r f_{j_i}(h)) = x + r (b + W_out (a * mask)): one product instead of k."""
+        sum_i w_i (x + r f_{j_i}(h)) = x + r (b + W_out (a * mask)): one product instead of k.
+        A norm after the FFN (OLMo 2) does not distribute over the sum: one product per slot."""
+        if self.norm_after:
+            a = self._neurons(x)
+            x_width = torch.zeros_like(x)
+            for slot in range(self.top_k):
+                mask = self._expert_mask(chosen[..., slot : slot + 1], torch.ones_like(weights[..., slot : slot + 1]))
+                x_width = x_width + weights[..., slot : slot + 1] * (x + self.norm.normalize(self._f_from(a * mask)))
+            return x_width, x + self.norm.normalize(self._f_from(a))
         a = self._neurons(self.norm.normalize(x))
         return x + self._scaled(self._f_from(a * self._expert_mask(chosen, weights))), x + self._scaled(self._f_from(a))
 
@@ -246,8 +260,11 @@ class _PostNormVersatileLayer(_VersatileFFNMixin):
 
 
 def _pre_norm_layers(model, family):
+    """The layers, and the norm of each that belongs to the FFN sub-layer."""
     if family == "gpt2":
         return model.transformer.h, "ln_2"
+    if family == "olmo2":
+        return model.model.layers, "post_feedforward_layernorm"
     return model.model.layers, "post_attention_layernorm"
 
 
@@ -348,6 +365,14 @@ class VersatileStarcoder2ForCausalLM(_VersatileModelMixin, Starcoder2ForCausalLM
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "starcoder2")
+
+
+if Olmo2ForCausalLM is not None:
+    class VersatileOlmo2ForCausalLM(_VersatileModelMixin, Olmo2ForCausalLM):
+        def __init__(self, config):
+            _rope_settings_for_transformers_4(config)
+            super().__init__(config)
+            install_versatile_ffn(self, config, "olmo2")
 
 
 def _partial_rotary(config):
