@@ -81,6 +81,8 @@ REMOTE_CODE_CASES = [
     ("phi3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
     ("olmo2-tiny", "AutoModelForCausalLM", []),
     ("olmo2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
+    ("gemma-tiny", "AutoModelForCausalLM", []),
+    ("gemma-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
 ]
 
 

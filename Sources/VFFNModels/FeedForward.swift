@@ -22,17 +22,20 @@ extension FeedForward {
     }
 }
 
-/// `down(silu(gate(h)) * up(h))`: the SwiGLU FFN of Llama, Mistral and Qwen2.
+/// `down(act(gate(h)) * up(h))`: the SwiGLU FFN of Llama, Mistral and Qwen2 (Gemma's GeGLU with
+/// the tanh GELU).
 public struct GatedFeedForward: FeedForward {
     public let gate: Linear   // [I, d]
     public let up: Linear     // [I, d]
     public let down: Linear   // [d, I]
+    public let activation: Activation
 
-    public init(gate: Linear, up: Linear, down: Linear) {
+    public init(gate: Linear, up: Linear, down: Linear, activation: Activation = .silu) {
         precondition(gate.outFeatures == up.outFeatures && down.inFeatures == gate.outFeatures)
         self.gate = gate
         self.up = up
         self.down = down
+        self.activation = activation
     }
 
     public var intermediateSize: Int { gate.outFeatures }
@@ -42,12 +45,16 @@ public struct GatedFeedForward: FeedForward {
     public func callAsFunction(_ h: Matrix) -> Matrix {
         var a = gate(h)
         let b = up(h)
-        for i in a.data.indices { a.data[i] = silu(a.data[i]) * b.data[i] }
+        if activation == .silu {
+            for i in a.data.indices { a.data[i] = silu(a.data[i]) * b.data[i] }
+        } else {
+            for i in a.data.indices { a.data[i] = activation(a.data[i]) * b.data[i] }
+        }
         return down(a)
     }
 
     public func restricted(to neurons: Range<Int>) -> GatedFeedForward {
-        GatedFeedForward(gate: gate.rows(neurons), up: up.rows(neurons), down: down.columns(neurons))
+        GatedFeedForward(gate: gate.rows(neurons), up: up.rows(neurons), down: down.columns(neurons), activation: activation)
     }
 }
 

@@ -45,6 +45,11 @@ public enum Llama: Architecture {
                        ropeAliases: ["su": "longrope", "yarn": "longrope"], originalContextDefault: 4096)),
         // OLMo 2: norms on the attention and FFN outputs instead of their inputs, and q/k norms
         // over the whole projection (heads x head_dim) before the reshape and RoPE.
+        // Gemma 1: RMSNorm by 1 + w, embeddings times sqrt(hidden_size), GeGLU with the tanh GELU.
+        (ModelFamily("gemma", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGemmaForCausalLM",
+                     notInOLMo: "1 + w RMSNorms, GeGLU and scaled embeddings"),
+         DecoderTraits(norm: .rmsOnePlusWeight(defaultEps: 1e-6), ffn: .geglu, headDimDefault: 256, tiedByDefault: true,
+                       embeddingsTimesSqrtHidden: true)),
         (ModelFamily("olmo2", topology: .outputNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmo2ForCausalLM",
                      notInOLMo: "norms on the attention and FFN outputs (OLMo 2's reordered norms), which this export does not write"),
          DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true)),
@@ -67,6 +72,8 @@ public enum Llama: Architecture {
         public enum NormRule: Sendable {
             /// RMSNorm with a weight, eps from `rms_norm_eps`.
             case rms(defaultEps: Double)
+            /// Gemma's RMSNorm, which scales by `1 + w` (its weights are stored around 0).
+            case rmsOnePlusWeight(defaultEps: Double)
             /// OLMo's LayerNorm without weight or bias, eps fixed in its code.
             case layerWithoutParameters(eps: Float)
             /// LayerNorm with weight and bias.
@@ -74,6 +81,8 @@ public enum Llama: Architecture {
         }
         public enum FFNRule: Sendable {
             case gated, fusedGateUp
+            /// Gemma's gated FFN with the tanh GELU (`hidden_act` "gelu" means it, as GemmaConfig says).
+            case geglu
             case ungated(defaultActivation: String)
         }
         public enum WindowRule: Sendable {
@@ -110,6 +119,8 @@ public enum Llama: Architecture {
         /// OLMo's clip_qkv.
         public var clipQKV = false
         public var tiedByDefault = false
+        /// Gemma: token embeddings times sqrt(hidden_size).
+        public var embeddingsTimesSqrtHidden = false
         /// Rope type names the family's config class renames.
         public var ropeAliases: [String: String] = [:]
         /// longrope's original context: the top-level key, else this (nil: the nested key, else
@@ -151,7 +162,11 @@ public enum Llama: Architecture {
         /// StarCoder2: every norm is a LayerNorm with weight and bias (eps `norm_epsilon`).
         public var layerNormWithBias: Bool
         public var layerNormEps: Float
+        /// Gemma: RMSNorms scale by `1 + w`.
+        public var rmsOnePlusWeight: Bool
         public var ffn: FFNKind
+        /// The gate's activation in a gated FFN (silu; Gemma's tanh GELU).
+        public var gatedActivation: Activation
         /// Phi-3's qkv_proj: rows [q | k | v].
         public var fusedQKV: Bool
         /// OLMo: q, k and v are clamped to [-clip, clip] after their projections.
@@ -236,22 +251,34 @@ public enum Llama: Architecture {
                     throw .badInput(path, "hidden_act \"\(act)\" is not supported (supported: \(Activation.supportedNames.joined(separator: ", ")))")
                 }
                 ffn = .ungated(a)
+                gatedActivation = .silu
             case .gated, .fusedGateUp:
                 let act = json["hidden_act"]?.stringValue ?? "silu"
                 guard act == "silu" || act == "swish" else {
                     throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (only silu)")
                 }
                 if case .fusedGateUp = traits.ffn { ffn = .fusedGateUp } else { ffn = .gated }
+                gatedActivation = .silu
+            case .geglu:
+                let act = json["hidden_act"]?.stringValue ?? "gelu_pytorch_tanh"
+                guard ["gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast"].contains(act) else {
+                    throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (the tanh GELU)")
+                }
+                ffn = .gated
+                gatedActivation = .geluTanh
             }
             fusedQKV = traits.fusedQKV
             switch traits.norm {
             case let .rms(defaultEps):
-                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps) = (false, false, 1e-5)
+                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps, rmsOnePlusWeight) = (false, false, 1e-5, false)
+                rmsNormEps = Float(try r.double("rms_norm_eps", default: defaultEps))
+            case let .rmsOnePlusWeight(defaultEps):
+                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps, rmsOnePlusWeight) = (false, false, 1e-5, true)
                 rmsNormEps = Float(try r.double("rms_norm_eps", default: defaultEps))
             case let .layerWithoutParameters(eps):
-                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps, rmsNormEps) = (true, false, eps, eps)
+                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps, rmsNormEps, rmsOnePlusWeight) = (true, false, eps, eps, false)
             case let .layerWithBias(epsKey, defaultEps):
-                (parameterFreeLayerNorm, layerNormWithBias) = (false, true)
+                (parameterFreeLayerNorm, layerNormWithBias, rmsOnePlusWeight) = (false, true, false)
                 layerNormEps = Float(try r.double(epsKey, default: defaultEps))
                 rmsNormEps = layerNormEps
             }
@@ -276,7 +303,11 @@ public enum Llama: Architecture {
                 residualMultiplier = Float(try r.double("residual_multiplier", default: 1))
                 logitsScaling = Float(try r.double("logits_scaling", default: 1))
             } else {
-                (embeddingMultiplier, attentionScale, residualMultiplier, logitsScaling) = (1, 1 / Float(headDim).squareRoot(), 1, 1)
+                // Gemma's sqrt(hidden_size), in f32 as transformers has it when the model runs in f32
+                // (it casts the scale to the weights' runtime dtype, so bf16 rounding happens only
+                // when transformers itself runs in bf16).
+                let embed: Float = traits.embeddingsTimesSqrtHidden ? Float(Double(hiddenSize).squareRoot()) : 1
+                (embeddingMultiplier, attentionScale, residualMultiplier, logitsScaling) = (embed, 1 / Float(headDim).squareRoot(), 1, 1)
             }
             guard logitsScaling != 0, logitsScaling.isFinite, embeddingMultiplier.isFinite, attentionScale.isFinite, residualMultiplier.isFinite else {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
@@ -556,7 +587,8 @@ public enum Llama: Architecture {
             if c.layerNormWithBias {
                 return .layer(weight: try scope.vector("weight", count: d), bias: try scope.vector("bias", count: d), eps: c.layerNormEps)
             }
-            return .rms(weight: try scope.vector("weight", count: d), eps: c.rmsNormEps)
+            let weight = try scope.vector("weight", count: d)
+            return .rms(weight: c.rmsOnePlusWeight ? weight.map { 1 + $0 } : weight, eps: c.rmsNormEps)
         }
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
@@ -591,7 +623,7 @@ public enum Llama: Architecture {
             }
             let ffn: any FeedForward
             switch c.ffn {
-            case .gated: ffn = GatedFeedForward(gate: projections[0], up: projections[1], down: projections[2])
+            case .gated: ffn = GatedFeedForward(gate: projections[0], up: projections[1], down: projections[2], activation: c.gatedActivation)
             case .fusedGateUp: ffn = GatedFeedForward(gate: projections[0].rows(0..<I), up: projections[0].rows(I..<2 * I), down: projections[1])
             case .ungated(let activation): ffn = UngatedFeedForward(input: projections[0], output: projections[1], activation: activation)
             }

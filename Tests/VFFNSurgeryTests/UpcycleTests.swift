@@ -16,7 +16,7 @@ import VFFNSurgery
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny",
                       "granite-bf16-4x", "olmo-tiny", "olmo-clip-bf16-4x", "starcoder2-tiny",
                       "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x", "olmo2-tiny", "olmo2-bf16-4x",
-                      "gpt2-tiny", "gpt2-noprefix-f16",
+                      "gemma-tiny", "gemma-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
                       "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
@@ -154,7 +154,7 @@ import VFFNSurgery
 
     @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy", "granite-tiny-seed0-e8k2d4-logits.npy", "olmo-tiny-seed0-e8k2d4-logits.npy",
                       "starcoder2-tiny-seed0-e8k2d4-logits.npy", "phi3-longrope-seed0-e8k2d4-logits.npy",
-                      "olmo2-tiny-seed0-e8k2d4-logits.npy",
+                      "olmo2-tiny-seed0-e8k2d4-logits.npy", "gemma-tiny-seed0-e8k2d4-logits.npy",
                       "gpt2-tiny-seed0-e8k2d4-logits.npy",
                       "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
@@ -393,6 +393,7 @@ import VFFNSurgery
         ("starcoder2-tiny", "AutoModelForCausalLM", "VersatileStarcoder2ForCausalLM"),
         ("phi3-longrope", "AutoModelForCausalLM", "VersatilePhi3ForCausalLM"),
         ("olmo2-bf16-4x", "AutoModelForCausalLM", "VersatileOlmo2ForCausalLM"),
+        ("gemma-bf16-4x", "AutoModelForCausalLM", "VersatileGemmaForCausalLM"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -406,7 +407,7 @@ import VFFNSurgery
             #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "olmo2", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gemma", "olmo2", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo"])
         #expect(Architectures.families.filter { $0.topology != .preNorm }.map { "\($0.modelType) \($0.topology.rawValue)" } == ["granite scaled pre-norm", "olmo2 output-norm", "bert post-norm"])
     }

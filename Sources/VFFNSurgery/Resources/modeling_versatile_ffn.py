@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, starcoder2, phi3, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, starcoder2, phi3, gemma, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import (BertModel, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM,
+from transformers import (BertModel, GemmaForCausalLM, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM,
                           Phi3ForCausalLM, Qwen2ForCausalLM, Starcoder2ForCausalLM)
 
 # Families newer than the oldest transformers we support: absent there, the others still load.
@@ -354,6 +354,13 @@ class VersatileGraniteForCausalLM(_VersatileModelMixin, GraniteForCausalLM):
 
 
 class VersatileOlmoForCausalLM(_VersatileModelMixin, OlmoForCausalLM):
+    def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "llama")
+
+
+class VersatileGemmaForCausalLM(_VersatileModelMixin, GemmaForCausalLM):
     def __init__(self, config):
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
