@@ -83,6 +83,8 @@ REMOTE_CODE_CASES = [
     ("olmo2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
     ("gemma-tiny", "AutoModelForCausalLM", []),
     ("gemma-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
+    ("gemma2-tiny", "AutoModelForCausalLM", []),
+    ("gemma2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
 ]
 
 

@@ -15,8 +15,10 @@ public enum DecoderTensor: String, CaseIterable, Sendable {
     case kNorm = "self_attn.k_norm"
     /// The FFN's norm in pre-norm families; OLMo 2 puts it on the attention output instead.
     case postAttentionNorm = "post_attention_layernorm"
-    /// OLMo 2's norm on the FFN output.
+    /// OLMo 2's and Gemma 2's norm on the FFN output.
     case postFeedforwardNorm = "post_feedforward_layernorm"
+    /// Gemma 2's norm before the FFN (its post_attention_layernorm is on the attention output).
+    case preFeedforwardNorm = "pre_feedforward_layernorm"
     case gate = "mlp.gate_proj"
     case up = "mlp.up_proj"
     case down = "mlp.down_proj"
@@ -55,7 +57,7 @@ public enum DecoderTensor: String, CaseIterable, Sendable {
         case .gate: return "ffn_gate"
         case .up: return "ffn_up"
         case .down: return "ffn_down"
-        case .qkv, .gateUp, .fcIn, .fcOut, .postFeedforwardNorm: return nil
+        case .qkv, .gateUp, .fcIn, .fcOut, .postFeedforwardNorm, .preFeedforwardNorm: return nil
         }
     }
 

@@ -19,8 +19,9 @@ public enum AttentionMask: Sendable {
 /// Softmax attention of T queries over T keys, one sgemm pair per head. `q` is `[T, H*hd]`,
 /// `k` and `v` are `[T, KV*hd]`; query head h reads key/value head `h / (H / KV)` (grouped-query
 /// attention; KV = H is plain multi-head). Returns `[T, H*hd]`, heads side by side.
+/// `softcap` (Gemma 2) bends the scaled scores through `cap * tanh(s / cap)` before the mask.
 func attention(q: Matrix, k: Matrix, v: Matrix, heads H: Int, kvHeads KV: Int, headDim hd: Int,
-               scale: Float, mask: AttentionMask) -> Matrix {
+               scale: Float, mask: AttentionMask, softcap: Float? = nil) -> Matrix {
     let T = q.rows
     precondition(q.cols == H * hd && k.cols == KV * hd && v.cols == KV * hd && H % KV == 0)
     var out = [Float](repeating: 0, count: T * H * hd)
@@ -33,6 +34,9 @@ func attention(q: Matrix, k: Matrix, v: Matrix, heads H: Int, kvHeads KV: Int, h
                             qp.baseAddress! + head * hd, Int32(H * hd), kp.baseAddress! + kvHead * hd, Int32(KV * hd),
                             0, &scores, Int32(T))
             }
+        }
+        if let cap = softcap {
+            for i in scores.indices { scores[i] = tanhf(scores[i] / cap) * cap }
         }
         for i in 0..<T {
             let seen = mask.visible(i, of: T)

@@ -97,6 +97,8 @@ public struct FFNSublayer: Sendable {
         case postNorm
         /// `S(x) = x + norm(f(x))` (OLMo 2)
         case outputNorm
+        /// `S(x) = x + post(f(norm(x)))` (Gemma 2)
+        case sandwich
     }
 
     public let placement: Placement
@@ -104,12 +106,16 @@ public struct FFNSublayer: Sendable {
     public let ffn: any FeedForward
     /// The residual multiplier r of SPEC section 5's scaled pre-norm topology (Granite).
     public let residualScale: Float
+    /// The sandwich's second norm, on the FFN's output (Gemma 2's post_feedforward_layernorm).
+    public let postNorm: Norm?
 
-    public init(placement: Placement, norm: Norm, ffn: any FeedForward, residualScale: Float = 1) {
+    public init(placement: Placement, norm: Norm, ffn: any FeedForward, residualScale: Float = 1, postNorm: Norm? = nil) {
+        precondition((placement == .sandwich) == (postNorm != nil), "a sandwich has two norms, every other placement one")
         self.placement = placement
         self.norm = norm
         self.ffn = ffn
         self.residualScale = residualScale
+        self.postNorm = postNorm
     }
 
     /// `S(x)` with the whole FFN.
@@ -121,11 +127,12 @@ public struct FFNSublayer: Sendable {
         case .preNorm: return x + f(norm(x)).scaled(by: residualScale)
         case .postNorm: return norm(x + f(x))
         case .outputNorm: return x + norm(f(x))
+        case .sandwich: return x + postNorm!(f(norm(x)))
         }
     }
 
     /// What the FFN itself reads: `norm(x)` before a pre-norm FFN, `x` before a post-norm one.
     public func ffnInput(_ x: Matrix) -> Matrix {
-        placement == .preNorm ? norm(x) : x
+        placement == .preNorm || placement == .sandwich ? norm(x) : x
     }
 }

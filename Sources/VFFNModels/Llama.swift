@@ -50,6 +50,13 @@ public enum Llama: Architecture {
                      notInOLMo: "1 + w RMSNorms, GeGLU and scaled embeddings"),
          DecoderTraits(norm: .rmsOnePlusWeight(defaultEps: 1e-6), ffn: .geglu, headDimDefault: 256, tiedByDefault: true,
                        embeddingsTimesSqrtHidden: true)),
+        // Gemma 2: the sandwich (four norms per layer), attention scaled by
+        // query_pre_attn_scalar^-1/2, attention-score and final-logit soft-caps, windows on
+        // alternate layers, `hidden_activation`.
+        (ModelFamily("gemma2", topology: .sandwich, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGemma2ForCausalLM",
+                     notInOLMo: "sandwich norms, soft-caps and GeGLU"),
+         DecoderTraits(norm: .rmsOnePlusWeight(defaultEps: 1e-6), ffn: .geglu, headDimDefault: 256, windows: .evenLayers, tiedByDefault: true,
+                       embeddingsTimesSqrtHidden: true, sandwich: true)),
         (ModelFamily("olmo2", topology: .outputNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmo2ForCausalLM",
                      notInOLMo: "norms on the attention and FFN outputs (OLMo 2's reordered norms), which this export does not write"),
          DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true)),
@@ -94,6 +101,8 @@ public enum Llama: Architecture {
             case fromMaxWindowLayers
             /// `use_sliding_window`: the NoPE layers, or what `layer_types` says (SmolLM3).
             case noRopeLayers
+            /// Layers 0, 2, 4, ... unless `layer_types` says otherwise (Gemma 2).
+            case evenLayers
         }
 
         public var qkvBias: Bias = .key("attention_bias", default: false)
@@ -121,6 +130,10 @@ public enum Llama: Architecture {
         public var tiedByDefault = false
         /// Gemma: token embeddings times sqrt(hidden_size).
         public var embeddingsTimesSqrtHidden = false
+        /// Gemma 2: norms before and after both attention and the FFN, the scale
+        /// query_pre_attn_scalar^-1/2, soft-caps on attention scores and final logits, and the
+        /// activation under `hidden_activation`.
+        public var sandwich = false
         /// Rope type names the family's config class renames.
         public var ropeAliases: [String: String] = [:]
         /// longrope's original context: the top-level key, else this (nil: the nested key, else
@@ -183,6 +196,11 @@ public enum Llama: Architecture {
         /// on the FFN output, no input norm; q/k norms over heads x head_dim.
         public var outputNorms: Bool
         public var qkNormFullWidth: Bool
+        /// Gemma 2: four norms per layer, and tanh soft-caps (cap * tanh(s / cap)) on the
+        /// attention scores and the final logits.
+        public var sandwich: Bool
+        public var attentionSoftcap: Float?
+        public var finalLogitSoftcap: Float?
         /// Per layer, whether q and k are rotated (SmolLM3's `no_rope_layers` marks NoPE layers 0).
         public var ropeLayers: [Bool]
         /// Granite's multipliers (1, 1/sqrt(head_dim), 1 and 1 for every other family): token
@@ -260,7 +278,7 @@ public enum Llama: Architecture {
                 if case .fusedGateUp = traits.ffn { ffn = .fusedGateUp } else { ffn = .gated }
                 gatedActivation = .silu
             case .geglu:
-                let act = json["hidden_act"]?.stringValue ?? "gelu_pytorch_tanh"
+                let act = json[traits.sandwich ? "hidden_activation" : "hidden_act"]?.stringValue ?? "gelu_pytorch_tanh"
                 guard ["gelu", "gelu_pytorch_tanh", "gelu_new", "gelu_fast"].contains(act) else {
                     throw .badInput(path, "hidden_act \"\(act)\" is not supported for \(modelType) (the tanh GELU)")
                 }
@@ -296,6 +314,15 @@ public enum Llama: Architecture {
             qkNormPerHead = traits.qkNormPerHead
             outputNorms = traits.outputNorms
             qkNormFullWidth = traits.qkNormFullWidth
+            sandwich = traits.sandwich
+            func cap(_ key: String) throws(VFFNError) -> Float? {
+                guard traits.sandwich, let v = json[key], !v.isNull else { return nil }
+                let c = try r.double(key, default: .nan)
+                guard c > 0, c.isFinite else { throw .badInput(path, "\(key) \(c) must be positive") }
+                return Float(c)
+            }
+            attentionSoftcap = try cap("attn_logit_softcapping")
+            finalLogitSoftcap = try cap("final_logit_softcapping")
             ropeLayers = try Self.ropeLayers(r, traits: traits, layers: numLayers)
             if traits.multipliers {
                 embeddingMultiplier = Float(try r.double("embedding_multiplier", default: 1))
@@ -307,7 +334,9 @@ public enum Llama: Architecture {
                 // (it casts the scale to the weights' runtime dtype, so bf16 rounding happens only
                 // when transformers itself runs in bf16).
                 let embed: Float = traits.embeddingsTimesSqrtHidden ? Float(Double(hiddenSize).squareRoot()) : 1
-                (embeddingMultiplier, attentionScale, residualMultiplier, logitsScaling) = (embed, 1 / Float(headDim).squareRoot(), 1, 1)
+                // Gemma 2 scales scores by query_pre_attn_scalar^-1/2 (256 by default), not head_dim's.
+                let scale = traits.sandwich ? Float(pow(try r.double("query_pre_attn_scalar", default: 256), -0.5)) : 1 / Float(headDim).squareRoot()
+                (embeddingMultiplier, attentionScale, residualMultiplier, logitsScaling) = (embed, scale, 1, 1)
             }
             guard logitsScaling != 0, logitsScaling.isFinite, embeddingMultiplier.isFinite, attentionScale.isFinite, residualMultiplier.isFinite else {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
@@ -381,6 +410,8 @@ public enum Llama: Architecture {
                 guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
                 let from = try r.int("max_window_layers", default: 28)   // Qwen2Config's and Qwen3Config's default
                 return (0..<layers).map { $0 >= from ? window : nil }
+            case .evenLayers:
+                return (0..<layers).map { $0 % 2 == 0 ? window : nil }
             case .none, .noRopeLayers:
                 return Array(repeating: nil, count: layers)
             }
@@ -495,7 +526,10 @@ public enum Llama: Architecture {
                 x = try ffnStep(i, x, mode: mode, routing: &routing)
                 if trace { traced.append(x) }
             }
-            let logits = lmHead(finalNorm(x))
+            var logits = lmHead(finalNorm(x))
+            if let cap = config.finalLogitSoftcap {
+                for i in logits.data.indices { logits.data[i] = tanhf(logits.data[i] / cap) * cap }
+            }
             return ForwardResult(output: logits.divided(by: config.logitsScaling),
                                  layerOutputs: traced, ffnInputs: ffnInputs, routing: routing)
         }
@@ -516,7 +550,7 @@ public enum Llama: Architecture {
             }
             let a = VFFNModels.attention(q: q, k: k, v: v, heads: config.numHeads, kvHeads: config.numKVHeads,
                                          headDim: config.headDim, scale: config.attentionScale,
-                                         mask: .causal(window: layer.slidingWindow))
+                                         mask: .causal(window: layer.slidingWindow), softcap: config.attentionSoftcap)
             return layer.o(a)
         }
 
@@ -595,7 +629,7 @@ public enum Llama: Architecture {
         for i in 0..<c.numLayers {
             let l = root.scope(DecoderTensor.layer(i))
             let inputNorm = c.outputNorms ? nil : try norm(l.scope(DecoderTensor.inputNorm.rawValue))
-            let attentionOutputNorm = c.outputNorms ? try norm(l.scope(DecoderTensor.postAttentionNorm.rawValue)) : nil
+            let attentionOutputNorm = c.outputNorms || c.sandwich ? try norm(l.scope(DecoderTensor.postAttentionNorm.rawValue)) : nil
             let qDim = c.numHeads * hd, kvDim = c.numKVHeads * hd
             let q, k, v: Linear
             if c.fusedQKV {
@@ -627,10 +661,12 @@ public enum Llama: Architecture {
             case .fusedGateUp: ffn = GatedFeedForward(gate: projections[0].rows(0..<I), up: projections[0].rows(I..<2 * I), down: projections[1])
             case .ungated(let activation): ffn = UngatedFeedForward(input: projections[0], output: projections[1], activation: activation)
             }
+            let ffnNorm: DecoderTensor = c.outputNorms ? .postFeedforwardNorm : c.sandwich ? .preFeedforwardNorm : .postAttentionNorm
             sublayers.append(FFNSublayer(
-                placement: c.outputNorms ? .outputNorm : .preNorm,
-                norm: try norm(l.scope((c.outputNorms ? DecoderTensor.postFeedforwardNorm : .postAttentionNorm).rawValue)),
-                ffn: ffn, residualScale: c.residualMultiplier))
+                placement: c.outputNorms ? .outputNorm : c.sandwich ? .sandwich : .preNorm,
+                norm: try norm(l.scope(ffnNorm.rawValue)),
+                ffn: ffn, residualScale: c.residualMultiplier,
+                postNorm: c.sandwich ? try norm(l.scope(DecoderTensor.postFeedforwardNorm.rawValue)) : nil))
         }
         let finalNorm = try norm(root.scope(String(DecoderTensor.finalNorm.dropLast(".weight".count))))
         let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding)

@@ -14,6 +14,8 @@ public struct ModelFamily: Sendable {
         case postNorm = "post-norm"
         /// `S(x) = x + N(F(x))`, and the attention branch normalized the same way (OLMo 2)
         case outputNorm = "output-norm"
+        /// `S(x) = x + N_post(F(N_pre x))`, the attention branch likewise (Gemma 2)
+        case sandwich
     }
 
     public let modelType: String

@@ -63,7 +63,7 @@ enum InformedInit {
     static func neuronKeys(_ sublayer: FFNSublayer) -> Matrix {
         let w = sublayer.ffn.inputProjection
         var keys = Matrix(rows: w.outFeatures, cols: w.inFeatures, data: w.values)
-        if sublayer.placement == .preNorm {
+        if sublayer.placement == .preNorm || sublayer.placement == .sandwich {
             let scale = sublayer.norm.scale
             for r in 0..<keys.rows { for c in 0..<keys.cols { keys.data[r * keys.cols + c] *= scale[c] } }
         }

@@ -17,7 +17,8 @@ import VFFNModels
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "llama3-rope", "qwen3-tiny", "qwen3-bf16-4x",
                       "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny", "granite-bf16-4x", "olmo-tiny",
                       "olmo-clip-bf16-4x", "starcoder2-tiny", "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x",
-                      "olmo2-tiny", "olmo2-bf16-4x", "gemma-tiny", "gemma-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+                      "olmo2-tiny", "olmo2-bf16-4x", "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny",
+                      "gemma2-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
@@ -28,7 +29,7 @@ import VFFNModels
         #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
     }
 
-    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("granite-vffn", 2), ("olmo-vffn", 2), ("starcoder2-vffn", 2), ("phi3-vffn", 2), ("olmo2-vffn", 2), ("gemma-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
+    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("granite-vffn", 2), ("olmo-vffn", 2), ("starcoder2-vffn", 2), ("phi3-vffn", 2), ("olmo2-vffn", 2), ("gemma-vffn", 2), ("gemma2-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
     func versatileOutputMatchesPyTorchReference(fixture: String, topK: Int) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
@@ -136,7 +137,7 @@ import VFFNModels
     @Test func unknownOrMissingModelType() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
-        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gemma, olmo2, gpt2, bert)")
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gemma, gemma2, olmo2, gpt2, bert)")
         try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
         expectError(dir, "config.json: has no \"model_type\"")
     }

@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, starcoder2, phi3, gemma, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, starcoder2, phi3, gemma, gemma2, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -23,7 +23,7 @@
 #
 # S is the dense sub-layer: x + f(norm(x)) for pre-norm models (x + r f(norm(x)) for Granite,
 # whose layer scales the FFN branch by residual_multiplier r), x + norm(f(x)) for OLMo 2 (its norm
-# follows the FFN), norm(x + f(x)) for BERT. The FFN's
+# follows the FFN), x + post(f(norm(x))) for Gemma 2 (a norm on each side), norm(x + f(x)) for BERT. The FFN's
 # own dropout (GPT-2's resid_pdrop, BERT's hidden_dropout_prob) is applied to f in training, as in
 # the dense model.
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import (BertModel, GemmaForCausalLM, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM,
+from transformers import (BertModel, GemmaForCausalLM, Gemma2ForCausalLM, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM,
                           Phi3ForCausalLM, Qwen2ForCausalLM, Starcoder2ForCausalLM)
 
 # Families newer than the oldest transformers we support: absent there, the others still load.
@@ -148,7 +148,7 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
     `depth_predictor`, and returns out(x) - x, because the layer adds the residual x back (divided
     by r for Granite, whose layer adds r times the MLP's output)."""
 
-    def __init__(self, config, dense_mlp, norm, family):
+    def __init__(self, config, dense_mlp, norm, family, post_norm=None):
         super().__init__()
         for name, child in dense_mlp.named_children():
             self.add_module(name, child)
@@ -157,8 +157,10 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
             self.residual_dropout = float(dense_mlp.residual_dropout)
         self.family = family
         self.residual_scale = float(config.residual_multiplier) if family == "granite" else 1.0
-        # OLMo 2's FFN reads x itself and its norm follows: S(x) = x + norm(f(x)).
+        # OLMo 2's FFN reads x itself and its norm follows: S(x) = x + norm(f(x)). Gemma 2 has
+        # both: S(x) = x + post(f(norm(x))).
         self.norm_after = family == "olmo2"
+        self.__dict__["post_norm"] = post_norm
         # Not a child: the norm stays registered where the layer has it.
         self.__dict__["norm"] = norm
         self._init_gates(config, config.hidden_size, self._intermediate_size())
@@ -205,19 +207,22 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
     def _sublayer(self, x):
         if self.norm_after:
             return x + self.norm.normalize(self._f_from(self._neurons(x)))
+        if self.post_norm is not None:
+            return x + self.post_norm.normalize(self._f_from(self._neurons(self.norm.normalize(x))))
         return x + self._scaled(self._f_from(self._neurons(self.norm.normalize(x))))
 
     def _width(self, x, chosen, weights):
         """(x_width, S(x)). The k sub-layers share x and norm(x), and their weights sum to 1, so
         sum_i w_i (x + r f_{j_i}(h)) = x + r (b + W_out (a * mask)): one product instead of k.
         A norm after the FFN (OLMo 2) does not distribute over the sum: one product per slot."""
-        if self.norm_after:
-            a = self._neurons(x)
+        if self.norm_after or self.post_norm is not None:
+            after = self.norm if self.norm_after else self.post_norm
+            a = self._neurons(x if self.norm_after else self.norm.normalize(x))
             x_width = torch.zeros_like(x)
             for slot in range(self.top_k):
                 mask = self._expert_mask(chosen[..., slot : slot + 1], torch.ones_like(weights[..., slot : slot + 1]))
-                x_width = x_width + weights[..., slot : slot + 1] * (x + self.norm.normalize(self._f_from(a * mask)))
-            return x_width, x + self.norm.normalize(self._f_from(a))
+                x_width = x_width + weights[..., slot : slot + 1] * (x + after.normalize(self._f_from(a * mask)))
+            return x_width, x + after.normalize(self._f_from(a))
         a = self._neurons(self.norm.normalize(x))
         return x + self._scaled(self._f_from(a * self._expert_mask(chosen, weights))), x + self._scaled(self._f_from(a))
 
@@ -265,6 +270,8 @@ def _pre_norm_layers(model, family):
         return model.transformer.h, "ln_2"
     if family == "olmo2":
         return model.model.layers, "post_feedforward_layernorm"
+    if family == "gemma2":
+        return model.model.layers, "pre_feedforward_layernorm"
     return model.model.layers, "post_attention_layernorm"
 
 
@@ -282,7 +289,10 @@ def install_versatile_ffn(model, config, family):
     for layer in layers:
         norm = getattr(layer, norm_name)
         _pass_through(norm)
-        layer.mlp = PreNormVersatileFFN(config, layer.mlp, norm, family)
+        post = getattr(layer, "post_feedforward_layernorm") if family == "gemma2" else None
+        if post is not None:
+            _pass_through(post)
+        layer.mlp = PreNormVersatileFFN(config, layer.mlp, norm, family, post)
 
 
 def _rope_settings_for_transformers_4(config):
@@ -365,6 +375,13 @@ class VersatileGemmaForCausalLM(_VersatileModelMixin, GemmaForCausalLM):
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "llama")
+
+
+class VersatileGemma2ForCausalLM(_VersatileModelMixin, Gemma2ForCausalLM):
+    def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "gemma2")
 
 
 class VersatileStarcoder2ForCausalLM(_VersatileModelMixin, Starcoder2ForCausalLM):
