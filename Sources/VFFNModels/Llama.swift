@@ -169,14 +169,14 @@ public enum Llama: Architecture {
         public var numHeads: Int
         public var numKVHeads: Int
         public var headDim: Int
-        public var rmsNormEps: Float
+        /// The family's norm rule, and its eps as the config gives it (q/k norms use it too).
+        public var norm: DecoderTraits.NormRule
+        public var normEps: Float
         /// OLMo: every norm is a LayerNorm without weight or bias, eps 1e-5 (hard-coded there).
-        public var parameterFreeLayerNorm: Bool
-        /// StarCoder2: every norm is a LayerNorm with weight and bias (eps `norm_epsilon`).
-        public var layerNormWithBias: Bool
-        public var layerNormEps: Float
-        /// Gemma: RMSNorms scale by `1 + w`.
-        public var rmsOnePlusWeight: Bool
+        public var parameterFreeLayerNorm: Bool {
+            if case .layerWithoutParameters = norm { return true }
+            return false
+        }
         public var ffn: FFNKind
         /// The gate's activation in a gated FFN (silu; Gemma's tanh GELU).
         public var gatedActivation: Activation
@@ -286,19 +286,14 @@ public enum Llama: Architecture {
                 gatedActivation = .geluTanh
             }
             fusedQKV = traits.fusedQKV
+            norm = traits.norm
             switch traits.norm {
-            case let .rms(defaultEps):
-                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps, rmsOnePlusWeight) = (false, false, 1e-5, false)
-                rmsNormEps = Float(try r.double("rms_norm_eps", default: defaultEps))
-            case let .rmsOnePlusWeight(defaultEps):
-                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps, rmsOnePlusWeight) = (false, false, 1e-5, true)
-                rmsNormEps = Float(try r.double("rms_norm_eps", default: defaultEps))
+            case let .rms(defaultEps), let .rmsOnePlusWeight(defaultEps):
+                normEps = Float(try r.double("rms_norm_eps", default: defaultEps))
             case let .layerWithoutParameters(eps):
-                (parameterFreeLayerNorm, layerNormWithBias, layerNormEps, rmsNormEps, rmsOnePlusWeight) = (true, false, eps, eps, false)
+                normEps = eps
             case let .layerWithBias(epsKey, defaultEps):
-                (parameterFreeLayerNorm, layerNormWithBias, rmsOnePlusWeight) = (false, true, false)
-                layerNormEps = Float(try r.double(epsKey, default: defaultEps))
-                rmsNormEps = layerNormEps
+                normEps = Float(try r.double(epsKey, default: defaultEps))
             }
             if traits.clipQKV, let clip = json["clip_qkv"], !clip.isNull {
                 let c = try r.double("clip_qkv", default: .nan)
@@ -613,16 +608,19 @@ public enum Llama: Architecture {
         let root = store.scope("")
         let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim
         let embedding = try root.scope(String(DecoderTensor.embedding.dropLast(".weight".count))).linear(out: c.vocabSize, in: d, bias: false)
-        /// The family's norm at `scope`: RMSNorm with its weight, or OLMo's LayerNorm without any.
+        /// The family's norm at `scope`: RMSNorm with its weight (Gemma's by 1 + w), OLMo's
+        /// LayerNorm without any, or StarCoder2's with weight and bias.
         func norm(_ scope: WeightScope) throws(VFFNError) -> Norm {
-            if c.parameterFreeLayerNorm {
-                return .layer(weight: [Float](repeating: 1, count: d), bias: [Float](repeating: 0, count: d), eps: c.layerNormEps)
+            switch c.norm {
+            case .layerWithoutParameters:
+                return .layer(weight: [Float](repeating: 1, count: d), bias: [Float](repeating: 0, count: d), eps: c.normEps)
+            case .layerWithBias:
+                return .layer(weight: try scope.vector("weight", count: d), bias: try scope.vector("bias", count: d), eps: c.normEps)
+            case .rms:
+                return .rms(weight: try scope.vector("weight", count: d), eps: c.normEps)
+            case .rmsOnePlusWeight:
+                return .rms(weight: try scope.vector("weight", count: d).map { 1 + $0 }, eps: c.normEps)
             }
-            if c.layerNormWithBias {
-                return .layer(weight: try scope.vector("weight", count: d), bias: try scope.vector("bias", count: d), eps: c.layerNormEps)
-            }
-            let weight = try scope.vector("weight", count: d)
-            return .rms(weight: c.rmsOnePlusWeight ? weight.map { 1 + $0 } : weight, eps: c.rmsNormEps)
         }
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
@@ -646,9 +644,9 @@ public enum Llama: Architecture {
                 q: q, k: k, v: v,
                 o: try l.scope(DecoderTensor.o.rawValue).linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
                 qNorm: c.qkNormPerHead || c.qkNormFullWidth
-                    ? .rms(weight: try l.scope(DecoderTensor.qNorm.rawValue).vector("weight", count: c.qkNormFullWidth ? qDim : hd), eps: c.rmsNormEps) : nil,
+                    ? .rms(weight: try l.scope(DecoderTensor.qNorm.rawValue).vector("weight", count: c.qkNormFullWidth ? qDim : hd), eps: c.normEps) : nil,
                 kNorm: c.qkNormPerHead || c.qkNormFullWidth
-                    ? .rms(weight: try l.scope(DecoderTensor.kNorm.rawValue).vector("weight", count: c.qkNormFullWidth ? kvDim : hd), eps: c.rmsNormEps) : nil,
+                    ? .rms(weight: try l.scope(DecoderTensor.kNorm.rawValue).vector("weight", count: c.qkNormFullWidth ? kvDim : hd), eps: c.normEps) : nil,
                 rotary: c.ropeLayers[i],
                 slidingWindow: c.slidingWindows[i]))
             var projections: [Linear] = []

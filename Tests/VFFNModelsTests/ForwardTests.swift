@@ -241,7 +241,7 @@ import VFFNModels
         }
         #expect(try config("smollm3").tieWordEmbeddings && config("starcoder2").tieWordEmbeddings)
         #expect(try !config("llama").tieWordEmbeddings && !config("qwen3").tieWordEmbeddings)
-        #expect(try config("phi3").rmsNormEps == 1e-5 && config("llama").rmsNormEps == 1e-6)
+        #expect(try config("phi3").normEps == 1e-5 && config("llama").normEps == 1e-6)
         // Qwen2Config's max_window_layers defaults to 28: layers 28 and 29 slide.
         let q = try config("qwen2", #", "use_sliding_window": true, "sliding_window": 16"#)
         #expect(q.slidingWindows.enumerated().allSatisfy { $0.element == ($0.offset >= 28 ? 16 : nil) })
