@@ -74,22 +74,15 @@ public final class AtomicOutput {
         self.kind = kind
         guard !destination.isEmpty else { throw .usage("the output path is empty") }
 
-        if destination == "-" || Self.standardStream(destination) != nil {
+        if let fd = Self.standardStream(destination) {
             // Binary bytes would only garble a terminal; a pipe or a redirect is what is meant.
-            if isatty(Self.standardStream(destination) ?? STDOUT_FILENO) == 1 {
+            if isatty(fd) == 1 {
                 throw .usage("\(destination == "-" ? "stdout" : destination) is a terminal; redirect it to a file or a pipe, or give a file name")
             }
-        }
-        if destination == "-" {
-            guard kind == .file else { throw .usage("- (stdout) can take one file, but this output is a directory") }
-            (target, temporary, isStream, absoluteDestination) = (.stream(fd: STDOUT_FILENO), dryRun ? "" : try Self.privateTemporary(), true, nil)
-            if !dryRun { Self.live.insert(temporary) }
-            return
-        }
-        if let fd = Self.standardStream(destination) {
-            guard kind == .file else { throw .usage("\(destination) is a stream, but this output is a directory") }
-            (target, temporary, isStream, absoluteDestination) = (.stream(fd: fd), dryRun ? "" : try Self.privateTemporary(), true, nil)
-            if !dryRun { Self.live.insert(temporary) }
+            guard kind == .file else {
+                throw .usage(destination == "-" ? "- (stdout) can take one file, but this output is a directory" : "\(destination) is a stream, but this output is a directory")
+            }
+            (target, temporary, isStream, absoluteDestination) = (.stream(fd: fd), try Self.streamTemporary(dryRun: dryRun), true, nil)
             return
         }
         if kind == .file && destination.hasSuffix("/") {
@@ -109,8 +102,7 @@ public final class AtomicOutput {
                 if fd >= 0 { close(fd) }
                 if terminal { throw .usage("\(destination) is a terminal; redirect it to a file or a pipe, or give a file name") }
             }
-            (target, temporary, isStream, absoluteDestination) = (.streamPath(destination), dryRun ? "" : try Self.privateTemporary(), true, nil)
-            if !dryRun { Self.live.insert(temporary) }
+            (target, temporary, isStream, absoluteDestination) = (.streamPath(destination), try Self.streamTemporary(dryRun: dryRun), true, nil)
             return
         }
         let path = Self.resolvingLastSymlinks(Self.trimmingTrailingSlashes(destination))
@@ -365,6 +357,14 @@ public final class AtomicOutput {
         }
     }
 
+    /// The private file a streamed output is built in, registered for signal cleanup ("" for a dry run).
+    static func streamTemporary(dryRun: Bool) throws(VFFNError) -> String {
+        guard !dryRun else { return "" }
+        let path = try privateTemporary()
+        live.insert(path)
+        return path
+    }
+
     /// A private file to build a streamed output in, under $TMPDIR.
     static func privateTemporary() throws(VFFNError) -> String {
         let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
@@ -379,14 +379,14 @@ public final class AtomicOutput {
 
     /// Whether an output path means this process's stdout (where a summary must not go).
     public static func isStandardOutput(_ path: String) -> Bool {
-        path == "-" || standardStream(path) == STDOUT_FILENO
+        standardStream(path) == STDOUT_FILENO
     }
 
-    /// stdout and stderr under their device names: written to the process's own descriptor,
-    /// which may be a pipe, a terminal or a file the shell opened.
+    /// `-`, and stdout and stderr under their device names: written to the process's own
+    /// descriptor, which may be a pipe, a terminal or a file the shell opened.
     static func standardStream(_ path: String) -> Int32? {
         switch path {
-        case "/dev/stdout", "/proc/self/fd/1", "/dev/fd/1": return STDOUT_FILENO
+        case "-", "/dev/stdout", "/proc/self/fd/1", "/dev/fd/1": return STDOUT_FILENO
         case "/dev/stderr", "/proc/self/fd/2", "/dev/fd/2": return STDERR_FILENO
         default: return nil
         }

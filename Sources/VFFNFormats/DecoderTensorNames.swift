@@ -61,6 +61,9 @@ public enum DecoderTensor: String, CaseIterable, Sendable {
         }
     }
 
+    /// The tensor llama.cpp's per-layer name stands for.
+    public static let byGGUF: [String: DecoderTensor] = Dictionary(uniqueKeysWithValues: allCases.compactMap { t in t.gguf.map { ($0, t) } })
+
     /// llama.cpp's whole-model tensors and their Hugging Face names.
     public static let ggufGlobals = ["token_embd.weight": embedding, "output_norm.weight": finalNorm, "output.weight": head]
 }

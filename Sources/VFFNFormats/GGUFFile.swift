@@ -249,7 +249,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         if let n = DecoderTensor.ggufGlobals[name] { return n }
         let parts = name.split(separator: ".")
         if parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0,
-           let hf = DecoderTensor.allCases.first(where: { $0.gguf == String(parts[2]) }),
+           let hf = DecoderTensor.byGGUF[String(parts[2])],
            parts[3] == "weight" || parts[3] == "bias" {
             return hf.at(layer) + "." + parts[3]
         }

@@ -140,7 +140,7 @@ struct Convert: ParsableCommand {
         if emitModeling { lines.append("  \(dryRun ? "would write" : "wrote") \(RemoteCode.fileName): load with trust_remote_code=True") }
         for n in summary.sourceNotes { lines.append("  note: \(n)") }
         let text = lines.joined(separator: "\n")
-        if AtomicOutput.isStandardOutput(destination) { note(text) } else { print(text) }
+        printSummary(text, besides: destination)
     }
 }
 

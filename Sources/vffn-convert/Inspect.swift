@@ -65,6 +65,8 @@ struct ModelCard {
     let tensors: [Tensor]
     var notes: [String] = []
     var versatile: [(String, JSON)]?
+    /// The gate tensors the config names; tensors with a gate's name are counted as gates too.
+    var gateNames: Set<String> = []
 
     private init(bare path: String, storage: String, tensors: [Tensor]) {
         self.path = path
@@ -86,7 +88,7 @@ struct ModelCard {
             self.init(bare: path, storage: "one \(format.rawValue) file" + ((file as? SafeTensorsFile).map { ", header \($0.headerSize) bytes" } ?? ""),
                       tensors: file.tensors.map { Tensor(info: $0, shard: nil) })
             if let m = file.metadata { notes.append("metadata: " + m.map { "\($0)=\($1)" }.joined(separator: ", ")) }
-            facts = Self.sizeFacts(tensors, gateNames: [])
+            facts = sizeFacts
             return
         }
         let ckpt = try Checkpoint(path: path)
@@ -110,7 +112,7 @@ struct ModelCard {
             family += " — not convertible: \(error.message)"
         }
         let settings = try VersatileFFNSettings.read(from: c, path: ckpt.configPath)
-        let gateNames = Set(settings?.gateTensors.flatMap { [$0.expertGate, $0.depthPredictor] } ?? [])
+        gateNames = Set(settings?.gateTensors.flatMap { [$0.expertGate, $0.depthPredictor] } ?? [])
         facts.append(("family", family))
         facts.append(("shape", ffn ?? Self.configShape(c)))
         facts.append(("attention", Self.attention(c)))
@@ -120,7 +122,7 @@ struct ModelCard {
             let head = ckpt.tensorNames.contains { $0 == "lm_head.weight" || $0.hasSuffix(".lm_head.weight") }
             facts.append(("output head", head ? "own lm_head" : "tied to the token embedding"))
         }
-        facts += Self.sizeFacts(tensors, gateNames: gateNames)
+        facts += sizeFacts
         if let s = settings {
             versatile = [("num_experts", .int(s.numExperts)), ("top_k", .int(s.topK)), ("max_depth", .int(s.maxDepth)),
                          ("expert_slicing", .string(s.expertSlicing)), ("layers_with_gates", .int(s.gateTensors.count))]
@@ -148,8 +150,7 @@ struct ModelCard {
         facts.append(("vocabulary", "\(v("model.vocab_size")) tokens"))
         facts.append(("context", "\(v("model.max_sequence_length")) positions"))
         facts.append(("output head", yaml["model.weight_tying"] == "true" ? "tied to the token embedding" : "own ff_out"))
-        let gates = Set(tensors.map(\.info.name).filter { $0.hasSuffix("expert_gate") || $0.hasSuffix("depth_predictor") || $0.hasSuffix(".expert_gate.weight") || $0.hasSuffix(".depth_predictor.weight") })
-        facts += Self.sizeFacts(tensors, gateNames: gates)
+        facts += sizeFacts
         if let n = yaml["model.versatile_ffn.num_experts"].flatMap(Int.init), let k = yaml["model.versatile_ffn.top_k"].flatMap(Int.init),
            let d = yaml["model.versatile_ffn.max_depth"].flatMap(Int.init) {
             versatile = [("num_experts", .int(n)), ("top_k", .int(k)), ("max_depth", .int(d))]
@@ -181,10 +182,9 @@ struct ModelCard {
         var members: [(String, JSON)] = [("path", .string(path)), ("storage", .string(storage))]
         // The summary's words, but for the numbers that follow in their own fields.
         members += facts.filter { !["parameters", "dtypes", "size"].contains($0.0) }.map { ($0.0.replacingOccurrences(of: " ", with: "_"), .string($0.1)) }
-        let gateParameters = gateCount
-        members.append(("parameters", .int(tensors.reduce(0) { $0 + $1.info.shape.reduce(1, *) })))
+        members.append(("parameters", .int(parameters)))
         members.append(("gate_parameters", .int(gateParameters)))
-        members.append(("bytes", .int(tensors.reduce(0) { $0 + $1.info.byteCount })))
+        members.append(("bytes", .int(bytes)))
         members.append(("dtypes", .object(Self.dtypeCounts(tensors).map { ($0.0, .int($0.1)) })))
         if let versatile { members.append(("versatile_ffn", .object(versatile))) }
         members.append(("notes", .array(notes.map { .string($0) })))
@@ -196,25 +196,27 @@ struct ModelCard {
         return .object(members)
     }
 
-    private var gateCount: Int {
-        tensors.filter { Self.isGate($0.info.name) }.reduce(0) { $0 + $1.info.shape.reduce(1, *) }
+    var parameters: Int { tensors.reduce(0) { $0 + $1.info.elementCount } }
+    var bytes: Int { tensors.reduce(0) { $0 + $1.info.byteCount } }
+
+    var gateParameters: Int {
+        tensors.filter { gateNames.contains($0.info.name) || Self.isGate($0.info.name) }.reduce(0) { $0 + $1.info.elementCount }
     }
 
+    /// A gate by its name, with or without `.weight` (the OLMo export keeps it, so do HF saves).
     static func isGate(_ name: String) -> Bool {
-        name.hasSuffix("expert_gate.weight") || name.hasSuffix("depth_predictor.weight") || name.hasSuffix("expert_gate") || name.hasSuffix("depth_predictor")
+        ["expert_gate", "depth_predictor"].contains { name.hasSuffix($0) || name.hasSuffix($0 + ".weight") }
     }
 
     /// Parameters (and the gates' share), dtype mix and size.
-    static func sizeFacts(_ tensors: [Tensor], gateNames: Set<String>) -> [(String, String)] {
-        let parameters = tensors.reduce(0) { $0 + $1.info.shape.reduce(1, *) }
-        let gates = tensors.filter { gateNames.contains($0.info.name) || isGate($0.info.name) }.reduce(0) { $0 + $1.info.shape.reduce(1, *) }
-        let bytes = tensors.reduce(0) { $0 + $1.info.byteCount }
+    var sizeFacts: [(String, String)] {
+        let parameters = parameters, gates = gateParameters, bytes = bytes
         var p = "\(grouped(parameters)) (\(humanCount(parameters)))"
         if gates > 0 {
             p += String(format: "; VersatileFFN gates add %@ (%.2f%% of the dense %@)", grouped(gates), 100 * Double(gates) / Double(max(parameters - gates, 1)),
                         humanCount(parameters - gates))
         }
-        let mix = dtypeCounts(tensors).map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+        let mix = Self.dtypeCounts(tensors).map { "\($0.0) \($0.1)" }.joined(separator: ", ")
         return [("parameters", p), ("dtypes", mix + " tensors"), ("size", "\(humanBytes(bytes)) (\(bytes) bytes) in \(tensors.count) tensors")]
     }
 
@@ -310,21 +312,18 @@ func grouped(_ n: Int) -> String {
     return String(out.reversed())
 }
 
-func humanCount(_ n: Int) -> String {
+/// `n` in decimal thousands, millions or billions, each unit spelled by the caller.
+func decimalUnits(_ n: Int, one: String, thousand: String, million: String, billion: String) -> String {
     let v = Double(n)
-    if v >= 1e9 { return String(format: "%.2f B", v / 1e9) }
-    if v >= 1e6 { return String(format: "%.1f M", v / 1e6) }
-    if v >= 1e3 { return String(format: "%.1f K", v / 1e3) }
-    return "\(n)"
+    if v >= 1e9 { return String(format: "%.2f ", v / 1e9) + billion }
+    if v >= 1e6 { return String(format: "%.1f ", v / 1e6) + million }
+    if v >= 1e3 { return String(format: "%.1f ", v / 1e3) + thousand }
+    return one.isEmpty ? "\(n)" : "\(n) " + one
 }
 
-func humanBytes(_ n: Int) -> String {
-    let v = Double(n)
-    if v >= 1e9 { return String(format: "%.2f GB", v / 1e9) }
-    if v >= 1e6 { return String(format: "%.1f MB", v / 1e6) }
-    if v >= 1e3 { return String(format: "%.1f kB", v / 1e3) }
-    return "\(n) B"
-}
+func humanCount(_ n: Int) -> String { decimalUnits(n, one: "", thousand: "K", million: "M", billion: "B") }
+
+func humanBytes(_ n: Int) -> String { decimalUnits(n, one: "B", thousand: "kB", million: "MB", billion: "GB") }
 
 /// A path that must be a file: a directory or nothing there is named as such.
 func requireFile(_ path: String, what: String) throws(VFFNError) {

@@ -32,7 +32,7 @@ struct Pack: ParsableCommand {
             guard !common.quiet else { return }
             let text = "packed \(source) -> \(destination) in \(String(format: "%.2f", Date().timeIntervalSince(started))) s: "
                 + "\(s.tensors) tensors (\(s.tensorBytes) bytes) from \(s.shards) shard(s), \(s.files) file(s); container \(s.containerBytes) bytes"
-            if AtomicOutput.isStandardOutput(destination) { note(text) } else { print(text) }
+            printSummary(text, besides: destination)
         }
     }
 }

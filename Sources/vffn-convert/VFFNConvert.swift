@@ -47,7 +47,8 @@ struct VFFNConvert: ParsableCommand {
             let code = exitCode(for: error)
             if code == .success {
                 // --help, --version, completion scripts: the parser's text, as it wrote it.
-                print(fullMessage(for: error), terminator: fullMessage(for: error).hasSuffix("\n") ? "" : "\n")
+                let text = fullMessage(for: error)
+                print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
                 Glibc.exit(0)
             }
             let message = Self.message(for: error)
@@ -229,7 +230,13 @@ struct ProblemText: Error, ExpressibleByStringLiteral, ExpressibleByStringInterp
     init(stringInterpolation: DefaultStringInterpolation) { text = String(stringInterpolation: stringInterpolation) }
 }
 
+/// A command's summary: on stdout, unless the output itself went there.
+func printSummary(_ text: String, besides destination: String) {
+    if AtomicOutput.isStandardOutput(destination) { note(text) } else { print(text) }
+}
+
 /// Writes a JSON document to stdout.
 func printJSON(_ value: JSON) {
-    print(value.pretty, terminator: value.pretty.hasSuffix("\n") ? "" : "\n")
+    let text = value.pretty
+    print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
 }
