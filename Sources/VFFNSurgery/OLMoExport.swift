@@ -132,7 +132,7 @@ extension UpcyclePlan {
         let auxiliary = source.auxiliaryFiles().filter { $0 != "config.yaml" && $0 != "model.pt" }
         let summary = ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: 1,
                                         copiedTensors: used.count, copiedBytes: totalSize,
-                                        changedTensors: Self.counted(tensorChanges(permuted: permutedTensors)), gateTensors: 2 * layers.count,
+                                        changedTensors: Self.counted(tensorChanges(permuted: permuted)), gateTensors: 2 * layers.count,
                                         totalSize: totalSize, auxiliaryFiles: auxiliary,
                                         sourceNotes: source.notes + notes + Self.skippedNote(source.otherWeightFiles()))
         if dryRun { return summary }
