@@ -85,11 +85,16 @@ REMOTE_CODE_CASES = [
     ("gemma-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
     ("gemma2-tiny", "AutoModelForCausalLM", []),
     ("gemma2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
+    ("gemma3-tiny", "AutoModelForCausalLM", []),
+    ("gemma3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
+    ("olmo3-tiny", "AutoModelForCausalLM", []),
+    ("olmo3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
 ]
 
 
 # Stock classes that came after the oldest transformers the remote code supports.
-NEWER_FAMILIES = {"qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}
+NEWER_FAMILIES = {"qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
+                  "gemma3": "Gemma3ForCausalLM", "olmo3": "Olmo3ForCausalLM"}
 
 
 def unavailable(fixture):

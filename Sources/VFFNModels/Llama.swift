@@ -14,7 +14,7 @@ public enum Llama: Architecture {
         (ModelFamily("llama", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileLlamaForCausalLM", notInOLMo: nil),
          DecoderTraits()),
         (ModelFamily("mistral", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileMistralForCausalLM", notInOLMo: nil),
-         DecoderTraits(windows: .everyLayer)),
+         DecoderTraits(windows: .everyLayer, slidingWindowDefault: 4096)),
         (ModelFamily("qwen2", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen2ForCausalLM", notInOLMo: nil),
          DecoderTraits(qkvBias: .always, outputBias: .never, windows: .fromMaxWindowLayers)),
         (ModelFamily("qwen3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileQwen3ForCausalLM",
@@ -23,7 +23,7 @@ public enum Llama: Architecture {
          DecoderTraits(mlpBias: .never, qkNormPerHead: true, headDimDefault: 128, windows: .fromMaxWindowLayers)),
         (ModelFamily("smollm3", output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileSmolLM3ForCausalLM",
                      notInOLMo: "layers without rotary embeddings (OLMo rotates every layer)"),
-         DecoderTraits(windows: .noRopeLayers, noRopeLayers: true, tiedByDefault: true)),
+         DecoderTraits(windows: .noRopeLayers, noRopeLayers: true, tiedByDefault: true, ropeThetaDefault: 2_000_000)),
         (ModelFamily("granite", topology: .scaledPreNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGraniteForCausalLM",
                      notInOLMo: "embedding, attention, residual and logits multipliers"),
          DecoderTraits(multipliers: true)),
@@ -56,10 +56,25 @@ public enum Llama: Architecture {
         (ModelFamily("gemma2", topology: .sandwich, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGemma2ForCausalLM",
                      notInOLMo: "sandwich norms, soft-caps and GeGLU"),
          DecoderTraits(norm: .rmsOnePlusWeight(defaultEps: 1e-6), ffn: .geglu, headDimDefault: 256, windows: .evenLayers, tiedByDefault: true,
-                       embeddingsTimesSqrtHidden: true, sandwich: true)),
+                       embeddingsTimesSqrtHidden: true, sandwich: true, slidingWindowDefault: 4096, softcapDefaults: (50, 30))),
+        // Gemma 3's text model (Gemma3ForCausalLM: 270m, 1b): Gemma 2 plus per-head q/k norms by
+        // 1 + w, five sliding layers to one full (`sliding_window_pattern`), local and global rope
+        // bases, no soft-caps unless the config sets them.
+        (ModelFamily("gemma3_text", topology: .sandwich, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGemma3ForCausalLM",
+                     notInOLMo: "sandwich norms, GeGLU and per-layer-type rotary embeddings"),
+         DecoderTraits(norm: .rmsOnePlusWeight(defaultEps: 1e-6), ffn: .geglu, qkNormPerHead: true, headDimDefault: 256,
+                       windows: .pattern(key: "sliding_window_pattern", period: 6), tiedByDefault: true, embeddingsTimesSqrtHidden: true,
+                       sandwich: true, ropeThetaDefault: 1_000_000, slidingWindowDefault: 4096, attentionSoftcapApplied: false,
+                       ropePerLayerType: .localBase(key: "rope_local_base_freq", default: 10000))),
         (ModelFamily("olmo2", topology: .outputNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmo2ForCausalLM",
                      notInOLMo: "norms on the attention and FFN outputs (OLMo 2's reordered norms), which this export does not write"),
          DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true)),
+        // OLMo 3: OLMo 2 with three sliding layers to one full, and YaRN on the full ones only.
+        (ModelFamily("olmo3", topology: .outputNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmo3ForCausalLM",
+                     notInOLMo: "sliding-window layers and norms on the attention and FFN outputs"),
+         DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true,
+                       windows: .pattern(key: nil, period: 4), ropeThetaDefault: 500_000, slidingWindowDefault: 4096,
+                       ropePerLayerType: .sameBase)),
     ]
 
     public static var families: [ModelFamily] { declarations.map(\.family) }
@@ -103,6 +118,9 @@ public enum Llama: Architecture {
             case noRopeLayers
             /// Layers 0, 2, 4, ... unless `layer_types` says otherwise (Gemma 2).
             case evenLayers
+            /// Every layer but each `period`-th (the config's `key`, else `period`), unless
+            /// `layer_types` says otherwise: OLMo 3's 3 sliding : 1 full, Gemma 3's 5 : 1.
+            case pattern(key: String?, period: Int)
         }
 
         public var qkvBias: Bias = .key("attention_bias", default: false)
@@ -136,6 +154,23 @@ public enum Llama: Architecture {
         public var sandwich = false
         /// Rope type names the family's config class renames.
         public var ropeAliases: [String: String] = [:]
+        /// The config class's defaults, for configs that leave the key out.
+        public var ropeThetaDefault: Double = 10000
+        public var slidingWindowDefault: Int?
+        public var softcapDefaults: (attention: Float?, final: Float?) = (nil, nil)
+        /// Gemma 3's attention keeps `attn_logit_softcapping` in its config but never applies it
+        /// (transformers 5.23 passes no softcap to its attention); the final soft-cap it applies.
+        public var attentionSoftcapApplied = true
+        /// One rotary embedding per layer type (OLMo 3, Gemma 3): transformers 5 nests
+        /// `rope_parameters` as {full_attention, sliding_attention}; 4.x's `rope_scaling` applies
+        /// to the full-attention layers only.
+        public var ropePerLayerType: RopePerLayerType?
+        public enum RopePerLayerType: Sendable {
+            /// Both types rotate with `rope_theta` (OLMo 3).
+            case sameBase
+            /// Sliding layers rotate with their own base under `key` (Gemma 3's rope_local_base_freq).
+            case localBase(key: String, default: Double)
+        }
         /// longrope's original context: the top-level key, else this (nil: the nested key, else
         /// max_position_embeddings).
         public var originalContextDefault: Int?
@@ -212,18 +247,18 @@ public enum Llama: Architecture {
         public var logitsScaling: Float
         /// Per layer, the attention window (nil: full causal attention).
         public var slidingWindows: [Int?]
-        /// Rotary inverse frequencies, `rotaryDim / 2` of them.
-        public var inverseFrequencies: [Float]
+        /// The rotary embedding of the full-attention layers (of every layer, in most families),
+        /// and of the sliding layers where the family has one per layer type.
+        public var rotary: Rotary
+        public var slidingRotary: Rotary?
         /// The leading dims of each head that rotate (`partial_rotary_factor`); the rest pass.
         public var rotaryDim: Int
-        /// longrope: the frequencies for sequences longer than `longropeOriginal`, and the factor
-        /// that scales cos and sin at every length.
-        public var longInverseFrequencies: [Float]?
-        public var longropeOriginal: Int?
-        public var rotaryScale: Float
-        /// The rotary base and the rope type ("default" when the config names none).
-        public var ropeTheta: Double
-        public var ropeType: String
+        public var inverseFrequencies: [Float] { rotary.inverseFrequencies }
+        public var longInverseFrequencies: [Float]? { rotary.longInverseFrequencies }
+        public var longropeOriginal: Int? { rotary.longropeOriginal }
+        public var rotaryScale: Float { rotary.scale }
+        public var ropeTheta: Double { rotary.theta }
+        public var ropeType: String { rotary.type }
         public var maxPositionEmbeddings: Int?
         /// Longest sequence the rotary embedding is defined for here (nil: no limit): dynamic
         /// NTK scaling beyond max_position_embeddings is not implemented.
@@ -310,14 +345,15 @@ public enum Llama: Architecture {
             outputNorms = traits.outputNorms
             qkNormFullWidth = traits.qkNormFullWidth
             sandwich = traits.sandwich
-            func cap(_ key: String) throws(VFFNError) -> Float? {
-                guard traits.sandwich, let v = json[key], !v.isNull else { return nil }
+            func cap(_ key: String, default value: Float?) throws(VFFNError) -> Float? {
+                guard traits.sandwich, let v = json[key] else { return value }
+                if v.isNull { return nil }
                 let c = try r.double(key, default: .nan)
                 guard c > 0, c.isFinite else { throw .badInput(path, "\(key) \(c) must be positive") }
                 return Float(c)
             }
-            attentionSoftcap = try cap("attn_logit_softcapping")
-            finalLogitSoftcap = try cap("final_logit_softcapping")
+            attentionSoftcap = traits.attentionSoftcapApplied ? try cap("attn_logit_softcapping", default: traits.softcapDefaults.attention) : nil
+            finalLogitSoftcap = try cap("final_logit_softcapping", default: traits.softcapDefaults.final)
             ropeLayers = try Self.ropeLayers(r, traits: traits, layers: numLayers)
             if traits.multipliers {
                 embeddingMultiplier = Float(try r.double("embedding_multiplier", default: 1))
@@ -337,24 +373,13 @@ public enum Llama: Architecture {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
             }
             slidingWindows = try Self.slidingWindows(r, traits: traits, layers: numLayers)
-            var rope = Self.ropeParameters(json)
-            if let alias = traits.ropeAliases[rope.type] { rope.type = alias }
-            ropeTheta = try r.double("rope_theta", default: .nan)
-            if ropeTheta.isNaN { ropeTheta = rope.params?["rope_theta"]?.doubleValue ?? 10000 }
-            ropeType = rope.type
             maxPositionEmbeddings = (json["max_position_embeddings"]?.isNull ?? true) ? nil : try r.int("max_position_embeddings")
-            // transformers 5 keeps partial_rotary_factor in rope_parameters, 4.x at the top level.
-            let partial = rope.params?["partial_rotary_factor"]?.doubleValue ?? json["partial_rotary_factor"]?.doubleValue ?? 1
-            guard partial > 0, partial <= 1 else { throw .badInput(path, "partial_rotary_factor \(partial) must be in (0, 1]") }
-            rotaryDim = Int(Double(headDim) * partial)   // int(), as transformers truncates
-            guard rotaryDim % 2 == 0, rotaryDim > 0 else { throw .badInput(path, "rotary dimension \(rotaryDim) (head_dim x partial_rotary_factor) is not even") }
-            let frequencies = try Self.inverseFrequencies(r, dim: rotaryDim, theta: ropeTheta, rope: rope, maxPositions: maxPositionEmbeddings,
-                                                          originalContextDefault: traits.originalContextDefault)
-            inverseFrequencies = frequencies.short
-            longInverseFrequencies = frequencies.long
-            longropeOriginal = frequencies.original
-            rotaryScale = frequencies.scale
-            maxPositions = rope.type == "dynamic" ? try r.int("max_position_embeddings") : nil
+            (rotary, slidingRotary, rotaryDim) = try Self.rotaries(r, traits: traits, headDim: headDim, maxPositions: maxPositionEmbeddings)
+            let dynamic = rotary.type == "dynamic" || slidingRotary?.type == "dynamic" && slidingWindows.contains { $0 != nil }
+            maxPositions = dynamic ? try r.int("max_position_embeddings") : nil
+            if try r.bool("use_bidirectional_attention", default: false) {
+                throw .badInput(path, "use_bidirectional_attention (an embedding model's bidirectional attention) is not supported")
+            }
         }
 
         /// SmolLM3 lists 1 (rotate) or 0 (NoPE) per layer, or, without the list, leaves RoPE out
@@ -375,7 +400,8 @@ public enum Llama: Architecture {
         /// Which layers attend within a window. transformers 5 lists `layer_types`; older configs
         /// say it with `sliding_window` (Mistral) or `use_sliding_window` + `max_window_layers` (Qwen2).
         static func slidingWindows(_ r: ConfigReader, traits: DecoderTraits, layers: Int) throws(VFFNError) -> [Int?] {
-            let window: Int? = (r.json["sliding_window"]?.isNull ?? true) ? nil : try r.int("sliding_window")
+            let window: Int? = r.json["sliding_window"] == nil ? traits.slidingWindowDefault
+                : r.json["sliding_window"]!.isNull ? nil : try r.int("sliding_window")
             if case .noRopeLayers = traits.windows {
                 // SmolLM3 slides only with use_sliding_window, whatever layer_types says; without
                 // layer_types, its NoPE layers are the sliding ones.
@@ -407,9 +433,58 @@ public enum Llama: Architecture {
                 return (0..<layers).map { $0 >= from ? window : nil }
             case .evenLayers:
                 return (0..<layers).map { $0 % 2 == 0 ? window : nil }
+            case let .pattern(key, period):
+                let p = try key.map { (k) throws(VFFNError) in try r.int(k, default: period) } ?? period
+                return (0..<layers).map { ($0 + 1) % p != 0 ? window : nil }
             case .none, .noRopeLayers:
                 return Array(repeating: nil, count: layers)
             }
+        }
+
+        /// The rotary embeddings, read from `rope_parameters` (transformers 5) or `rope_theta` and
+        /// `rope_scaling` (4.x). Families with one embedding per layer type nest them in 5.x; in
+        /// 4.x their `rope_scaling` belongs to the full-attention layers only, and the sliding ones
+        /// rotate unscaled (Gemma 3 with `rope_local_base_freq`). transformers 5.23 gives OLMo 3's
+        /// sliding layers the default base when a 4.x config has a top-level rope_theta; here
+        /// both types take it, as in 4.x and as OLMo 3 was trained.
+        static func rotaries(_ r: ConfigReader, traits: DecoderTraits, headDim: Int, maxPositions: Int?) throws(VFFNError) -> (Rotary, Rotary?, Int) {
+            var rope = Self.ropeParameters(r.json)
+            let topTheta = try r.double("rope_theta", default: .nan)
+            let nested = rope.params?["full_attention"] != nil || rope.params?["sliding_attention"] != nil
+            var sliding: (params: JSON?, type: String, theta: Double)?
+            if let perType = traits.ropePerLayerType {
+                let localDefault: Double
+                switch perType {
+                case .sameBase: localDefault = topTheta.isNaN ? traits.ropeThetaDefault : topTheta
+                case let .localBase(key, value): localDefault = try r.double(key, default: value)
+                }
+                if nested {
+                    let local = rope.params?["sliding_attention"]
+                    let localType = local?["rope_type"]?.stringValue ?? local?["type"]?.stringValue ?? "default"
+                    sliding = (local, localType, local?["rope_theta"]?.doubleValue ?? localDefault)
+                    let full = rope.params?["full_attention"]
+                    rope = (full, full?["rope_type"]?.stringValue ?? full?["type"]?.stringValue ?? "default")
+                } else {
+                    sliding = (nil, "default", localDefault)
+                }
+            } else if nested {
+                throw .badInput(r.path, "rope_parameters per layer type is not read for model_type \"\(r.json["model_type"]?.stringValue ?? "?")\"")
+            }
+            if let alias = traits.ropeAliases[rope.type] { rope.type = alias }
+            let theta = rope.params?["rope_theta"]?.doubleValue ?? (topTheta.isNaN ? traits.ropeThetaDefault : topTheta)
+            // transformers 5 keeps partial_rotary_factor in rope_parameters, 4.x at the top level.
+            let partial = rope.params?["partial_rotary_factor"]?.doubleValue ?? r.json["partial_rotary_factor"]?.doubleValue ?? 1
+            guard partial > 0, partial <= 1 else { throw .badInput(r.path, "partial_rotary_factor \(partial) must be in (0, 1]") }
+            let dim = Int(Double(headDim) * partial)   // int(), as transformers truncates
+            guard dim % 2 == 0, dim > 0 else { throw .badInput(r.path, "rotary dimension \(dim) (head_dim x partial_rotary_factor) is not even") }
+            func make(_ theta: Double, _ rope: (params: JSON?, type: String)) throws(VFFNError) -> Rotary {
+                guard theta > 0, theta.isFinite else { throw .badInput(r.path, "rope_theta \(theta) must be positive") }
+                let f = try Self.inverseFrequencies(r, dim: dim, theta: theta, rope: rope, maxPositions: maxPositions,
+                                                    originalContextDefault: traits.originalContextDefault)
+                return Rotary(theta: theta, type: rope.type, inverseFrequencies: f.short, longInverseFrequencies: f.long,
+                              longropeOriginal: f.original, scale: f.scale)
+            }
+            return (try make(theta, rope), try sliding.map { (s) throws(VFFNError) in try make(s.theta, (s.params, s.type)) }, dim)
         }
 
         /// The rotary settings: `rope_parameters` (transformers 5) or `rope_scaling` (transformers 4),
@@ -450,6 +525,45 @@ public enum Llama: Architecture {
                 let attention = params?["attention_factor"]?.doubleValue
                     ?? (factor <= 1 ? 1 : (1 + log(factor) / log(Double(original))).squareRoot())
                 return (frequency(short), frequency(long), original, Float(attention))
+            case "yarn":
+                // transformers' _compute_yarn_parameters: frequencies blended between the original
+                // (high ones, extrapolated) and the interpolated ones (low ones, divided by factor)
+                // by a linear ramp over the correction range, and cos/sin scaled by the attention factor.
+                // As transformers 5 standardizes it: the top-level value, the nested one, then
+                // max_position_embeddings.
+                guard let original = r.json["original_max_position_embeddings"]?.doubleValue
+                        ?? params?["original_max_position_embeddings"]?.doubleValue ?? maxPositions.map(Double.init), original > 0 else {
+                    throw .badInput(r.path, "yarn rope scaling needs original_max_position_embeddings")
+                }
+                guard let factor = params?["factor"]?.doubleValue ?? maxPositions.map({ Double($0) / original }), factor > 0 else {
+                    throw .badInput(r.path, "yarn rope scaling needs a positive factor")
+                }
+                func mscale(_ scale: Double, _ m: Double = 1) -> Double { scale <= 1 ? 1 : 0.1 * m * log(scale) + 1 }
+                let attention: Double
+                if let given = params?["attention_factor"]?.doubleValue {
+                    attention = given
+                } else if let m = params?["mscale"]?.doubleValue, let all = params?["mscale_all_dim"]?.doubleValue, m != 0, all != 0 {
+                    attention = mscale(factor, m) / mscale(factor, all)
+                } else {
+                    attention = mscale(factor)
+                }
+                let fast = params?["beta_fast"]?.doubleValue ?? 32, slow = params?["beta_slow"]?.doubleValue ?? 1
+                let truncate = params?["truncate"]?.boolValue ?? true
+                func correction(_ rotations: Double) -> Double {
+                    Double(dim) * log(original / (rotations * 2 * Double.pi)) / (2 * log(theta))
+                }
+                var low = correction(fast), high = correction(slow)
+                if truncate { (low, high) = (low.rounded(.down), high.rounded(.up)) }
+                low = max(low, 0)
+                high = min(high, Double(dim - 1))
+                if low == high { high += 0.001 }
+                let extrapolation = inv
+                inv = (0..<dim / 2).map { i in
+                    let ramp = min(max((Float(i) - Float(low)) / (Float(high) - Float(low)), 0), 1)
+                    let keep = 1 - ramp   // the share of the original frequency
+                    return extrapolation[i] / Float(factor) * (1 - keep) + extrapolation[i] * keep
+                }
+                return (inv, nil, nil, Float(attention))
             case "default", "dynamic":
                 // Dynamic NTK scaling changes nothing until a sequence outgrows
                 // max_position_embeddings, which `forward` refuses.
@@ -471,10 +585,22 @@ public enum Llama: Architecture {
                 }
             default:
                 let key = r.json["rope_parameters"].map { $0.isNull ? "rope_scaling" : "rope_parameters" } ?? "rope_scaling"
-                throw .badInput(r.path, "\(key) rope type \"\(type)\" is not supported (default, linear, llama3, dynamic, longrope)")
+                throw .badInput(r.path, "\(key) rope type \"\(type)\" is not supported (default, linear, llama3, dynamic, longrope, yarn)")
             }
             return (inv, nil, nil, 1)
         }
+    }
+
+    /// One rotary embedding: its base and type, `rotaryDim / 2` inverse frequencies, and
+    /// longrope's long-sequence set; `scale` multiplies cos and sin (longrope's and YaRN's
+    /// attention factor).
+    public struct Rotary: Sendable {
+        public var theta: Double
+        public var type: String
+        public var inverseFrequencies: [Float]
+        public var longInverseFrequencies: [Float]?
+        public var longropeOriginal: Int?
+        public var scale: Float
     }
 
     struct Layer: Sendable {
@@ -484,8 +610,8 @@ public enum Llama: Architecture {
         let q, k, v, o: Linear
         /// Per-head norms of q and k (Qwen3), applied before RoPE.
         let qNorm, kNorm: Norm?
-        /// False for SmolLM3's NoPE layers.
-        let rotary: Bool
+        /// nil for SmolLM3's NoPE layers.
+        let rotary: Rotary?
         let slidingWindow: Int?
     }
 
@@ -539,9 +665,9 @@ public enum Llama: Architecture {
             }
             if let n = layer.qNorm { q = config.qkNormFullWidth ? n(q) : perHead(n, q) }
             if let n = layer.kNorm { k = config.qkNormFullWidth ? n(k) : perHead(n, k) }
-            if layer.rotary {
-                applyRotary(&q, heads: config.numHeads)
-                applyRotary(&k, heads: config.numKVHeads)
+            if let rotary = layer.rotary {
+                applyRotary(&q, heads: config.numHeads, rotary)
+                applyRotary(&k, heads: config.numKVHeads, rotary)
             }
             let a = VFFNModels.attention(q: q, k: k, v: v, heads: config.numHeads, kvHeads: config.numKVHeads,
                                          headDim: config.headDim, scale: config.attentionScale,
@@ -559,13 +685,13 @@ public enum Llama: Architecture {
         /// Rotate-half RoPE (transformers' layout): pairs (i, i + hd/2) rotate by pos * inv_freq[i].
         /// Only the first `rotaryDim` dims of each head rotate (partial rotary); longrope picks its
         /// long frequencies once the sequence outgrows the original context, as transformers does.
-        func applyRotary(_ m: inout Matrix, heads: Int) {
+        func applyRotary(_ m: inout Matrix, heads: Int, _ rotary: Rotary) {
             let hd = config.headDim, half = config.rotaryDim / 2
-            let frequencies = config.longropeOriginal.map { m.rows > $0 } == true ? config.longInverseFrequencies! : config.inverseFrequencies
+            let frequencies = rotary.longropeOriginal.map { m.rows > $0 } == true ? rotary.longInverseFrequencies! : rotary.inverseFrequencies
             for t in 0..<m.rows {
                 for i in 0..<half {
                     let angle = Float(t) * frequencies[i]
-                    let c = cosf(angle) * config.rotaryScale, s = sinf(angle) * config.rotaryScale
+                    let c = cosf(angle) * rotary.scale, s = sinf(angle) * rotary.scale
                     for h in 0..<heads {
                         let a = t * m.cols + h * hd + i
                         let x1 = m.data[a], x2 = m.data[a + half]
@@ -622,6 +748,12 @@ public enum Llama: Architecture {
                 return .rms(weight: try scope.vector("weight", count: d).map { 1 + $0 }, eps: c.normEps)
             }
         }
+        /// q/k RMSNorms, by 1 + w in Gemma 3 as its other norms.
+        func qkNorm(_ scope: WeightScope, count: Int) throws(VFFNError) -> Norm {
+            let w = try scope.vector("weight", count: count)
+            if case .rmsOnePlusWeight = c.norm { return .rms(weight: w.map { 1 + $0 }, eps: c.normEps) }
+            return .rms(weight: w, eps: c.normEps)
+        }
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
         for i in 0..<c.numLayers {
@@ -643,11 +775,9 @@ public enum Llama: Architecture {
                 inputNorm: inputNorm, attentionOutputNorm: attentionOutputNorm,
                 q: q, k: k, v: v,
                 o: try l.scope(DecoderTensor.o.rawValue).linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
-                qNorm: c.qkNormPerHead || c.qkNormFullWidth
-                    ? .rms(weight: try l.scope(DecoderTensor.qNorm.rawValue).vector("weight", count: c.qkNormFullWidth ? qDim : hd), eps: c.normEps) : nil,
-                kNorm: c.qkNormPerHead || c.qkNormFullWidth
-                    ? .rms(weight: try l.scope(DecoderTensor.kNorm.rawValue).vector("weight", count: c.qkNormFullWidth ? kvDim : hd), eps: c.normEps) : nil,
-                rotary: c.ropeLayers[i],
+                qNorm: c.qkNormPerHead || c.qkNormFullWidth ? try qkNorm(l.scope(DecoderTensor.qNorm.rawValue), count: c.qkNormFullWidth ? qDim : hd) : nil,
+                kNorm: c.qkNormPerHead || c.qkNormFullWidth ? try qkNorm(l.scope(DecoderTensor.kNorm.rawValue), count: c.qkNormFullWidth ? kvDim : hd) : nil,
+                rotary: c.ropeLayers[i] ? (c.slidingWindows[i] != nil ? c.slidingRotary ?? c.rotary : c.rotary) : nil,
                 slidingWindow: c.slidingWindows[i]))
             var projections: [Linear] = []
             for proj in c.ffn.projections {

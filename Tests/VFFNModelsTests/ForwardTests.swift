@@ -18,7 +18,8 @@ import VFFNModels
                       "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny", "granite-bf16-4x", "olmo-tiny",
                       "olmo-clip-bf16-4x", "starcoder2-tiny", "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x",
                       "olmo2-tiny", "olmo2-bf16-4x", "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny",
-                      "gemma2-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+                      "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x", "olmo3-tiny", "olmo3-bf16-4x",
+                      "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
@@ -29,7 +30,7 @@ import VFFNModels
         #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
     }
 
-    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("granite-vffn", 2), ("olmo-vffn", 2), ("starcoder2-vffn", 2), ("phi3-vffn", 2), ("olmo2-vffn", 2), ("gemma-vffn", 2), ("gemma2-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
+    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("granite-vffn", 2), ("olmo-vffn", 2), ("starcoder2-vffn", 2), ("phi3-vffn", 2), ("olmo2-vffn", 2), ("gemma-vffn", 2), ("gemma2-vffn", 2), ("gemma3-vffn", 2), ("olmo3-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
     func versatileOutputMatchesPyTorchReference(fixture: String, topK: Int) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
@@ -137,7 +138,7 @@ import VFFNModels
     @Test func unknownOrMissingModelType() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
-        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gemma, gemma2, olmo2, gpt2, bert)")
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gemma, gemma2, gemma3_text, olmo2, olmo3, gpt2, bert)")
         try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
         expectError(dir, "config.json: has no \"model_type\"")
     }
@@ -209,15 +210,23 @@ import VFFNModels
     }
 
     /// A feature a family has in transformers but not here is refused by its key and value, not
-    /// run as something else: YaRN rope, a layer type we do not know, an unknown activation.
+    /// run as something else: a rope type we do not implement, a layer type we do not know, an
+    /// unknown activation, rope per layer type in a family that has one.
     @Test func unimplementedFeaturesAreRefusedByKeyAndValue() throws {
         let dir = try copy("qwen3-tiny")
-        try editConfig(dir) { $0.setting("rope_parameters", to: try! JSON.parse(#"{"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0}"#)) }
-        expectError(dir, "rope_parameters rope type \"yarn\" is not supported (default, linear, llama3, dynamic, longrope)")
+        try editConfig(dir) { $0.setting("rope_parameters", to: try! JSON.parse(#"{"rope_type": "proportional", "rope_theta": 1000000.0, "factor": 4.0}"#)) }
+        expectError(dir, "rope_parameters rope type \"proportional\" is not supported (default, linear, llama3, dynamic, longrope, yarn)")
         try editConfig(dir) {
-            $0.setting("rope_parameters", to: .null).setting("rope_scaling", to: try! JSON.parse(#"{"type": "yarn", "factor": 4.0}"#))
+            $0.setting("rope_parameters", to: .null).setting("rope_scaling", to: try! JSON.parse(#"{"type": "proportional", "factor": 4.0}"#))
         }
-        expectError(dir, "rope_scaling rope type \"yarn\" is not supported")
+        expectError(dir, "rope_scaling rope type \"proportional\" is not supported")
+        try editConfig(dir) {
+            $0.setting("rope_scaling", to: .null).setting("rope_parameters", to: try! JSON.parse(#"{"full_attention": {"rope_type": "default", "rope_theta": 10.0}}"#))
+        }
+        expectError(dir, "rope_parameters per layer type is not read for model_type \"qwen3\"")
+        let bidirectional = try copy("gemma3-tiny")
+        try editConfig(bidirectional) { $0.setting("use_bidirectional_attention", to: .bool(true)) }
+        expectError(bidirectional, "use_bidirectional_attention (an embedding model's bidirectional attention) is not supported")
         let windows = try copy("qwen3-tiny")
         try editConfig(windows) { $0.setting("layer_types", to: try! JSON.parse(#"["chunked_attention", "full_attention"]"#)) }
         expectError(windows, "layer_types entry \"chunked_attention\" is not supported (full_attention, sliding_attention)")
@@ -257,14 +266,66 @@ import VFFNModels
         #expect(top.longropeOriginal == 8192)
     }
 
+    /// YaRN's frequencies and attention factor, as transformers 5.23's _compute_yarn_parameters
+    /// gives them for a Qwen3-style config (head_dim 16, theta 1e6, factor 4 over 32768).
+    @Test func yarnFrequenciesMatchTransformers() throws {
+        let c = try Llama.Config(try JSON.parse(#"{"model_type": "qwen3", "vocab_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 16, "max_position_embeddings": 131072, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}, "rope_theta": 1000000.0}"#), path: "c")
+        let expected: [Float] = [1.0, 0.17782793939113617, 0.03162277862429619, 0.004217559937387705, 0.0005000000237487257,
+                                 4.4456985051510856e-05, 7.905693564680405e-06, 1.405853367941745e-06]
+        #expect(relativeError(c.inverseFrequencies, expected) < 1e-6, "\(c.inverseFrequencies)")
+        #expect(abs(c.rotaryScale - 1.138629436111989) < 1e-6)
+        #expect(c.slidingRotary == nil)
+    }
+
+    /// Gemma 3 and OLMo 3 rotate sliding and full layers differently: the 4.x keys and the 5.x
+    /// nesting give each layer type its base, with scaling on the full layers only.
+    @Test func ropePerLayerType() throws {
+        func config(_ type: String, _ extra: String) throws -> Llama.Config {
+            try Llama.Config(try JSON.parse(#"{"model_type": ""# + type + #"", "vocab_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4, "head_dim": 8"# + extra + "}"), path: "config.json")
+        }
+        let gemma = try config("gemma3_text", "")
+        #expect(gemma.ropeTheta == 1_000_000 && gemma.slidingRotary?.theta == 10000)
+        #expect(gemma.slidingWindows == [4096, 4096, 4096, 4096, 4096, nil])
+        let legacy = try config("gemma3_text", #", "rope_theta": 1000.0, "rope_local_base_freq": 50.0, "sliding_window_pattern": 2, "sliding_window": 7, "rope_scaling": {"rope_type": "linear", "factor": 8.0}"#)
+        #expect(legacy.ropeTheta == 1000 && legacy.slidingRotary?.theta == 50)
+        #expect(legacy.inverseFrequencies[1] == 1 / powf(1000, 0.25) / 8)
+        #expect(legacy.slidingRotary?.inverseFrequencies[1] == 1 / powf(50, 0.25))
+        #expect(legacy.slidingWindows == [7, nil, 7, nil, 7, nil])
+        let olmo = try config("olmo3", #", "rope_theta": 20000.0"#)
+        #expect(olmo.ropeTheta == 20000 && olmo.slidingRotary?.theta == 20000)
+        #expect(olmo.slidingWindows == [4096, 4096, 4096, nil, 4096, 4096])
+        let nested = try config("olmo3", #", "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64, "rope_theta": 100.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}}"#)
+        #expect(nested.ropeType == "yarn" && nested.slidingRotary?.type == "default" && nested.slidingRotary?.theta == 10)
+        #expect(abs(nested.rotaryScale - Float(0.1 * log(2.0) + 1)) < 1e-6 && nested.slidingRotary?.scale == 1)
+        // Gemma 2's soft-caps and window default as Gemma2Config has them; null turns one off.
+        let gemma2 = try config("gemma2", #", "attn_logit_softcapping": null"#)
+        #expect(gemma2.attentionSoftcap == nil && gemma2.finalLogitSoftcap == 30 && gemma2.slidingWindows[0] == 4096)
+    }
+
+    /// Each per-layer-type rope piece is part of the function: with it changed, the logits leave
+    /// transformers' golden by far more than the tolerance (so the golden match is not luck).
+    @Test(arguments: [
+        ("gemma3-tiny", "sliding layers on the global base", #"{"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 50000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 50000.0}}"#),
+        ("gemma3-tiny", "global layers unscaled", #"{"full_attention": {"rope_type": "default", "rope_theta": 50000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}"#),
+        ("olmo3-tiny", "no YaRN on the full layer", #"{"full_attention": {"rope_type": "default", "rope_theta": 10000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}"#),
+        ("olmo3-tiny", "sliding layers on the full base", #"{"full_attention": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}"#),
+    ])
+    func ropePerLayerTypeMatters(fixture: String, change: String, rope: String) throws {
+        let dir = try copy(fixture)
+        try editConfig(dir) { $0.setting("rope_parameters", to: try! JSON.parse(rope)) }
+        let out = try Architectures.load(Checkpoint(path: dir)).forward(Fixtures.tokens, mode: .dense, trace: false).output
+        let err = relativeError(out.data, try Fixtures.golden("\(fixture)-dense-logits.npy").values)
+        #expect(err > 100 * GoldenTests.tolerance, "\(fixture), \(change): relative error only \(err)")
+    }
+
     @Test func configValuesThatCannotDescribeTheModel() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("hidden_size", to: .string("32")) }
         expectError(dir, "\"hidden_size\" is \"32\", expected an integer")
         try editConfig(dir) { $0.setting("hidden_size", to: .int(32)).setting("num_key_value_heads", to: .int(3)) }
         expectError(dir, "num_attention_heads 4 is not a multiple of num_key_value_heads 3")
-        try editConfig(dir) { $0.setting("num_key_value_heads", to: .int(1)).setting("rope_parameters", to: .object([("rope_type", .string("yarn"))])) }
-        expectError(dir, "rope type \"yarn\" is not supported")
+        try editConfig(dir) { $0.setting("num_key_value_heads", to: .int(1)).setting("rope_parameters", to: .object([("rope_type", .string("proportional"))])) }
+        expectError(dir, "rope type \"proportional\" is not supported")
     }
 
     @Test func tensorShapeOrPresenceNotMatchingTheConfig() throws {

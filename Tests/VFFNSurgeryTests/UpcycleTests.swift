@@ -16,8 +16,8 @@ import VFFNSurgery
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny",
                       "granite-bf16-4x", "olmo-tiny", "olmo-clip-bf16-4x", "starcoder2-tiny",
                       "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x", "olmo2-tiny", "olmo2-bf16-4x",
-                      "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma2-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16",
-                      "bert-tiny", "bert-noprefix-bf16"])
+                      "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x",
+                      "olmo3-tiny", "olmo3-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
         let report = try Verifier.verify(destination: dst, source: Fixtures.path(fixture))
@@ -155,7 +155,7 @@ import VFFNSurgery
     @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy", "granite-tiny-seed0-e8k2d4-logits.npy", "olmo-tiny-seed0-e8k2d4-logits.npy",
                       "starcoder2-tiny-seed0-e8k2d4-logits.npy", "phi3-longrope-seed0-e8k2d4-logits.npy",
                       "olmo2-tiny-seed0-e8k2d4-logits.npy", "gemma-tiny-seed0-e8k2d4-logits.npy",
-                      "gemma2-tiny-seed0-e8k2d4-logits.npy",
+                      "gemma2-tiny-seed0-e8k2d4-logits.npy", "gemma3-tiny-seed0-e8k2d4-logits.npy", "olmo3-tiny-seed0-e8k2d4-logits.npy",
                       "gpt2-tiny-seed0-e8k2d4-logits.npy",
                       "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
@@ -396,6 +396,8 @@ import VFFNSurgery
         ("olmo2-bf16-4x", "AutoModelForCausalLM", "VersatileOlmo2ForCausalLM"),
         ("gemma-bf16-4x", "AutoModelForCausalLM", "VersatileGemmaForCausalLM"),
         ("gemma2-tiny", "AutoModelForCausalLM", "VersatileGemma2ForCausalLM"),
+        ("gemma3-bf16-4x", "AutoModelForCausalLM", "VersatileGemma3ForCausalLM"),
+        ("olmo3-tiny", "AutoModelForCausalLM", "VersatileOlmo3ForCausalLM"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -409,9 +411,10 @@ import VFFNSurgery
             #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gemma", "gemma2", "olmo2", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2", "olmo3", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo"])
-        #expect(Architectures.families.filter { $0.topology != .preNorm }.map { "\($0.modelType) \($0.topology.rawValue)" } == ["granite scaled pre-norm", "gemma2 sandwich", "olmo2 output-norm", "bert post-norm"])
+        #expect(Architectures.families.filter { $0.topology != .preNorm }.map { "\($0.modelType) \($0.topology.rawValue)" } == ["granite scaled pre-norm", "gemma2 sandwich", "gemma3_text sandwich", "olmo2 output-norm",
+                                                                                                                         "olmo3 output-norm", "bert post-norm"])
     }
 
     /// The module written is the package's resource byte for byte, and config.json names the

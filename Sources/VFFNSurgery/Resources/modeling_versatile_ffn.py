@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, starcoder2, phi3, gemma, gemma2, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, olmo3, starcoder2, phi3, gemma, gemma2, gemma3_text, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
@@ -22,8 +22,8 @@
 # forwards per optimizer step call `model.set_depth_temperature_step(step)` instead.
 #
 # S is the dense sub-layer: x + f(norm(x)) for pre-norm models (x + r f(norm(x)) for Granite,
-# whose layer scales the FFN branch by residual_multiplier r), x + norm(f(x)) for OLMo 2 (its norm
-# follows the FFN), x + post(f(norm(x))) for Gemma 2 (a norm on each side), norm(x + f(x)) for BERT. The FFN's
+# whose layer scales the FFN branch by residual_multiplier r), x + norm(f(x)) for OLMo 2 and 3 (its norm
+# follows the FFN), x + post(f(norm(x))) for Gemma 2 and 3 (a norm on each side), norm(x + f(x)) for BERT. The FFN's
 # own dropout (GPT-2's resid_pdrop, BERT's hidden_dropout_prob) is applied to f in training, as in
 # the dense model.
 
@@ -38,6 +38,8 @@ from transformers import (BertModel, GemmaForCausalLM, Gemma2ForCausalLM, GPT2LM
 Qwen3ForCausalLM = getattr(transformers, "Qwen3ForCausalLM", None)  # 4.51
 Olmo2ForCausalLM = getattr(transformers, "Olmo2ForCausalLM", None)  # 4.47
 SmolLM3ForCausalLM = getattr(transformers, "SmolLM3ForCausalLM", None)  # 4.53
+Gemma3ForCausalLM = getattr(transformers, "Gemma3ForCausalLM", None)  # 4.50
+Olmo3ForCausalLM = getattr(transformers, "Olmo3ForCausalLM", None)  # 4.57
 
 TEMPERATURE_START = 5.0
 TEMPERATURE_END = 0.1
@@ -302,6 +304,13 @@ def _rope_settings_for_transformers_4(config):
     params = getattr(config, "rope_parameters", None)
     if int(transformers.__version__.split(".")[0]) >= 5 or not isinstance(params, dict):
         return
+    if "full_attention" in params:
+        # One embedding per layer type (Gemma 3, OLMo 3): 4.x reads the global base and the
+        # scaling of the full-attention layers at the top level, Gemma 3's local base beside them.
+        local = params.get("sliding_attention") or {}
+        if "rope_theta" in local and config.model_type == "gemma3_text":
+            config.rope_local_base_freq = local["rope_theta"]
+        params = params.get("full_attention") or {}
     if "rope_theta" in params:
         config.rope_theta = params["rope_theta"]
     if "partial_rotary_factor" in params:
@@ -397,6 +406,22 @@ if Olmo2ForCausalLM is not None:
             _rope_settings_for_transformers_4(config)
             super().__init__(config)
             install_versatile_ffn(self, config, "olmo2")
+
+
+if Gemma3ForCausalLM is not None:
+    class VersatileGemma3ForCausalLM(_VersatileModelMixin, Gemma3ForCausalLM):
+        def __init__(self, config):
+            _rope_settings_for_transformers_4(config)
+            super().__init__(config)
+            install_versatile_ffn(self, config, "gemma2")  # the same sandwich
+
+
+if Olmo3ForCausalLM is not None:
+    class VersatileOlmo3ForCausalLM(_VersatileModelMixin, Olmo3ForCausalLM):
+        def __init__(self, config):
+            _rope_settings_for_transformers_4(config)
+            super().__init__(config)
+            install_versatile_ffn(self, config, "olmo2")  # the same output norms
 
 
 def _partial_rotary(config):
