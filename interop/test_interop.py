@@ -89,12 +89,13 @@ REMOTE_CODE_CASES = [
     ("gemma3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
     ("olmo3-tiny", "AutoModelForCausalLM", []),
     ("olmo3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
+    ("gemma3-vlm-4x", "AutoModelForImageTextToText", []),
 ]
 
 
 # Stock classes that came after the oldest transformers the remote code supports.
 NEWER_FAMILIES = {"qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
-                  "gemma3": "Gemma3ForCausalLM", "olmo3": "Olmo3ForCausalLM"}
+                  "gemma3-vlm": "Gemma3ForConditionalGeneration", "gemma3": "Gemma3ForCausalLM", "olmo3": "Olmo3ForCausalLM"}
 
 
 def unavailable(fixture):

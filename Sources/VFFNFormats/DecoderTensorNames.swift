@@ -28,15 +28,15 @@ public enum DecoderTensor: String, CaseIterable, Sendable {
     case fcIn = "mlp.c_fc"
     case fcOut = "mlp.c_proj"
 
-    /// Where layer `i` lives, and its FFN module (where the gates are named).
-    public static func layer(_ i: Int) -> String { "model.layers.\(i)" }
+    /// Where layer `i` lives in a causal LM, and its FFN module (where the gates are named).
+    public static func layer(_ i: Int) -> String { DecoderNames.causalLM.layer(i) }
     public static let ffnModule = "mlp"
-    public static let embedding = "model.embed_tokens.weight"
-    public static let finalNorm = "model.norm.weight"
-    public static let head = "lm_head.weight"
+    public static let embedding = DecoderNames.causalLM.embedding
+    public static let finalNorm = DecoderNames.causalLM.finalNorm
+    public static let head = DecoderNames.causalLM.head
 
-    /// `name` below layer `i`, e.g. `model.layers.3.mlp.down_proj`.
-    public func at(_ i: Int) -> String { Self.layer(i) + "." + rawValue }
+    /// `name` below layer `i` of a causal LM, e.g. `model.layers.3.mlp.down_proj`.
+    public func at(_ i: Int) -> String { DecoderNames.causalLM.at(self, i) }
 
     /// The leaf under the FFN module (`down_proj`), for tensors inside it.
     public var ffnLeaf: String? {
@@ -66,4 +66,29 @@ public enum DecoderTensor: String, CaseIterable, Sendable {
 
     /// llama.cpp's whole-model tensors and their Hugging Face names.
     public static let ggufGlobals = ["token_embd.weight": embedding, "output_norm.weight": finalNorm, "output.weight": head]
+}
+
+/// Where a decoder's tensors sit in its checkpoint: under `model.` in a causal LM, or under a
+/// multimodal wrapper's text tower (Gemma3ForConditionalGeneration saves
+/// `language_model.model.layers.N...`, and transformers 5 names the same module
+/// `model.language_model.layers.N...` in memory, as some tools then save it).
+public struct DecoderNames: Sendable, Equatable {
+    /// The module holding `embed_tokens`, `layers` and `norm`.
+    public let base: String
+    public let head: String
+
+    public init(base: String, head: String) {
+        self.base = base
+        self.head = head
+    }
+
+    public static let causalLM = DecoderNames(base: "model", head: "lm_head.weight")
+    /// A multimodal wrapper's text tower, in the original layout and in transformers 5's.
+    public static let textTowers = [DecoderNames(base: "language_model.model", head: "language_model.lm_head.weight"),
+                                    DecoderNames(base: "model.language_model", head: "lm_head.weight")]
+
+    public func layer(_ i: Int) -> String { "\(base).layers.\(i)" }
+    public var embedding: String { base + ".embed_tokens.weight" }
+    public var finalNorm: String { base + ".norm.weight" }
+    public func at(_ tensor: DecoderTensor, _ i: Int) -> String { layer(i) + "." + tensor.rawValue }
 }

@@ -202,8 +202,7 @@ func basePrefix(_ checkpoint: Checkpoint, candidates: [String], probe: String) t
 
 /// The output projection of a causal LM: `lm_head.weight`, or the token embedding when tied.
 /// Some tied checkpoints still store `lm_head.weight` (a copy of the embedding); it is not read.
-func languageModelHead(_ store: WeightStore, tied: Bool, embedding: Linear) throws(VFFNError) -> Linear {
-    let name = "lm_head.weight"
+func languageModelHead(_ store: WeightStore, tied: Bool, embedding: Linear, name: String = DecoderTensor.head) throws(VFFNError) -> Linear {
     guard !tied, store.contains(name) else {
         if store.contains(name) { store.ignore(name) }
         return embedding

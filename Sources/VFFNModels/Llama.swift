@@ -62,10 +62,12 @@ public enum Llama: Architecture {
         // bases, no soft-caps unless the config sets them.
         (ModelFamily("gemma3_text", topology: .sandwich, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGemma3ForCausalLM",
                      notInOLMo: "sandwich norms, GeGLU and per-layer-type rotary embeddings"),
-         DecoderTraits(norm: .rmsOnePlusWeight(defaultEps: 1e-6), ffn: .geglu, qkNormPerHead: true, headDimDefault: 256,
-                       windows: .pattern(key: "sliding_window_pattern", period: 6), tiedByDefault: true, embeddingsTimesSqrtHidden: true,
-                       sandwich: true, ropeThetaDefault: 1_000_000, slidingWindowDefault: 4096, attentionSoftcapApplied: false,
-                       ropePerLayerType: .localBase(key: "rope_local_base_freq", default: 10000))),
+         gemma3Text),
+        // Gemma 3 4B, 12B and 27B ship as Gemma3ForConditionalGeneration: the same text model
+        // inside, converted in place; the vision tower stays as it is.
+        (ModelFamily("gemma3", topology: .sandwich, output: .logits, autoClass: "AutoModelForImageTextToText",
+                     remoteCodeClass: "VersatileGemma3ForConditionalGeneration", notInOLMo: "a vision tower beside the text model"),
+         { var t = gemma3Text; t.textTower = true; return t }()),
         (ModelFamily("olmo2", topology: .outputNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmo2ForCausalLM",
                      notInOLMo: "norms on the attention and FFN outputs (OLMo 2's reordered norms), which this export does not write"),
          DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true)),
@@ -78,6 +80,18 @@ public enum Llama: Architecture {
     ]
 
     public static var families: [ModelFamily] { declarations.map(\.family) }
+
+    /// Gemma 3's text model (Gemma3ForCausalLM: 270m, 1b): Gemma 2 plus per-head q/k norms by
+    /// 1 + w, five sliding layers to one full (`sliding_window_pattern`), local and global rope
+    /// bases, no soft-caps unless the config sets them; Gemma3TextConfig's defaults.
+    static let gemma3Text = DecoderTraits(
+        norm: .rmsOnePlusWeight(defaultEps: 1e-6), ffn: .geglu, qkNormPerHead: true, headDimDefault: 256,
+        windows: .pattern(key: "sliding_window_pattern", period: 6), tiedByDefault: true, embeddingsTimesSqrtHidden: true,
+        sandwich: true, ropeThetaDefault: 1_000_000, slidingWindowDefault: 4096, attentionSoftcapApplied: false,
+        ropePerLayerType: .localBase(key: "rope_local_base_freq", default: 10000),
+        configDefaults: [("vocab_size", .int(262_208)), ("hidden_size", .int(2304)), ("intermediate_size", .int(9216)),
+                         ("num_hidden_layers", .int(26)), ("num_attention_heads", .int(8)), ("num_key_value_heads", .int(4)),
+                         ("max_position_embeddings", .int(131_072))])
 
     static func traits(_ modelType: String) -> DecoderTraits? {
         declarations.first { $0.family.modelType == modelType }?.traits
@@ -165,6 +179,13 @@ public enum Llama: Architecture {
         /// `rope_parameters` as {full_attention, sliding_attention}; 4.x's `rope_scaling` applies
         /// to the full-attention layers only.
         public var ropePerLayerType: RopePerLayerType?
+        /// The decoder is a multimodal wrapper's text tower (Gemma3ForConditionalGeneration): its
+        /// settings are under `text_config`, its tensors under `DecoderNames.textTowers`, and the
+        /// vision tower and projector are carried through unread.
+        public var textTower = false
+        /// The config class's values for keys a config leaves out. A wrapper's nested
+        /// text_config is saved as its difference from them: Gemma 3 4B's lists six keys.
+        public var configDefaults: [(key: String, value: JSON)] = []
         public enum RopePerLayerType: Sendable {
             /// Both types rotate with `rope_theta` (OLMo 3).
             case sameBase
@@ -197,6 +218,9 @@ public enum Llama: Architecture {
 
     public struct Config: Sendable {
         public var modelType: String
+        /// Where the tensors sit (a text tower's are found by `Llama.config(_:)`).
+        public var names = DecoderNames.causalLM
+        public var textTower: Bool
         public var vocabSize: Int
         public var hiddenSize: Int
         public var intermediateSize: Int
@@ -264,12 +288,21 @@ public enum Llama: Architecture {
         /// NTK scaling beyond max_position_embeddings is not implemented.
         public var maxPositions: Int?
 
-        public init(_ json: JSON, path: String) throws(VFFNError) {
-            let r = ConfigReader(json, path: path)
-            modelType = json["model_type"]?.stringValue ?? "llama"
+        public init(_ top: JSON, path: String) throws(VFFNError) {
+            modelType = top["model_type"]?.stringValue ?? "llama"
             guard let traits = Llama.traits(modelType) else {
                 throw .badInput(path, "model_type \"\(modelType)\" is not one of \(Llama.families.map(\.modelType).joined(separator: ", "))")
             }
+            var json = top
+            textTower = traits.textTower
+            if traits.textTower {
+                guard let text = top["text_config"], case .object = text else {
+                    throw .badInput(path, "model_type \"\(modelType)\" needs a \"text_config\" object")
+                }
+                json = text
+            }
+            for (key, value) in traits.configDefaults where json[key] == nil { json = json.setting(key, to: value) }
+            let r = ConfigReader(json, path: path)
             func bias(_ rule: DecoderTraits.Bias) throws(VFFNError) -> Bool {
                 switch rule {
                 case .always: return true
@@ -337,7 +370,8 @@ public enum Llama: Architecture {
             } else {
                 clipQKV = nil
             }
-            tieWordEmbeddings = try r.bool("tie_word_embeddings", default: traits.tiedByDefault)
+            // A wrapper ties by its own key (Gemma3Config's), as transformers ties the wrapper's head.
+            tieWordEmbeddings = try (traits.textTower ? ConfigReader(top, path: path) : r).bool("tie_word_embeddings", default: traits.tiedByDefault)
             qkvBias = try bias(traits.qkvBias)
             outputBias = try bias(traits.outputBias)
             mlpBias = try bias(traits.mlpBias)
@@ -704,22 +738,30 @@ public enum Llama: Architecture {
     }
 
     static func config(_ checkpoint: Checkpoint) throws(VFFNError) -> Config {
-        try Config(checkpoint.config, path: checkpoint.configPath)
+        var c = try Config(checkpoint.config, path: checkpoint.configPath)
+        if c.textTower {
+            guard let names = DecoderNames.textTowers.first(where: { checkpoint.contains($0.embedding) }) else {
+                let probes = DecoderNames.textTowers.map { "\"\($0.embedding)\"" }.joined(separator: " or ")
+                throw .badInput(checkpoint.path, "has no \(probes): not a \(c.modelType) checkpoint")
+            }
+            c.names = names
+        }
+        return c
     }
 
     public static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout {
         let c = try config(checkpoint)
         let d = c.hiddenSize, I = c.intermediateSize
         let sites = (0..<c.numLayers).map { i in
-            let p = DecoderTensor.layer(i) + "." + DecoderTensor.ffnModule
+            let p = c.names.layer(i) + "." + DecoderTensor.ffnModule
             // Input projections hold neurons as rows ([I, d]), the output projection as columns.
             // A fused gate_up_proj stacks two I-row blocks; the neuron permutation moves both alike.
             var tensors = c.ffn.projections.map { proj in
-                FFNTensor("\(proj.tensor.at(i)).weight", shape: proj.input ? [proj.blocks * I, d] : [d, I], neuronAxis: proj.input ? 0 : 1)
+                FFNTensor("\(c.names.at(proj.tensor, i)).weight", shape: proj.input ? [proj.blocks * I, d] : [d, I], neuronAxis: proj.input ? 0 : 1)
             }
             if c.mlpBias {
                 tensors += c.ffn.projections.map { proj in
-                    FFNTensor("\(proj.tensor.at(i)).bias", shape: [proj.input ? proj.blocks * I : d], neuronAxis: proj.input ? 0 : nil)
+                    FFNTensor("\(c.names.at(proj.tensor, i)).bias", shape: [proj.input ? proj.blocks * I : d], neuronAxis: proj.input ? 0 : nil)
                 }
             }
             return FFNSite(layer: i, prefix: p, tensors: tensors)
@@ -733,7 +775,7 @@ public enum Llama: Architecture {
         let store = WeightStore(checkpoint)
         let root = store.scope("")
         let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim
-        let embedding = try root.scope(String(DecoderTensor.embedding.dropLast(".weight".count))).linear(out: c.vocabSize, in: d, bias: false)
+        let embedding = try root.scope(String(c.names.embedding.dropLast(".weight".count))).linear(out: c.vocabSize, in: d, bias: false)
         /// The family's norm at `scope`: RMSNorm with its weight (Gemma's by 1 + w), OLMo's
         /// LayerNorm without any, or StarCoder2's with weight and bias.
         func norm(_ scope: WeightScope) throws(VFFNError) -> Norm {
@@ -757,7 +799,7 @@ public enum Llama: Architecture {
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
         for i in 0..<c.numLayers {
-            let l = root.scope(DecoderTensor.layer(i))
+            let l = root.scope(c.names.layer(i))
             let inputNorm = c.outputNorms ? nil : try norm(l.scope(DecoderTensor.inputNorm.rawValue))
             let attentionOutputNorm = c.outputNorms || c.sandwich ? try norm(l.scope(DecoderTensor.postAttentionNorm.rawValue)) : nil
             let qDim = c.numHeads * hd, kvDim = c.numKVHeads * hd
@@ -796,8 +838,13 @@ public enum Llama: Architecture {
                 ffn: ffn, residualScale: c.residualMultiplier,
                 postNorm: c.sandwich ? try norm(l.scope(DecoderTensor.postFeedforwardNorm.rawValue)) : nil))
         }
-        let finalNorm = try norm(root.scope(String(DecoderTensor.finalNorm.dropLast(".weight".count))))
-        let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding)
+        let finalNorm = try norm(root.scope(String(c.names.finalNorm.dropLast(".weight".count))))
+        let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding, name: c.names.head)
+        if c.textTower {
+            // The vision tower and the projector: carried through by surgery, not run here.
+            let base = c.names.base + "."
+            store.ignore { !$0.hasPrefix(base) && $0 != c.names.head }
+        }
         let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I)
         try store.requireAllUsed()
         return Model(config: c, embedding: embedding, layers: layers, ffnSublayers: sublayers,

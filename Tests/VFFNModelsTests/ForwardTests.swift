@@ -18,7 +18,7 @@ import VFFNModels
                       "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny", "granite-bf16-4x", "olmo-tiny",
                       "olmo-clip-bf16-4x", "starcoder2-tiny", "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x",
                       "olmo2-tiny", "olmo2-bf16-4x", "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny",
-                      "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x", "olmo3-tiny", "olmo3-bf16-4x",
+                      "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x", "gemma3-vlm-4x", "olmo3-tiny", "olmo3-bf16-4x",
                       "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
@@ -138,7 +138,7 @@ import VFFNModels
     @Test func unknownOrMissingModelType() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
-        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gemma, gemma2, gemma3_text, olmo2, olmo3, gpt2, bert)")
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gemma, gemma2, gemma3_text, gemma3, olmo2, olmo3, gpt2, bert)")
         try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
         expectError(dir, "config.json: has no \"model_type\"")
     }
@@ -297,6 +297,14 @@ import VFFNModels
         let nested = try config("olmo3", #", "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64, "rope_theta": 100.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}}"#)
         #expect(nested.ropeType == "yarn" && nested.slidingRotary?.type == "default" && nested.slidingRotary?.theta == 10)
         #expect(abs(nested.rotaryScale - Float(0.1 * log(2.0) + 1)) < 1e-6 && nested.slidingRotary?.scale == 1)
+        // Gemma 3 4B's text_config as its checkpoint has it: the difference from the defaults.
+        let wrapper = try Llama.Config(try JSON.parse(#"{"model_type": "gemma3", "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024}}"#), path: "config.json")
+        #expect([wrapper.vocabSize, wrapper.numHeads, wrapper.numKVHeads, wrapper.headDim] == [Int]([262_208, 8, 4, 256]))
+        #expect(wrapper.attentionScale == Float(1) / 16 && wrapper.tieWordEmbeddings && wrapper.textTower)
+        #expect(wrapper.slidingWindows.prefix(6) == [1024, 1024, 1024, 1024, 1024, nil])
+        #expect(wrapper.inverseFrequencies[1] == 1 / powf(1_000_000, Float(2) / 256) / 8)
+        #expect(wrapper.slidingRotary?.inverseFrequencies[1] == 1 / powf(10000, Float(2) / 256))
+        #expect(throws: VFFNError.self) { try Llama.Config(try JSON.parse(#"{"model_type": "gemma3"}"#), path: "config.json") }
         // Gemma 2's soft-caps and window default as Gemma2Config has them; null turns one off.
         let gemma2 = try config("gemma2", #", "attn_logit_softcapping": null"#)
         #expect(gemma2.attentionSoftcap == nil && gemma2.finalLogitSoftcap == 30 && gemma2.slidingWindows[0] == 4096)

@@ -16,7 +16,7 @@ import VFFNSurgery
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "mistral-f16", "qwen3-tiny", "qwen3-bf16-4x", "smollm3-tiny", "smollm3-bf16-4x", "granite-tiny",
                       "granite-bf16-4x", "olmo-tiny", "olmo-clip-bf16-4x", "starcoder2-tiny",
                       "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x", "olmo2-tiny", "olmo2-bf16-4x",
-                      "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x",
+                      "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x", "gemma3-vlm-4x",
                       "olmo3-tiny", "olmo3-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
@@ -31,7 +31,7 @@ import VFFNSurgery
         #expect(report.table.contains(biased ? "sum f_e = f + (N-1)b" : "sum f_e = f "))
         #expect(report.checks.first { $0.name == "dense tensors bit-identical" }?.passed == true)
         // One row per layer of the source, whatever its depth.
-        let layers = try Checkpoint(path: Fixtures.path(fixture)).config["num_hidden_layers"]?.intValue ?? 2
+        let layers = (config["num_hidden_layers"] ?? config["text_config"]?["num_hidden_layers"])?.intValue ?? 2
         #expect(report.layers.count == layers)
         for l in report.layers {
             #expect(l.partitionRelative < 1e-6)
@@ -155,7 +155,7 @@ import VFFNSurgery
     @Test(arguments: ["llama-gqa-sharded-seed0-e8k2d4-logits.npy", "qwen3-tiny-seed0-e8k2d4-logits.npy", "smollm3-tiny-seed0-e8k2d4-logits.npy", "granite-tiny-seed0-e8k2d4-logits.npy", "olmo-tiny-seed0-e8k2d4-logits.npy",
                       "starcoder2-tiny-seed0-e8k2d4-logits.npy", "phi3-longrope-seed0-e8k2d4-logits.npy",
                       "olmo2-tiny-seed0-e8k2d4-logits.npy", "gemma-tiny-seed0-e8k2d4-logits.npy",
-                      "gemma2-tiny-seed0-e8k2d4-logits.npy", "gemma3-tiny-seed0-e8k2d4-logits.npy", "olmo3-tiny-seed0-e8k2d4-logits.npy",
+                      "gemma2-tiny-seed0-e8k2d4-logits.npy", "gemma3-tiny-seed0-e8k2d4-logits.npy", "olmo3-tiny-seed0-e8k2d4-logits.npy", "gemma3-vlm-4x-seed0-e8k2d4-logits.npy",
                       "gpt2-tiny-seed0-e8k2d4-logits.npy",
                       "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
@@ -398,6 +398,7 @@ import VFFNSurgery
         ("gemma2-tiny", "AutoModelForCausalLM", "VersatileGemma2ForCausalLM"),
         ("gemma3-bf16-4x", "AutoModelForCausalLM", "VersatileGemma3ForCausalLM"),
         ("olmo3-tiny", "AutoModelForCausalLM", "VersatileOlmo3ForCausalLM"),
+        ("gemma3-vlm-4x", "AutoModelForImageTextToText", "VersatileGemma3ForConditionalGeneration"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -408,12 +409,12 @@ import VFFNSurgery
         let module = String(decoding: RemoteCode.source, as: UTF8.self)
         for family in Architectures.families {
             #expect(module.contains("class \(family.remoteCodeClass)("), "\(family.modelType): no class \(family.remoteCodeClass)")
-            #expect(["AutoModelForCausalLM", "AutoModel"].contains(family.autoClass))
+            #expect(["AutoModelForCausalLM", "AutoModel", "AutoModelForImageTextToText"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2", "olmo3", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gemma", "gemma2", "gemma3_text", "gemma3", "olmo2", "olmo3", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo"])
-        #expect(Architectures.families.filter { $0.topology != .preNorm }.map { "\($0.modelType) \($0.topology.rawValue)" } == ["granite scaled pre-norm", "gemma2 sandwich", "gemma3_text sandwich", "olmo2 output-norm",
+        #expect(Architectures.families.filter { $0.topology != .preNorm }.map { "\($0.modelType) \($0.topology.rawValue)" } == ["granite scaled pre-norm", "gemma2 sandwich", "gemma3_text sandwich", "gemma3 sandwich", "olmo2 output-norm",
                                                                                                                          "olmo3 output-norm", "bert post-norm"])
     }
 

@@ -4,6 +4,7 @@
 #
 #     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, olmo3, starcoder2, phi3, gemma, gemma2, gemma3_text, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
+#     AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)  # gemma3 (its text model)
 #
 # builds the stock transformers model and replaces each layer's FFN sub-layer S with a VersatileFFN
 # block that reads the `expert_gate` / `depth_predictor` tensors named in config.json's
@@ -40,6 +41,7 @@ Olmo2ForCausalLM = getattr(transformers, "Olmo2ForCausalLM", None)  # 4.47
 SmolLM3ForCausalLM = getattr(transformers, "SmolLM3ForCausalLM", None)  # 4.53
 Gemma3ForCausalLM = getattr(transformers, "Gemma3ForCausalLM", None)  # 4.50
 Olmo3ForCausalLM = getattr(transformers, "Olmo3ForCausalLM", None)  # 4.57
+Gemma3ForConditionalGeneration = getattr(transformers, "Gemma3ForConditionalGeneration", None)  # 4.50
 
 TEMPERATURE_START = 5.0
 TEMPERATURE_END = 0.1
@@ -266,19 +268,24 @@ class _PostNormVersatileLayer(_VersatileFFNMixin):
         return self._versatile(attention_output)
 
 
-def _pre_norm_layers(model, family):
-    """The layers, and the norm of each that belongs to the FFN sub-layer."""
+def _decoder_layers(model, family):
+    return model.transformer.h if family == "gpt2" else model.model.layers
+
+
+def _ffn_norm_name(family):
+    """The norm of each layer that belongs to the FFN sub-layer."""
     if family == "gpt2":
-        return model.transformer.h, "ln_2"
+        return "ln_2"
     if family == "olmo2":
-        return model.model.layers, "post_feedforward_layernorm"
+        return "post_feedforward_layernorm"
     if family == "gemma2":
-        return model.model.layers, "pre_feedforward_layernorm"
-    return model.model.layers, "post_attention_layernorm"
+        return "pre_feedforward_layernorm"
+    return "post_attention_layernorm"
 
 
-def install_versatile_ffn(model, config, family):
-    """Turns the freshly built dense `model` into its VersatileFFN form, in place."""
+def install_versatile_ffn(model, config, family, layers=None):
+    """Turns the freshly built dense `model` into its VersatileFFN form, in place (`layers`: the
+    decoder layers, where they are not at the family's usual place)."""
     if not hasattr(config, "versatile_ffn"):
         raise ValueError("config.json has no \"versatile_ffn\" section: this is not a converted checkpoint")
     if family == "bert":
@@ -287,8 +294,8 @@ def install_versatile_ffn(model, config, family):
             layer.__class__ = type("Versatile" + base.__name__, (_PostNormVersatileLayer, base), {})
             layer._init_gates(config, config.hidden_size, layer.intermediate.dense.weight.shape[0])
         return
-    layers, norm_name = _pre_norm_layers(model, family)
-    for layer in layers:
+    norm_name = _ffn_norm_name(family)
+    for layer in _decoder_layers(model, family) if layers is None else layers:
         norm = getattr(layer, norm_name)
         _pass_through(norm)
         post = getattr(layer, "post_feedforward_layernorm") if family == "gemma2" else None
@@ -422,6 +429,25 @@ if Olmo3ForCausalLM is not None:
             _rope_settings_for_transformers_4(config)
             super().__init__(config)
             install_versatile_ffn(self, config, "olmo2")  # the same output norms
+
+
+if Gemma3ForConditionalGeneration is not None:
+    class VersatileGemma3ForConditionalGeneration(_VersatileModelMixin, Gemma3ForConditionalGeneration):
+        """Gemma 3 4B/12B/27B: VersatileFFN in the text model, the vision tower as it was."""
+
+        def __init__(self, config):
+            text = config.get_text_config()
+            _rope_settings_for_transformers_4(text)
+            super().__init__(config)
+            if not hasattr(config, "versatile_ffn"):
+                raise ValueError("config.json has no \"versatile_ffn\" section: this is not a converted checkpoint")
+            text.versatile_ffn = config.versatile_ffn
+            # transformers 4.52+ holds the text model at model.language_model; 4.50-4.51 at
+            # language_model.model (the checkpoint's own names, which both load).
+            inner = getattr(self, "model", None)
+            language_model = getattr(inner, "language_model", None) if inner is not None else None
+            layers = language_model.layers if language_model is not None and hasattr(language_model, "layers") else self.language_model.model.layers
+            install_versatile_ffn(self, text, "gemma2", layers=layers)  # the same sandwich
 
 
 def _partial_rotary(config):
