@@ -83,9 +83,12 @@ public struct DecoderNames: Sendable, Equatable {
     }
 
     public static let causalLM = DecoderNames(base: "model", head: "lm_head.weight")
-    /// A multimodal wrapper's text tower, in the original layout and in transformers 5's.
+    /// A multimodal wrapper's text tower: in the original layout, in transformers 5's, and as
+    /// transformers 5.23 saves a subclass of the wrapper (a trained remote-code model), which
+    /// it reads back as the second.
     public static let textTowers = [DecoderNames(base: "language_model.model", head: "language_model.lm_head.weight"),
-                                    DecoderNames(base: "model.language_model", head: "lm_head.weight")]
+                                    DecoderNames(base: "model.language_model", head: "lm_head.weight"),
+                                    DecoderNames(base: "model.language_model.model", head: "lm_head.weight")]
 
     public func layer(_ i: Int) -> String { "\(base).layers.\(i)" }
     public var embedding: String { base + ".embed_tokens.weight" }

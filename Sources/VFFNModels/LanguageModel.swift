@@ -232,9 +232,10 @@ func checkSites(_ sites: [FFNSite], in checkpoint: Checkpoint) throws(VFFNError)
 /// `basePrefixes` are the architecture's base-model prefixes ("transformer", "bert"): a checkpoint
 /// saved again through another class (GPT2LMHeadModel adds `transformer.`, BertModel drops
 /// `bert.`, as a transformers trainer does on save) holds the gates under the other spelling
-/// than config.json records, and they are found there.
+/// than config.json records, and they are found there; likewise a text tower's gates under
+/// another of `bases.all`, its base module's spellings, than `bases.here`.
 func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int,
-                         basePrefixes: [String] = []) throws(VFFNError) -> [VersatileFFNLayer]? {
+                         basePrefixes: [String] = [], bases: (all: [String], here: String)? = nil) throws(VFFNError) -> [VersatileFFNLayer]? {
     let path = store.checkpoint.configPath
     guard let s = try VersatileFFNSettings.read(from: store.checkpoint.config, path: path) else { return nil }
     guard I % s.numExperts == 0 else {
@@ -250,6 +251,11 @@ func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenS
         for p in basePrefixes {
             if name.hasPrefix(p + "."), checkpoint.contains(String(name.dropFirst(p.count + 1))) { return String(name.dropFirst(p.count + 1)) }
             if checkpoint.contains(p + "." + name) { return p + "." + name }
+        }
+        // A text tower's gates recorded under another spelling of its base module.
+        if let bases, let from = bases.all.sorted(by: { $0.count > $1.count }).first(where: { name.hasPrefix($0 + ".") }) {
+            let respelled = bases.here + name.dropFirst(from.count)
+            if checkpoint.contains(respelled) { return respelled }
         }
         return name // reported missing by the store
     }

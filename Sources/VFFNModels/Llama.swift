@@ -845,7 +845,8 @@ public enum Llama: Architecture {
             let base = c.names.base + "."
             store.ignore { !$0.hasPrefix(base) && $0 != c.names.head }
         }
-        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I)
+        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I,
+                                                bases: c.textTower ? (DecoderNames.textTowers.map(\.base), c.names.base) : nil)
         try store.requireAllUsed()
         return Model(config: c, embedding: embedding, layers: layers, ffnSublayers: sublayers,
                      versatileLayers: versatile, finalNorm: finalNorm, lmHead: lmHead)

@@ -190,6 +190,32 @@ import VFFNModels
         #expect(c.headDim == 128 && c.qkNormPerHead)
     }
 
+    /// Gemma 3's text tower under each spelling it is saved with (the original, transformers
+    /// 5's in-memory one, and 5.23's save of a subclass), untied: the same logits, and the FFN
+    /// sites under that spelling. (make test-interop's training step saves the third spelling
+    /// with config.json naming the gates under the first, and verifies it.)
+    @Test(arguments: ["model.language_model", "model.language_model.model"])
+    func gemma3TextTowerUnderEachSpelling(base: String) throws {
+        let dir = try copy("gemma3-vlm-4x")
+        let checkpoint = try Checkpoint(path: dir)
+        var records: [TensorRecord] = []
+        for name in checkpoint.tensorNames {
+            let info = checkpoint.info(name)!
+            let renamed = name.hasPrefix("language_model.model.") ? base + name.dropFirst("language_model.model".count) : "model." + name
+            records.append(TensorRecord(name: renamed, dtype: info.dtype, shape: info.shape, bytes: .owned(Array(try checkpoint.bytes(name)!))))
+        }
+        let embedding = records.first { $0.name.hasSuffix("embed_tokens.weight") }!
+        records.append(TensorRecord(name: "lm_head.weight", dtype: embedding.dtype, shape: embedding.shape, bytes: embedding.bytes))
+        try FileManager.default.removeItem(atPath: dir + "/model.safetensors")
+        try SafeTensorsWriter.write(records, metadata: nil, to: dir + "/model.safetensors")
+        try editConfig(dir) { $0.setting("tie_word_embeddings", to: .bool(false)) }
+        let model = try Architectures.load(Checkpoint(path: dir))
+        let out = try model.forward(Fixtures.tokens, mode: .dense, trace: false).output
+        #expect(relativeError(out.data, try Fixtures.golden("gemma3-vlm-4x-dense-logits.npy").values) < GoldenTests.tolerance)
+        let layout = try Architectures.lookup(Checkpoint(path: dir)).ffnLayout(Checkpoint(path: dir))
+        #expect(layout.sites[5].prefix == base + ".layers.5.mlp")
+    }
+
     /// SmolLM3's NoPE layers and windows, as SmolLM3Config derives them when a config leaves
     /// the lists out: RoPE is skipped in every interval-th layer, and with use_sliding_window
     /// those layers slide; without use_sliding_window nothing slides, whatever layer_types says.
