@@ -109,6 +109,9 @@ public struct FFNLayout: Sendable {
     public let hiddenSize: Int
     public let intermediateSize: Int
     public let sites: [FFNSite]
+    /// Gemma's embedding scale in the checkpoint's stored dtype (SPEC 5), which a converted
+    /// config records for the remote code: transformers, loading in f32, would not round it.
+    public var embeddingScale: Float? = nil
 }
 
 /// One model family: how to find its FFNs for surgery and how to load it for a forward pass.

@@ -266,6 +266,8 @@ public enum Llama: Architecture {
         /// embeddings are scaled, attention scores use `attentionScale`, both residual branches
         /// are scaled, and logits divided.
         public var embeddingMultiplier: Float
+        /// Gemma's sqrt(hidden_size), which the loader rounds to the embedding's stored dtype.
+        public var embeddingsScaledBySqrtHidden: Bool
         public var attentionScale: Float
         public var residualMultiplier: Float
         public var logitsScaling: Float
@@ -389,15 +391,14 @@ public enum Llama: Architecture {
             attentionSoftcap = traits.attentionSoftcapApplied ? try cap("attn_logit_softcapping", default: traits.softcapDefaults.attention) : nil
             finalLogitSoftcap = try cap("final_logit_softcapping", default: traits.softcapDefaults.final)
             ropeLayers = try Self.ropeLayers(r, traits: traits, layers: numLayers)
+            embeddingsScaledBySqrtHidden = traits.embeddingsTimesSqrtHidden
             if traits.multipliers {
                 embeddingMultiplier = Float(try r.double("embedding_multiplier", default: 1))
                 attentionScale = Float(try r.double("attention_multiplier", default: 1))
                 residualMultiplier = Float(try r.double("residual_multiplier", default: 1))
                 logitsScaling = Float(try r.double("logits_scaling", default: 1))
             } else {
-                // Gemma's sqrt(hidden_size), in f32 as transformers has it when the model runs in f32
-                // (it casts the scale to the weights' runtime dtype, so bf16 rounding happens only
-                // when transformers itself runs in bf16).
+                // Gemma's sqrt(hidden_size); `load` rounds it to the embedding's stored dtype.
                 let embed: Float = traits.embeddingsTimesSqrtHidden ? Float(Double(hiddenSize).squareRoot()) : 1
                 // Gemma 2 scales scores by query_pre_attn_scalar^-1/2 (256 by default), not head_dim's.
                 let scale = traits.sandwich ? Float(pow(try r.double("query_pre_attn_scalar", default: 256), -0.5)) : 1 / Float(headDim).squareRoot()
@@ -749,6 +750,18 @@ public enum Llama: Architecture {
         return c
     }
 
+    /// SPEC 5: Gemma's scale is sqrt(hidden_size) in the checkpoint's stored dtype (bf16
+    /// sqrt(1152) is 34.0), as transformers holds the buffer when it loads the checkpoint in its
+    /// own dtype, although the forward here computes in f32. A converted checkpoint records it,
+    /// and keeps it after a trainer saves the weights in another dtype.
+    static func storedEmbeddingScale(_ c: Config, _ checkpoint: Checkpoint) -> Float? {
+        if c.embeddingsScaledBySqrtHidden, let recorded = checkpoint.config[VersatileFFNSettings.key]?["embedding_scale"]?.doubleValue {
+            return Float(recorded)
+        }
+        guard c.embeddingsScaledBySqrtHidden, let dtype = checkpoint.info(c.names.embedding)?.dtype, dtype.isComputeFloat else { return nil }
+        return FloatCodec.encode([c.embeddingMultiplier], as: dtype).withUnsafeBytes { FloatCodec.decode($0, as: dtype)[0] }
+    }
+
     public static func ffnLayout(_ checkpoint: Checkpoint) throws(VFFNError) -> FFNLayout {
         let c = try config(checkpoint)
         let d = c.hiddenSize, I = c.intermediateSize
@@ -767,11 +780,13 @@ public enum Llama: Architecture {
             return FFNSite(layer: i, prefix: p, tensors: tensors)
         }
         try checkSites(sites, in: checkpoint)
-        return FFNLayout(hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, sites: sites)
+        return FFNLayout(hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, sites: sites,
+                         embeddingScale: storedEmbeddingScale(c, checkpoint))
     }
 
     public static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel {
-        let c = try config(checkpoint)
+        var c = try config(checkpoint)
+        if let scale = storedEmbeddingScale(c, checkpoint) { c.embeddingMultiplier = scale }
         let store = WeightStore(checkpoint)
         let root = store.scope("")
         let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim

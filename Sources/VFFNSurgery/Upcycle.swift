@@ -132,6 +132,7 @@ public struct UpcyclePlan: @unchecked Sendable {
                         ("router_init", .string(options.routerInit.rawValue)), ("depth_init", .string(options.depthInit.rawValue)),
                         ("neuron_permutation", .bool(permutations != nil))]
             if permutations != nil { members.append(("split_method", .string(NeuronSplit.clusterMethod))) }
+            if let scale = layout.embeddingScale { members.append(("embedding_scale", .number("\(scale)"))) }
             if let c = calibration {
                 members.append(("depth_calibration", .object([
                     ("target", .array(c.target.map { .number(String($0)) })),

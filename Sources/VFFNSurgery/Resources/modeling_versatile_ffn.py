@@ -327,6 +327,27 @@ def _rope_settings_for_transformers_4(config):
         config.rope_scaling = {k: v for k, v in params.items() if k != "rope_theta"}
 
 
+def _embedding_scale_as_recorded(model, config):
+    """SPEC section 5: Gemma scales its embeddings by sqrt(hidden_size) rounded to the checkpoint's
+    stored dtype (bf16 sqrt(1152) is 34.0), which is what transformers computes when it loads the
+    checkpoint in that dtype. Loaded in f32 it would not round, so the converter records the
+    scale and the model uses it in every dtype."""
+    scale = (getattr(config, "versatile_ffn", None) or {}).get("embedding_scale")
+    if scale is None:
+        return
+    embed = model.get_input_embeddings()
+    if hasattr(embed, "embed_scale"):
+        # transformers 5 (and 4.x Gemma 3): a buffer, which from_pretrained initializes again
+        # from scalar_embed_scale.
+        embed.scalar_embed_scale = float(scale)
+        with torch.no_grad():
+            embed.embed_scale.fill_(float(scale))
+    else:
+        # transformers 4 multiplies by sqrt(hidden_size) after the lookup.
+        ratio = float(scale) / config.hidden_size**0.5
+        embed.register_forward_hook(lambda module, inputs, output: output * ratio)
+
+
 class _VersatileModelMixin:
     def set_depth_temperature_step(self, step):
         """Sets the training step the Gumbel temperature is computed from, in every layer."""
@@ -391,6 +412,7 @@ class VersatileGemmaForCausalLM(_VersatileModelMixin, GemmaForCausalLM):
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "llama")
+        _embedding_scale_as_recorded(self, config)
 
 
 class VersatileGemma2ForCausalLM(_VersatileModelMixin, Gemma2ForCausalLM):
@@ -398,6 +420,7 @@ class VersatileGemma2ForCausalLM(_VersatileModelMixin, Gemma2ForCausalLM):
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "gemma2")
+        _embedding_scale_as_recorded(self, config)
 
 
 class VersatileStarcoder2ForCausalLM(_VersatileModelMixin, Starcoder2ForCausalLM):
@@ -421,6 +444,7 @@ if Gemma3ForCausalLM is not None:
             _rope_settings_for_transformers_4(config)
             super().__init__(config)
             install_versatile_ffn(self, config, "gemma2")  # the same sandwich
+            _embedding_scale_as_recorded(self, config)
 
 
 if Olmo3ForCausalLM is not None:
@@ -448,6 +472,7 @@ if Gemma3ForConditionalGeneration is not None:
             language_model = getattr(inner, "language_model", None) if inner is not None else None
             layers = language_model.layers if language_model is not None and hasattr(language_model, "layers") else self.language_model.model.layers
             install_versatile_ffn(self, text, "gemma2", layers=layers)  # the same sandwich
+            _embedding_scale_as_recorded(self, text)
 
 
 def _partial_rotary(config):
