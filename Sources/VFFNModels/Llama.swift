@@ -76,7 +76,7 @@ public enum Llama: Architecture {
                      notInOLMo: "sliding-window layers and norms on the attention and FFN outputs"),
          DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true,
                        windows: .pattern(key: nil, period: 4), ropeThetaDefault: 500_000, slidingWindowDefault: 4096,
-                       ropePerLayerType: .sameBase)),
+                       ropePerLayerType: .defaultLocalBase)),
     ]
 
     public static var families: [ModelFamily] { declarations.map(\.family) }
@@ -187,8 +187,10 @@ public enum Llama: Architecture {
         /// text_config is saved as its difference from them: Gemma 3 4B's lists six keys.
         public var configDefaults: [(key: String, value: JSON)] = []
         public enum RopePerLayerType: Sendable {
-            /// Both types rotate with `rope_theta` (OLMo 3).
-            case sameBase
+            /// OLMo 3: a 4.x top-level `rope_theta` is the full layers' base only; the sliding
+            /// layers keep the config class's default unless 5.x nests their own (SPEC 5, and
+            /// transformers 5.23's Olmo3Config; 4.x gave both the same base).
+            case defaultLocalBase
             /// Sliding layers rotate with their own base under `key` (Gemma 3's rope_local_base_freq).
             case localBase(key: String, default: Double)
         }
@@ -479,9 +481,7 @@ public enum Llama: Architecture {
         /// The rotary embeddings, read from `rope_parameters` (transformers 5) or `rope_theta` and
         /// `rope_scaling` (4.x). Families with one embedding per layer type nest them in 5.x; in
         /// 4.x their `rope_scaling` belongs to the full-attention layers only, and the sliding ones
-        /// rotate unscaled (Gemma 3 with `rope_local_base_freq`). transformers 5.23 gives OLMo 3's
-        /// sliding layers the default base when a 4.x config has a top-level rope_theta; here
-        /// both types take it, as in 4.x and as OLMo 3 was trained.
+        /// rotate unscaled (Gemma 3 with `rope_local_base_freq`, OLMo 3 with its default base).
         static func rotaries(_ r: ConfigReader, traits: DecoderTraits, headDim: Int, maxPositions: Int?) throws(VFFNError) -> (Rotary, Rotary?, Int) {
             var rope = Self.ropeParameters(r.json)
             let topTheta = try r.double("rope_theta", default: .nan)
@@ -490,7 +490,7 @@ public enum Llama: Architecture {
             if let perType = traits.ropePerLayerType {
                 let localDefault: Double
                 switch perType {
-                case .sameBase: localDefault = topTheta.isNaN ? traits.ropeThetaDefault : topTheta
+                case .defaultLocalBase: localDefault = traits.ropeThetaDefault
                 case let .localBase(key, value): localDefault = try r.double(key, default: value)
                 }
                 if nested {

@@ -341,8 +341,9 @@ import VFFNModels
         #expect(legacy.inverseFrequencies[1] == 1 / powf(1000, 0.25) / 8)
         #expect(legacy.slidingRotary?.inverseFrequencies[1] == 1 / powf(50, 0.25))
         #expect(legacy.slidingWindows == [7, nil, 7, nil, 7, nil])
+        // A 4.x top-level rope_theta is OLMo 3's full layers' base only (SPEC 5, transformers 5.23).
         let olmo = try config("olmo3", #", "rope_theta": 20000.0"#)
-        #expect(olmo.ropeTheta == 20000 && olmo.slidingRotary?.theta == 20000)
+        #expect(olmo.ropeTheta == 20000 && olmo.slidingRotary?.theta == 500_000)
         #expect(olmo.slidingWindows == [4096, 4096, 4096, nil, 4096, 4096])
         let nested = try config("olmo3", #", "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64, "rope_theta": 100.0}, "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}}"#)
         #expect(nested.ropeType == "yarn" && nested.slidingRotary?.type == "default" && nested.slidingRotary?.theta == 10)
