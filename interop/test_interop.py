@@ -272,28 +272,38 @@ def olmo_forward(sd, model, tokens):
     def linear(x, name):
         return F.linear(x, sd[name + ".weight"], sd.get(name + ".bias"))
 
+    # OLMoSequentialBlock with norm_after (OLMo 2) applies attn_norm and ff_norm to the outputs
+    # of attention and the FFN instead of their inputs; attention_layer_norm adds q_norm and
+    # k_norm over the whole projections, before the heads are split.
+    after = model.get("norm_after", False)
+    identity = lambda h: h  # noqa: E731
     x = sd["transformer.wte.weight"][torch.tensor(tokens)]
     for i in range(model["n_layers"]):
         b = f"transformer.blocks.{i}."
-        qkv = linear(olmo_norm(model, sd, b + "attn_norm.weight")(x), b + "att_proj")
+        attn_norm, ff_norm = olmo_norm(model, sd, b + "attn_norm.weight"), olmo_norm(model, sd, b + "ff_norm.weight")
+        qkv = linear(identity(x) if after else attn_norm(x), b + "att_proj")
         if model["clip_qkv"] is not None:
             qkv = qkv.clamp(min=-model["clip_qkv"], max=model["clip_qkv"])
         q, k, v = qkv.split((d, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
+        if model.get("attention_layer_norm", False):
+            q, k = rms_norm(q, sd[b + "q_norm.weight"], model["layer_norm_eps"]), rms_norm(k, sd[b + "k_norm.weight"], model["layer_norm_eps"])
         q = rotate(q.view(T, heads, head_dim).transpose(0, 1))
         k = rotate(k.view(T, kv_heads, head_dim).transpose(0, 1)).repeat_interleave(heads // kv_heads, dim=0)
         v = v.view(T, kv_heads, head_dim).transpose(0, 1).repeat_interleave(heads // kv_heads, dim=0)
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1).reshape(T, d)
-        x = x + linear(att, b + "attn_out")
+        att = linear(att, b + "attn_out")
+        x = x + (attn_norm(att) if after else att)
 
         ff_out = sd[b + "ff_out.weight"]
         neurons = ff_out.shape[1]
 
         def activations(h):
-            up, gate = linear(olmo_norm(model, sd, b + "ff_norm.weight")(h), b + "ff_proj").chunk(2, dim=-1)
+            up, gate = linear(h if after else ff_norm(h), b + "ff_proj").chunk(2, dim=-1)
             return F.silu(gate) * up
 
         def project(a):
-            return F.linear(a, ff_out, sd.get(b + "ff_out.bias"))
+            out = F.linear(a, ff_out, sd.get(b + "ff_out.bias"))
+            return ff_norm(out) if after else out
 
         def sublayer(h):
             return h + project(activations(h))
@@ -334,6 +344,9 @@ OLMO_CASES = [
     # OLMo 1 back in its own layout: no norm tensors, layer_norm_type default; 1.7's clip_qkv.
     ("olmo-tiny", [], TOKENS),
     ("olmo-clip-bf16-4x", ["--split", "cluster"], TOKENS),
+    # OLMo 2 as norm_after with full-width q/k norms; the second with attention biases, tied.
+    ("olmo2-tiny", [], TOKENS),
+    ("olmo2-bf16-4x", ["--split", "cluster", "--top-k", "3"], TOKENS),
 ]
 
 
@@ -368,12 +381,19 @@ class OLMoExportTests(unittest.TestCase):
                     if l + "input_layernorm.weight" in source:
                         expected[b + "attn_norm.weight"] = source[l + "input_layernorm.weight"]
                         expected[b + "ff_norm.weight"] = source[l + "post_attention_layernorm.weight"]
+                    elif l + "post_feedforward_layernorm.weight" in source:
+                        # OLMo 2: the norms on the sub-layers' outputs, and the q/k norms.
+                        self.assertTrue(model["norm_after"] and model["attention_layer_norm"])
+                        expected[b + "attn_norm.weight"] = source[l + "post_attention_layernorm.weight"]
+                        expected[b + "ff_norm.weight"] = source[l + "post_feedforward_layernorm.weight"]
+                        expected[b + "q_norm.weight"] = source[l + "self_attn.q_norm.weight"]
+                        expected[b + "k_norm.weight"] = source[l + "self_attn.k_norm.weight"]
                     expected[b + "expert_gate.weight"] = source[l + "mlp.expert_gate.weight"]
                     expected[b + "depth_predictor.weight"] = source[l + "mlp.depth_predictor.weight"]
                     if model["include_bias"]:
                         dtype = source[l + "self_attn.q_proj.weight"].dtype
                         expected[b + "att_proj.bias"] = torch.cat([source[l + f"self_attn.{p}_proj.bias"] for p in "qkv"])
-                        expected[b + "attn_out.bias"] = torch.zeros(hf_config["hidden_size"], dtype=dtype)
+                        expected[b + "attn_out.bias"] = source.get(l + "self_attn.o_proj.bias", torch.zeros(hf_config["hidden_size"], dtype=dtype))
                         expected[b + "ff_proj.bias"] = torch.zeros(2 * hf_config["intermediate_size"], dtype=dtype)
                         expected[b + "ff_out.bias"] = torch.zeros(hf_config["hidden_size"], dtype=dtype)
                 self.assertEqual(sorted(sd), sorted(expected))

@@ -68,12 +68,13 @@ public enum Llama: Architecture {
         (ModelFamily("gemma3", topology: .sandwich, output: .logits, autoClass: "AutoModelForImageTextToText",
                      remoteCodeClass: "VersatileGemma3ForConditionalGeneration", notInOLMo: "a vision tower beside the text model"),
          { var t = gemma3Text; t.textTower = true; return t }()),
+        // OLMo's own trainer writes OLMo 2 as norm_after with full-width q/k norms: the export does too.
         (ModelFamily("olmo2", topology: .outputNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmo2ForCausalLM",
-                     notInOLMo: "norms on the attention and FFN outputs (OLMo 2's reordered norms), which this export does not write"),
+                     notInOLMo: nil),
          DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true)),
         // OLMo 3: OLMo 2 with three sliding layers to one full, and YaRN on the full ones only.
         (ModelFamily("olmo3", topology: .outputNorm, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileOlmo3ForCausalLM",
-                     notInOLMo: "sliding-window layers and norms on the attention and FFN outputs"),
+                     notInOLMo: "sliding-window layers with a rotary embedding of their own"),
          DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true,
                        windows: .pattern(key: nil, period: 4), ropeThetaDefault: 500_000, slidingWindowDefault: 4096,
                        ropePerLayerType: .defaultLocalBase)),

@@ -9,7 +9,9 @@ import VFFNModels
 ///   fused layout, per block i (`transformer.blocks.i.`):
 ///   `att_proj` = [q; k; v] (rows), `attn_out` = o, `ff_proj` = [up; gate] (OLMo's SwiGLU takes
 ///   `x, gate = ff_proj(h).chunk(2)` and computes silu(gate) * x), `ff_out` = down,
-///   `attn_norm` = input_layernorm, `ff_norm` = post_attention_layernorm, plus `expert_gate` and
+///   `attn_norm` = input_layernorm, `ff_norm` = post_attention_layernorm (OLMo 2, `norm_after`:
+///   `attn_norm` = post_attention_layernorm and `ff_norm` = post_feedforward_layernorm, both on
+///   their sub-layer's output, and `q_norm`, `k_norm` over the whole projections), plus `expert_gate` and
 ///   `depth_predictor`; `transformer.wte` = embed_tokens, `transformer.ln_f` = norm and, when the
 ///   source's head is untied, `transformer.ff_out` = lm_head. Sources with any q/k/v/o or MLP bias
 ///   (Qwen2) get `include_bias: true` and zero biases where the source has none, which keeps the
@@ -99,10 +101,17 @@ extension UpcyclePlan {
             let (gate, up, down) = (ffn[0].tensor.rawValue, ffn[1].tensor.rawValue, ffn[2].tensor.rawValue)
             tensors += try fused(block + "ff_proj", [layer + "." + up, layer + "." + gate], hasBias: c.mlpBias)
             tensors += try fused(block + "ff_out", [layer + "." + down], hasBias: c.mlpBias)
-            // OLMo 1's LayerNorms have no parameters, in either layout.
+            // OLMo 1's LayerNorms have no parameters, in either layout. OLMo 2's follow their
+            // sub-layer, where OLMo's norm_after puts attn_norm and ff_norm.
             if !c.parameterFreeLayerNorm {
-                tensors.append(try copied(block + "attn_norm.weight", layer + "." + DecoderTensor.inputNorm.rawValue + ".weight"))
-                tensors.append(try copied(block + "ff_norm.weight", layer + "." + DecoderTensor.postAttentionNorm.rawValue + ".weight"))
+                let (attentionNorm, ffnNorm): (DecoderTensor, DecoderTensor) = c.outputNorms
+                    ? (.postAttentionNorm, .postFeedforwardNorm) : (.inputNorm, .postAttentionNorm)
+                tensors.append(try copied(block + "attn_norm.weight", layer + "." + attentionNorm.rawValue + ".weight"))
+                tensors.append(try copied(block + "ff_norm.weight", layer + "." + ffnNorm.rawValue + ".weight"))
+            }
+            if c.qkNormFullWidth {
+                tensors.append(try copied(block + "q_norm.weight", layer + "." + DecoderTensor.qNorm.rawValue + ".weight"))
+                tensors.append(try copied(block + "k_norm.weight", layer + "." + DecoderTensor.kNorm.rawValue + ".weight"))
             }
             tensors.append(.init(name: block + "expert_gate.weight", dtype: gates.dtype, shape: [numExperts, d],
                                  parts: [.owned(FloatCodec.encode(gates.expertGate, as: gates.dtype))]))
@@ -155,14 +164,21 @@ extension UpcyclePlan {
             return (v?.intValue ?? v?.arrayValue?.first?.intValue).map(String.init) ?? "null"
         }
         let eos = token("eos_token_id"), pad = token("pad_token_id")
-        let eps = c.parameterFreeLayerNorm ? 1e-5 : source.config["rms_norm_eps"]?.doubleValue ?? 1e-6
+        let familyEps: Double
+        switch c.norm {
+        case let .rms(value), let .rmsOnePlusWeight(value): familyEps = value
+        case let .layerWithoutParameters(value): familyEps = Double(value)
+        case let .layerWithBias(_, value): familyEps = value
+        }
+        let eps = c.parameterFreeLayerNorm ? 1e-5 : source.config["rms_norm_eps"]?.doubleValue ?? familyEps
         return """
         # OLMo config fragment written by \(Self.toolVersion) from \(source.path) (model_type \(modelType)).
         # Merge it into a training config: `load_path` starts training from this directory's
         # model.pt (unsharded), with a fresh optimizer and trainer state. Per block, model.pt holds
         # att_proj = [q; k; v], ff_proj = [up; gate], ff_out = down, attn_out, attn_norm, ff_norm,
         # and the VersatileFFN gates expert_gate [num_experts, d_model] and depth_predictor
-        # [max_depth, d_model], which a VersatileFFN block reads with the settings below.
+        # [max_depth, d_model], which a VersatileFFN block reads with the settings below. Its
+        # sub-layer is \(c.outputNorms ? "S(x) = x + ff_norm(F(x)) (norm_after)" : "S(x) = x + F(ff_norm(x))"), and the gates read x.
         model:
           d_model: \(c.hiddenSize)
           n_heads: \(c.numHeads)
@@ -176,7 +192,9 @@ extension UpcyclePlan {
           rope_theta: \(Int(c.ropeTheta))
           rope_full_precision: true
           flash_attention: false
-          attention_layer_norm: false
+          attention_layer_norm: \(c.qkNormFullWidth)
+          attention_layer_norm_with_affine: \(c.qkNormFullWidth)
+          norm_after: \(c.outputNorms)
           clip_qkv: \(c.clipQKV.map { Self.yamlFloat(Double($0)) } ?? "null")
           include_bias: \(includeBias)
           bias_for_layer_norm: false
@@ -194,6 +212,7 @@ extension UpcyclePlan {
           pad_token_id: \(pad == "null" ? eos : pad)
           init_device: meta
           versatile_ffn:
+            block: \(c.outputNorms ? "output-norm" : "pre-norm")
             num_experts: \(numExperts)
             top_k: \(topK)
             max_depth: \(maxDepth)

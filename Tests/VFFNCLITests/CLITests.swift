@@ -33,7 +33,7 @@ import VFFNFormats
         #expect(FileManager.default.fileExists(atPath: dir + "/olmo/model.pt") && FileManager.default.fileExists(atPath: dir + "/olmo/config.yaml"))
         let g = try run(["convert", Fixtures.path("gpt2-tiny"), dir + "/gpt2", "--output-format", "olmo"])
         #expect(g.status == 64)
-        #expect(g.stderr == "vffn-convert: error: --output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2, olmo)\n")
+        #expect(g.stderr == "vffn-convert: error: --output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2, olmo, olmo2)\n")
         #expect(!FileManager.default.fileExists(atPath: dir + "/gpt2"))
         let e = try run(["convert", Fixtures.path("bert-tiny"), dir + "/bert", "--emit-modeling", "--quiet"])
         #expect(e.status == 0 && FileManager.default.fileExists(atPath: dir + "/bert/modeling_versatile_ffn.py"), "\(e.stderr)")

@@ -413,7 +413,7 @@ import VFFNSurgery
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
         #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gemma", "gemma2", "gemma3_text", "gemma3", "olmo2", "olmo3", "gpt2", "bert"])
-        #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo"])
+        #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo", "olmo2"])
         #expect(Architectures.families.filter { $0.topology != .preNorm }.map { "\($0.modelType) \($0.topology.rawValue)" } == ["granite scaled pre-norm", "gemma2 sandwich", "gemma3_text sandwich", "gemma3 sandwich", "olmo2 output-norm",
                                                                                                                          "olmo3 output-norm", "bert post-norm"])
     }
@@ -483,6 +483,24 @@ import VFFNSurgery
         }
     }
 
+    /// OLMo 2 goes back to OLMo in OLMo's terms for it: norm_after, with attn_norm and ff_norm
+    /// holding the norms on the attention and FFN outputs, and full-width q/k norms.
+    @Test func olmo2ReturnsWithNormAfterAndQKNorms() throws {
+        let (_, file, yaml) = try export("olmo2-bf16-4x")
+        let src = try Checkpoint(path: Fixtures.path("olmo2-bf16-4x"))
+        let l = "model.layers.1.", b = "transformer.blocks.1."
+        for (olmo, hf) in [("attn_norm", "post_attention_layernorm"), ("ff_norm", "post_feedforward_layernorm"),
+                           ("q_norm", "self_attn.q_norm"), ("k_norm", "self_attn.k_norm")] {
+            #expect(Array(try file.bytes(file.info(b + olmo + ".weight")!)) == Array(try src.bytes(l + hf + ".weight")!), "\(olmo)")
+        }
+        // Attention biases (attention_bias true) make every linear biased.
+        #expect(file.tensors.count == 1 + 2 * 14 + 1, "\(file.tensors.map(\.name))") // wte; per block 14; ln_f; tied
+        for line in ["  norm_after: true", "  attention_layer_norm: true", "  attention_layer_norm_with_affine: true", "  layer_norm_type: rms",
+                     "  include_bias: true", "  weight_tying: true", "  layer_norm_eps: 1.0e-05", "    block: output-norm"] {
+            #expect(yaml.contains(line + "\n"), "config.yaml lacks \(line)")
+        }
+    }
+
     @Test func llamaFusesAttentionAndSwiGLUInOLMoOrder() throws {
         let (dir, file, yaml) = try export("llama-gqa-sharded")
         let src = try Checkpoint(path: Fixtures.path("llama-gqa-sharded"))
@@ -522,8 +540,9 @@ import VFFNSurgery
 
     @Test func refusesWhatOLMoCannotHold() throws {
         let dst = makeTemporaryDirectory() + "/olmo"
-        for (fixture, message) in [("gpt2-tiny", "--output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2, olmo)"),
-                                   ("qwen3-tiny", "--output-format olmo cannot express model_type qwen3: per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection) (it takes llama, mistral, qwen2, olmo)"),
+        for (fixture, message) in [("gpt2-tiny", "--output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2, olmo, olmo2)"),
+                                   ("qwen3-tiny", "--output-format olmo cannot express model_type qwen3: per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection) (it takes llama, mistral, qwen2, olmo, olmo2)"),
+                                   ("olmo3-tiny", "--output-format olmo cannot express model_type olmo3: sliding-window layers with a rotary embedding of their own (it takes llama, mistral, qwen2, olmo, olmo2)"),
                                    ("llama3-rope", "rope type \"llama3\" has no OLMo equivalent (OLMo's rotary embedding is unscaled)")] {
             let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path(fixture)), experts: 4, topK: 2, maxDepth: 2)
             let error = try #require(throws: VFFNError.self) { try plan.write(to: dst, format: .olmo) }
