@@ -22,7 +22,9 @@ let package = Package(
                        providers: [.apt(["libjson-c-dev"])]),
         // copy_file_range, which Swift's Glibc module does not export.
         .target(name: "CSystem"),
-        .target(name: "VFFNFormats", dependencies: ["CZlib", "CJSONC", "CSystem"]),
+        // bf16/f16 to f32 widening, vectorized per CPU (the forward pass decodes weights with it).
+        .target(name: "CKernels"),
+        .target(name: "VFFNFormats", dependencies: ["CZlib", "CJSONC", "CSystem", "CKernels"]),
         .target(name: "VFFNModels", dependencies: ["VFFNFormats", "COpenBLAS"]),
         // The transformers remote code that `convert --emit-modeling` writes, embedded in the binary.
         .target(name: "VFFNSurgery", dependencies: ["VFFNFormats", "VFFNModels"],

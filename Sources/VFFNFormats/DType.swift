@@ -1,3 +1,4 @@
+import CKernels
 /// Element types of safetensors, with their names as the format spells them (case-sensitive).
 public enum DType: String, CaseIterable, Sendable {
     case BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ
@@ -40,10 +41,14 @@ public enum FloatCodec {
             for i in 0..<out.count { out[i] = Float(bitPattern: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
         case .F16:
             precondition(bytes.count == 2 * out.count)
-            for i in 0..<out.count { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
+            guard out.count > 0 else { return }
+            if vffn_f16_to_f32(bytes.baseAddress!, out.baseAddress!, out.count) == 0 {
+                for i in 0..<out.count { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
+            }
         case .BF16:
             precondition(bytes.count == 2 * out.count)
-            for i in 0..<out.count { out[i] = Float(bitPattern: UInt32(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16) }
+            guard out.count > 0 else { return }
+            vffn_bf16_to_f32(bytes.baseAddress!, out.baseAddress!, out.count)
         default:
             preconditionFailure("decode called on non-float dtype \(dtype)")
         }

@@ -8,12 +8,18 @@ public protocol FeedForward: Sendable {
     /// The projection whose row n (`[d]`) is what neuron n responds to: gate_proj, c_fc,
     /// intermediate.dense. Informed gate initializations read it.
     var inputProjection: Linear { get }
-    func callAsFunction(_ h: Matrix) -> Matrix
+    /// The hidden activations `[T, I]` of `h`: what the output projection reads.
+    func activations(_ h: Matrix) -> Matrix
+    /// The output projection (and its bias) of activations `a` of neurons `neurons`
+    /// (`a.cols == neurons.count`): sub-expert e's output from its columns of `activations`.
+    func project(_ a: Matrix, neurons: Range<Int>) -> Matrix
     /// `f` restricted to intermediate neurons `neurons`.
     func restricted(to neurons: Range<Int>) -> Self
 }
 
 extension FeedForward {
+    public func callAsFunction(_ h: Matrix) -> Matrix { project(activations(h), neurons: 0..<intermediateSize) }
+
     /// Sub-expert `e` of `n`: the e-th of n equal contiguous neuron slices.
     public func subExpert(_ e: Int, of n: Int) -> Self {
         precondition(intermediateSize % n == 0 && e < n)
@@ -42,15 +48,27 @@ public struct GatedFeedForward: FeedForward {
     public var outputBias: [Float]? { down.bias }
     public var inputProjection: Linear { gate }
 
-    public func callAsFunction(_ h: Matrix) -> Matrix {
+    public func activations(_ h: Matrix) -> Matrix {
         var a = gate(h)
         let b = up(h)
-        if activation == .silu {
-            for i in a.data.indices { a.data[i] = silu(a.data[i]) * b.data[i] }
-        } else {
-            for i in a.data.indices { a.data[i] = activation(a.data[i]) * b.data[i] }
+        let act = activation
+        a.data.withUnsafeMutableBufferPointer { ap in
+            b.data.withUnsafeBufferPointer { bp in
+                nonisolated(unsafe) let (ab, bb) = (ap.baseAddress!, bp.baseAddress!)
+                ComputeThreads.forEachPart(of: ap.count, parts: ComputeThreads.parts(items: ap.count / 1024, work: ap.count * 64)) { part in
+                    if act == .silu {
+                        for i in part { ab[i] = silu(ab[i]) * bb[i] }
+                    } else {
+                        for i in part { ab[i] = act(ab[i]) * bb[i] }
+                    }
+                }
+            }
         }
-        return down(a)
+        return a
+    }
+
+    public func project(_ a: Matrix, neurons: Range<Int>) -> Matrix {
+        (neurons == 0..<intermediateSize ? down : down.columns(neurons))(a)
     }
 
     public func restricted(to neurons: Range<Int>) -> GatedFeedForward {
@@ -76,10 +94,14 @@ public struct UngatedFeedForward: FeedForward {
     public var outputBias: [Float]? { output.bias }
     public var inputProjection: Linear { input }
 
-    public func callAsFunction(_ h: Matrix) -> Matrix {
+    public func activations(_ h: Matrix) -> Matrix {
         var a = input(h)
         for i in a.data.indices { a.data[i] = activation(a.data[i]) }
-        return output(a)
+        return a
+    }
+
+    public func project(_ a: Matrix, neurons: Range<Int>) -> Matrix {
+        (neurons == 0..<intermediateSize ? output : output.columns(neurons))(a)
     }
 
     public func restricted(to neurons: Range<Int>) -> UngatedFeedForward {
@@ -122,12 +144,15 @@ public struct FFNSublayer: Sendable {
     public func callAsFunction(_ x: Matrix) -> Matrix { apply(ffn, to: x) }
 
     /// `S_e(x)`: the sub-layer with `f` replaced by one of its sub-experts.
-    public func apply(_ f: any FeedForward, to x: Matrix) -> Matrix {
+    public func apply(_ f: any FeedForward, to x: Matrix) -> Matrix { combine(x, f(ffnInput(x))) }
+
+    /// `S(x)` from the FFN's output `f` on `ffnInput(x)`: the residual and the norms around it.
+    public func combine(_ x: Matrix, _ f: Matrix) -> Matrix {
         switch placement {
-        case .preNorm: return x + f(norm(x)).scaled(by: residualScale)
-        case .postNorm: return norm(x + f(x))
-        case .outputNorm: return x + norm(f(x))
-        case .sandwich: return x + postNorm!(f(norm(x)))
+        case .preNorm: return x + f.scaled(by: residualScale)
+        case .postNorm: return norm(x + f)
+        case .outputNorm: return x + norm(f)
+        case .sandwich: return x + postNorm!(f)
         }
     }
 

@@ -29,6 +29,14 @@ public struct Matrix: Sendable {
         return Matrix(rows: indices.count, cols: cols, data: out)
     }
 
+    /// Columns `columns` of the rows at `indices`.
+    public func gather(_ indices: [Int], columns: Range<Int>) -> Matrix {
+        var out = [Float]()
+        out.reserveCapacity(indices.count * columns.count)
+        for i in indices { out.append(contentsOf: data[i * cols + columns.lowerBound..<i * cols + columns.upperBound]) }
+        return Matrix(rows: indices.count, cols: columns.count, data: out)
+    }
+
     public var isFinite: Bool { data.allSatisfy(\.isFinite) }
 
     public var maxAbs: Float { data.reduce(0) { max($0, abs($1)) } }
@@ -95,9 +103,10 @@ public struct Linear: Sendable {
     /// Bias over the selected outputs (already sliced).
     public let bias: [Float]?
 
-    /// Largest block of decoded rows held at once, in floats (4 MiB): small enough to stay in
-    /// cache-friendly territory, large enough that each sgemm still sees hundreds of rows.
-    static let decodeBlock = 1 << 20
+    /// Largest block of decoded rows one thread holds at once, in floats (16 MiB): each block is
+    /// one sgemm, which packs the activations again, so blocks of a few hundred rows spent a tenth
+    /// of the forward on that; 1, 4 and 16 Mi floats measured, 4 the fastest.
+    static let decodeBlock = 1 << 22
 
     public var outFeatures: Int { outputs.count }
     public var inFeatures: Int { inputs.count }
@@ -158,16 +167,16 @@ public struct Linear: Sendable {
         case let .mapped(bytes, dtype, _):
             let size = dtype.bitSize / 8, width = cols.count
             let blockRows = max(1, min(rows.count, Self.decodeBlock / width))
-            var scratch = [Float](repeating: 0, count: blockRows * width)
-            scratch.withUnsafeMutableBufferPointer { buf in
+            let stored = storedColumns
+            DecodeWorkspace.shared.with(count: blockRows * width) { buf in
                 for first in stride(from: 0, to: rows.count, by: blockRows) {
                     let count = min(blockRows, rows.count - first)
                     for r in 0..<count {
-                        let start = ((rows.lowerBound + first + r) * storedColumns + cols.lowerBound) * size
+                        let start = ((rows.lowerBound + first + r) * stored + cols.lowerBound) * size
                         FloatCodec.decode(UnsafeRawBufferPointer(rebasing: bytes[start..<start + width * size]), as: dtype,
-                                          into: UnsafeMutableBufferPointer(rebasing: buf[r * width..<(r + 1) * width]))
+                                          into: UnsafeMutableBufferPointer(start: buf + r * width, count: width))
                     }
-                    body(UnsafePointer(buf.baseAddress!), width, first, count)
+                    body(UnsafePointer(buf), width, first, count)
                 }
             }
         }
@@ -202,25 +211,41 @@ public struct Linear: Sendable {
         return finite
     }
 
-    /// `y = x W^T + b` for all rows of x at once (one sgemm per block of decoded rows).
+    /// Output features `r` without the bias: a part of a product one thread computes.
+    private func outputPart(_ r: Range<Int>) -> Linear {
+        Linear(storage: storage, transposed: transposed, storedColumns: storedColumns,
+               outputs: outputs.lowerBound + r.lowerBound..<outputs.lowerBound + r.upperBound, inputs: inputs, bias: nil)
+    }
+
+    /// `y = x W^T + b` for all rows of x at once. The output features are split among the
+    /// compute threads; each decodes its own blocks of rows and runs a single-threaded sgemm on
+    /// each, so decoding overlaps the other threads' products and no thread waits for another.
+    /// How the features are split does not change a single rounding.
     public func callAsFunction(_ x: Matrix, includeBias: Bool = true) -> Matrix {
         precondition(x.cols == inFeatures, "linear expects \(inFeatures) inputs, got \(x.cols)")
-        var y = [Float](repeating: 0, count: x.rows * outFeatures)
+        // Every element is written by a first product with beta 0, unless there is nothing to sum.
+        var y = inFeatures == 0 ? [Float](repeating: 0, count: x.rows * outFeatures)
+            : [Float](unsafeUninitializedCapacity: x.rows * outFeatures) { _, n in n = x.rows * outFeatures }
         if x.rows > 0 {
+            let n = outFeatures, T = x.rows
+            let parts = ComputeThreads.parts(items: n, work: T * n * inFeatures)
             x.data.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
-                    withStoredBlocks { w, ld, first, count in
-                        if transposed {
-                            // A block of input rows: its share of every output, accumulated.
-                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
-                                        Int32(x.rows), Int32(outFeatures), Int32(count),
-                                        1, xp.baseAddress! + first, Int32(x.cols), w, Int32(ld),
-                                        first == 0 ? 0 : 1, yp.baseAddress, Int32(outFeatures))
-                        } else {
-                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                                        Int32(x.rows), Int32(count), Int32(inFeatures),
-                                        1, xp.baseAddress, Int32(x.cols), w, Int32(ld),
-                                        0, yp.baseAddress! + first, Int32(outFeatures))
+                    nonisolated(unsafe) let (xBase, yBase) = (xp.baseAddress!, yp.baseAddress!)
+                    ComputeThreads.forEachPart(of: n, parts: parts) { part in
+                        outputPart(part).withStoredBlocks { w, ld, first, count in
+                            if transposed {
+                                // A block of input rows: its share of this part's outputs, accumulated.
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+                                            Int32(T), Int32(part.count), Int32(count),
+                                            1, xBase + first, Int32(x.cols), w, Int32(ld),
+                                            first == 0 ? 0 : 1, yBase + part.lowerBound, Int32(n))
+                            } else {
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                                            Int32(T), Int32(count), Int32(inFeatures),
+                                            1, xBase, Int32(x.cols), w, Int32(ld),
+                                            0, yBase + part.lowerBound + first, Int32(n))
+                            }
                         }
                     }
                 }
@@ -310,3 +335,79 @@ public enum Activation: String, Sendable {
 }
 
 @inline(__always) func silu(_ v: Float) -> Float { v / (1 + expf(-v)) }
+
+/// Reused f32 buffers for decoded weight blocks. A fresh allocation of each block would fault in
+/// new pages for every product (gigabytes per forward); concurrent forwards (tests) each take a
+/// buffer of their own.
+final class DecodeWorkspace: @unchecked Sendable {
+    static let shared = DecodeWorkspace()
+    private let lock = NSLock()
+    private var free: [(UnsafeMutablePointer<Float>, Int)] = []
+
+    func with<R>(count: Int, _ body: (UnsafeMutablePointer<Float>) throws -> R) rethrows -> R {
+        lock.lock()
+        var buffer = free.popLast()
+        lock.unlock()
+        if let b = buffer, b.1 < count {
+            b.0.deallocate()
+            buffer = nil
+        }
+        let b = buffer ?? (UnsafeMutablePointer<Float>.allocate(capacity: count), count)
+        defer {
+            lock.lock()
+            // One per compute thread of one forward, and a few for concurrent forwards (tests).
+            if free.count < 8 { free.append(b) } else { b.0.deallocate() }
+            lock.unlock()
+        }
+        return try body(b.0)
+    }
+}
+
+/// How many threads the forward pass computes on: `--threads`, else OPENBLAS_NUM_THREADS, else
+/// OMP_NUM_THREADS, else the processors this process may use. The work is split here, and
+/// OpenBLAS itself runs single-threaded inside each part: its own threads would spin in
+/// sched_yield while a part decodes weights (a tenth of the forward on 2 cores).
+public enum ComputeThreads {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var chosen: Int?
+
+    public static var count: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        if let chosen { return chosen }
+        let env = ProcessInfo.processInfo.environment
+        let n = [env["OPENBLAS_NUM_THREADS"], env["OMP_NUM_THREADS"]].compactMap { $0.flatMap { Int($0) } }.first { $0 > 0 }
+            ?? ProcessInfo.processInfo.activeProcessorCount
+        chosen = max(1, n)
+        openblas_set_num_threads(1)
+        return chosen!
+    }
+
+    /// Sets the thread count (the CLI's `--threads`).
+    public static func set(_ n: Int) {
+        precondition(n >= 1)
+        lock.lock()
+        openblas_set_num_threads(1)
+        chosen = n
+        lock.unlock()
+    }
+
+    /// How many parts `items` independent outputs costing `work` multiply-adds are split into:
+    /// one below a million multiply-adds or 64 items a part, where threads cost more than they save.
+    static func parts(items: Int, work: Int) -> Int {
+        guard work >= 1 << 20 else { return 1 }
+        return max(1, min(count, items / 64))
+    }
+
+    /// Calls `body` on `parts` contiguous parts of `0..<n` in parallel; returns when all are done.
+    static func forEachPart(of n: Int, parts: Int, _ body: (Range<Int>) -> Void) {
+        guard parts > 1 else { return body(0..<n) }
+        // The parts write disjoint ranges.
+        withoutActuallyEscaping(body) { body in
+            nonisolated(unsafe) let body = body
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                body(p * n / parts..<(p + 1) * n / parts)
+            }
+        }
+    }
+}

@@ -118,7 +118,6 @@ public struct VersatileFFNLayer: Sendable {
     public let expertGate: Linear       // [N, d]
     public let depthPredictor: Linear   // [D, d]
     public let topK: Int
-    let experts: [any FeedForward]
 
     public init(sublayer: FFNSublayer, expertGate: Linear, depthPredictor: Linear, topK: Int) {
         precondition(topK >= 1 && topK <= expertGate.outFeatures)
@@ -126,8 +125,6 @@ public struct VersatileFFNLayer: Sendable {
         self.expertGate = expertGate
         self.depthPredictor = depthPredictor
         self.topK = topK
-        let n = expertGate.outFeatures
-        experts = (0..<n).map { sublayer.ffn.subExpert($0, of: n) }
     }
 
     public var numExperts: Int { expertGate.outFeatures }
@@ -157,7 +154,14 @@ public struct VersatileFFNLayer: Sendable {
         let depthLogits = depthPredictor(x)
         var stats = RoutingStats(depthCounts: [Int](repeating: 0, count: maxDepth), expertLoad: [Int](repeating: 0, count: numExperts))
 
-        // Width path: gather every token routed to a sub-expert and run that expert once.
+        // Loop 1 of the depth path runs the whole FFN on every token (each takes at least one
+        // loop); its hidden activations hold every sub-expert's, so the width path only adds
+        // each sub-expert's slice of the output projection on the tokens routed to it.
+        let ffn = sublayer.ffn
+        let activations = ffn.activations(sublayer.ffnInput(x))
+        let width = ffn.intermediateSize / numExperts
+
+        // Width path: gather every token routed to a sub-expert and project its slice once.
         var routes: [[(expert: Int, weight: Float)]] = []
         var members = [[(token: Int, slot: Int)]](repeating: [], count: numExperts)
         for t in 0..<T {
@@ -171,24 +175,26 @@ public struct VersatileFFNLayer: Sendable {
         // Each token's k sub-layer outputs, kept by slot so they are summed in top-k order.
         var expertOutputs = [Matrix](repeating: Matrix(zeros: T, d), count: topK)
         for e in 0..<numExperts where !members[e].isEmpty {
-            let y = sublayer.apply(experts[e], to: x.gather(members[e].map(\.token)))
+            let tokens = members[e].map(\.token)
+            let slice = e * width..<(e + 1) * width
+            let y = sublayer.combine(x.gather(tokens), ffn.project(activations.gather(tokens, columns: slice), neurons: slice))
             for (row, m) in members[e].enumerated() {
                 expertOutputs[m.slot].data.replaceSubrange(m.token * d..<(m.token + 1) * d, with: y.row(row))
             }
         }
-        var width = Matrix(zeros: T, d)
+        var widthPath = Matrix(zeros: T, d)
         for t in 0..<T {
             for (slot, choice) in routes[t].enumerated() {
-                for c in 0..<d { width.data[t * d + c] += choice.weight * expertOutputs[slot].data[t * d + c] }
+                for c in 0..<d { widthPath.data[t * d + c] += choice.weight * expertOutputs[slot].data[t * d + c] }
             }
         }
 
         // Depth path: loop l runs only on the tokens that chose at least l loops.
         let loops = (0..<T).map { Self.depth(depthLogits.row($0), limit: D) }
         for L in loops { stats.depthCounts[L - 1] += 1 }
-        var current = x
+        var current = sublayer.combine(x, ffn.project(activations, neurons: 0..<ffn.intermediateSize))
         var active = Array(0..<T)
-        for l in 1...max(1, loops.max() ?? 1) {
+        for l in 2...max(2, loops.max() ?? 1) {
             active = active.filter { loops[$0] >= l }
             if active.isEmpty { break }
             let y = sublayer(current.gather(active))
@@ -201,7 +207,7 @@ public struct VersatileFFNLayer: Sendable {
         for t in 0..<T {
             let m = Float(D - loops[t]) / Float(D)
             for c in 0..<d {
-                out.data[t * d + c] = (1 - m) * current.data[t * d + c] + m * width.data[t * d + c]
+                out.data[t * d + c] = (1 - m) * current.data[t * d + c] + m * widthPath.data[t * d + c]
             }
         }
         return (out, stats)

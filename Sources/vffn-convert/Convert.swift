@@ -71,6 +71,7 @@ struct Convert: ParsableCommand {
     @Flag(name: .customLong("no-fsync"), help: "Do not wait for DST to reach the disk before renaming it into place (faster; not crash-safe).")
     var noFsync = false
 
+    @OptionGroup var compute: ComputeOptions
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
@@ -96,6 +97,7 @@ struct Convert: ParsableCommand {
     }
 
     func run() throws {
+        compute.apply()
         removePartialOutputOnSignals()
         try reportingErrors {
             let started = Date()

@@ -25,6 +25,7 @@ struct Run: ParsableCommand {
     var dense = false
 
     @OptionGroup var write: WriteOptions
+    @OptionGroup var compute: ComputeOptions
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
@@ -32,6 +33,7 @@ struct Run: ParsableCommand {
     }
 
     func run() throws {
+        compute.apply()
         removePartialOutputOnSignals()
         try reportingErrors {
             let ids = try tokens.ids() ?? []

@@ -22,9 +22,11 @@ struct Stats: ParsableCommand {
     @Flag(help: "Print JSON instead of the table.")
     var json = false
 
+    @OptionGroup var compute: ComputeOptions
     @OptionGroup var common: CommonOptions
 
     func run() throws {
+        compute.apply()
         try reportingErrors {
             let ckpt = try Checkpoint(path: checkpoint)
             let model = try Architectures.load(ckpt)

@@ -148,6 +148,22 @@ struct CommonOptions: ParsableArguments {
     var quiet = false
 }
 
+/// Options of every command that runs the model.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Threads for the forward pass (default: OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, else every processor this process may use).",
+                               valueName: "n"))
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024 (got \(threads))") }
+    }
+
+    /// Applies `--threads`; call before the first forward.
+    func apply() {
+        if let threads { ComputeThreads.set(threads) }
+    }
+}
+
 /// Options of every command that writes.
 struct WriteOptions: ParsableArguments {
     @Flag(help: "Replace the output if it exists and is a file, or a directory vffn-convert wrote (never anything else).")

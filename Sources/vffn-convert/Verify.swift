@@ -27,9 +27,11 @@ struct Verify: ParsableCommand {
     @Flag(help: "Print the report as JSON instead of the table.")
     var json = false
 
+    @OptionGroup var compute: ComputeOptions
     @OptionGroup var common: CommonOptions
 
     func run() throws {
+        compute.apply()
         var passed = false
         try reportingErrors {
             let report = try Verifier.verify(destination: checkpoint, source: source, probeTokens: tokens.ids(), seed: seed)
