@@ -25,14 +25,14 @@ let package = Package(
         // bf16/f16 to f32 widening, vectorized per CPU (the forward pass decodes weights with it).
         .target(name: "CKernels"),
         .target(name: "VFFNFormats", dependencies: ["CZlib", "CJSONC", "CSystem", "CKernels"]),
-        .target(name: "VFFNModels", dependencies: ["VFFNFormats", "COpenBLAS"]),
+        .target(name: "VFFNModels", dependencies: ["VFFNFormats", "COpenBLAS", "CKernels"]),
         // The transformers remote code that `convert --emit-modeling` writes, embedded in the binary.
         .target(name: "VFFNSurgery", dependencies: ["VFFNFormats", "VFFNModels"],
                 resources: [.embedInCode("Resources/modeling_versatile_ffn.py")]),
         .executableTarget(
             name: "vffn-convert",
             dependencies: [
-                "VFFNFormats", "VFFNModels", "VFFNSurgery",
+                "VFFNFormats", "VFFNModels", "VFFNSurgery", "CSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Fixture paths and comparison helpers shared by the test targets.

@@ -49,3 +49,89 @@ int vffn_f16_to_f32(const void *src, float *dst, size_t n) {
     f16_f16c(src, dst, n);
     return 1;
 }
+
+// ---- y = x W^T with W in bf16, read in place ----
+//
+// For the forward pass's products on bf16 checkpoints: OpenBLAS needs f32 operands, so each
+// product decoded W to f32 and sgemm packed it again, a pass over W per call that costs more
+// than the multiply when few tokens take a depth loop. This kernel widens W in registers.
+// Tiles of 4 weight rows x 4 tokens keep 16 accumulators of 16 lanes over the whole K; 64-row
+// chunks of W stay in L2 while every token block passes over them.
+
+#define TILE 4
+#define CHUNK 64
+
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static inline __m512 bf16_load(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static inline __m512 bf16_load_masked(const uint16_t *p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+// A full 4 x 4 tile.
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile4x4(const float *x, size_t ldx, const uint16_t *w, size_t ldw,
+                                                                               float *y, size_t ldy, size_t K) {
+    __m512 acc[TILE][TILE];
+    for (int i = 0; i < TILE; i++)
+        for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_setzero_ps();
+    size_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv[TILE], xv[TILE];
+        for (int j = 0; j < TILE; j++) wv[j] = bf16_load(w + j * ldw + k);
+        for (int i = 0; i < TILE; i++) xv[i] = _mm512_loadu_ps(x + i * ldx + k);
+        for (int i = 0; i < TILE; i++)
+            for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_fmadd_ps(xv[i], wv[j], acc[i][j]);
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 wv[TILE], xv[TILE];
+        for (int j = 0; j < TILE; j++) wv[j] = bf16_load_masked(w + j * ldw + k, m);
+        for (int i = 0; i < TILE; i++) xv[i] = _mm512_maskz_loadu_ps(m, x + i * ldx + k);
+        for (int i = 0; i < TILE; i++)
+            for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_fmadd_ps(xv[i], wv[j], acc[i][j]);
+    }
+    for (int i = 0; i < TILE; i++)
+        for (int j = 0; j < TILE; j++) y[i * ldy + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+// An edge tile of tr x nr (each at most 4), the same arithmetic one output at a time.
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile_edge(const float *x, size_t ldx, const uint16_t *w, size_t ldw,
+                                                                                float *y, size_t ldy, size_t K, size_t tr, size_t nr) {
+    for (size_t i = 0; i < tr; i++)
+        for (size_t j = 0; j < nr; j++) {
+            __m512 acc = _mm512_setzero_ps();
+            size_t k = 0;
+            for (; k + 16 <= K; k += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx + k), bf16_load(w + j * ldw + k), acc);
+            if (k < K) {
+                __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i * ldx + k), bf16_load_masked(w + j * ldw + k, m), acc);
+            }
+            y[i * ldy + j] = _mm512_reduce_add_ps(acc);
+        }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void gemm_bf16_avx512(const float *x, size_t ldx, const uint16_t *w, size_t ldw,
+                                                                                       float *y, size_t ldy, size_t T, size_t N, size_t K) {
+    for (size_t n0 = 0; n0 < N; n0 += CHUNK) {
+        size_t n1 = n0 + CHUNK < N ? n0 + CHUNK : N;
+        for (size_t t = 0; t < T; t += TILE) {
+            size_t tr = T - t < TILE ? T - t : TILE;
+            for (size_t n = n0; n < n1; n += TILE) {
+                size_t nr = n1 - n < TILE ? n1 - n : TILE;
+                if (tr == TILE && nr == TILE) tile4x4(x + t * ldx, ldx, w + n * ldw, ldw, y + t * ldy + n, ldy, K);
+                else tile_edge(x + t * ldx, ldx, w + n * ldw, ldw, y + t * ldy + n, ldy, K, tr, nr);
+            }
+        }
+    }
+}
+
+int vffn_gemm_bf16_available(void) {
+    static int has = -1;
+    if (has < 0) has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    return has;
+}
+
+void vffn_gemm_bf16(const float *x, size_t ldx, const void *w, size_t ldw, float *y, size_t ldy, size_t T, size_t N, size_t K) {
+    gemm_bf16_avx512(x, ldx, (const uint16_t *)w, ldw, y, ldy, T, N, K);
+}

@@ -9,3 +9,10 @@ ssize_t vffn_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *of
     if (off_out) *off_out = out;
     return n;
 }
+
+#include <malloc.h>
+
+void vffn_malloc_keep_freed(size_t mmap_threshold, size_t trim_threshold) {
+    mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+    mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
+}

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSystem
 import Foundation
 import VFFNFormats
 import VFFNModels
@@ -34,6 +35,10 @@ struct VFFNConvert: ParsableCommand {
     /// One contract for every error, the argument parser's included: one line on stderr,
     /// `vffn-convert: error: ...`, and the exit code of its kind (64 for usage).
     static func main() {
+        // The forward pass allocates activations of megabytes per product. glibc serves those
+        // with fresh mmaps and trims freed heap at once, so every product faulted in zeroed
+        // pages again (3% of a VersatileFFN run); keep up to 256 MiB of them for reuse instead.
+        vffn_malloc_keep_freed(64 << 20, 256 << 20)
         let arguments = Array(CommandLine.arguments.dropFirst())
         if arguments.isEmpty {
             FileHandle.standardError.write(Data(helpMessage().utf8))
