@@ -73,8 +73,16 @@ public enum Verifier {
         // pass below proves the function unchanged instead of their bytes.
         let reordered = permuted ? Set(try Architectures.lookup(dst).ffnLayout(dst).sites.flatMap { $0.tensors.filter { $0.neuronAxis != nil }.map(\.name) }) : []
         let sourceCheckpoint = try source.map { (p) throws(VFFNError) in try Checkpoint(path: p) }
+        // The byte comparison reads both checkpoints and waits on the page cache or the disk; it
+        // runs beside the forward passes, which compute (a third of verify's time at 8B).
+        let identical = BackgroundResult<Result<VerificationReport.Check, VFFNError>>()
         if let sourceCheckpoint {
-            checks.append(try denseTensorsIdentical(source: sourceCheckpoint, destination: dst, settings: settings, reordered: reordered))
+            nonisolated(unsafe) let (source, destination) = (sourceCheckpoint, dst)
+            identical.start {
+                do throws(VFFNError) {
+                    return .success(try denseTensorsIdentical(source: source, destination: destination, settings: settings, reordered: reordered))
+                } catch { return .failure(error) }
+            }
         }
         let model = try Architectures.load(dst)
         guard let versatile = model.versatileLayers else { preconditionFailure("settings read but no gates loaded") }
@@ -123,6 +131,7 @@ public enum Verifier {
                                 routing: full.routing[i], finite: finite,
                                 passed: rel <= partitionTolerance && eqDiff == 0 && finite))
         }
+        if let result = identical.wait() { checks.insert(try result.get(), at: 0) }
         let bias = model.ffnSublayers.first?.ffn.outputBias != nil
         return VerificationReport(settings: settings, hasOutputBias: bias, probeTokens: tokens, checks: checks, layers: layers)
     }
@@ -163,6 +172,10 @@ public enum Verifier {
             }
             let x = try source.bytes(name)!, y = try destination.bytes(name)!
             if x.count > 0, memcmp(x.baseAddress!, y.baseAddress!, x.count) != 0 { mismatches.append("\(name): bytes differ") }
+            // The source is read once here; the forward passes read the destination three
+            // times. Marking the source's pages cold lets the page cache keep the destination
+            // when both do not fit (an 8B pair is 32 GB): without it verify re-read 29 GB from disk.
+            markCold(x)
             bytes += x.count
         }
         let gateNames = Set(settings.gateTensors.flatMap { [$0.expertGate, $0.depthPredictor] })
@@ -174,6 +187,16 @@ public enum Verifier {
             ? "\(source.tensorNames.count - permuted) tensors, \(bytes) bytes identical to the source" + (permuted > 0 ? "; \(permuted) FFN tensors neuron-permuted" : "")
             : "\(mismatches.count) differ: " + mismatches.prefix(3).joined(separator: "; ") + (mismatches.count > 3 ? "; ..." : "")
         return .init(name: "dense tensors bit-identical", passed: passed, detail: detail)
+    }
+
+    /// madvise(MADV_COLD) over the whole pages of `bytes`: reclaimed first when memory is short.
+    /// A hint only; kernels before 5.4 ignore it.
+    static func markCold(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: base) + page - 1) / page * page, end = (Int(bitPattern: base) + bytes.count) / page * page
+        guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        _ = madvise(p, end - start, 20)   // MADV_COLD, which Glibc's module does not name
     }
 
     /// Deterministic probe token ids spread over the vocabulary.
@@ -225,5 +248,27 @@ extension VerificationReport {
                          ("finite", .bool(l.finite)), ("passed", .bool(l.passed))])
             })),
         ])
+    }
+}
+
+/// A value computed on a thread of its own while the caller goes on; `wait` returns it (nil if
+/// never started).
+final class BackgroundResult<T>: @unchecked Sendable {
+    private var value: T?
+    private var started = false
+    private let done = DispatchSemaphore(value: 0)
+
+    func start(_ body: @escaping @Sendable () -> T) {
+        started = true
+        Thread.detachNewThread { [self] in
+            value = body()
+            done.signal()
+        }
+    }
+
+    func wait() -> T? {
+        guard started else { return nil }
+        done.wait()
+        return value
     }
 }

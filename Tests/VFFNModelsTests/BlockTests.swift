@@ -41,23 +41,27 @@ import VFFNFormats
         #expect(w(x, includeBias: false).data == [6, 15, 8, 17])
     }
 
-    /// Mapped F16/BF16 weights are decoded in blocks of rows; mapped F32 is read in place when
-    /// aligned and decoded when not. Every path must give what decoded floats give.
+    /// Mapped F16 weights are decoded in blocks of rows, BF16 ones read by the AVX-512 kernel
+    /// (where the CPU has it) at any byte alignment, over full 4 x 4 tiles and edges, with the
+    /// features split among threads; mapped F32 is read in place when aligned and decoded when
+    /// not. Every path must give what decoded floats give.
     @Test func mappedWeightsMatchDecodedFloats() {
         final class Owner { let bytes: [UInt8]; init(_ b: [UInt8]) { bytes = b } }
         let rows = Linear.decodeBlock / 64 + 3, cols = 64
         var rng = SystemRandomNumberGenerator()
         let values = (0..<rows * cols).map { _ in Float.random(in: -1...1, using: &rng) }
-        let x = Matrix(rows: 2, cols: cols, data: (0..<2 * cols).map { Float($0) / 7 - 2 })
-        for (dtype, shift) in [(DType.BF16, 0), (.F16, 0), (.F32, 0), (.F32, 1)] {
+        let tokens = 9
+        let x = Matrix(rows: tokens, cols: cols, data: (0..<tokens * cols).map { Float($0 % 97) / 7 - 6 })
+        for (dtype, shift) in [(DType.BF16, 0), (.BF16, 1), (.F16, 0), (.F32, 0), (.F32, 1)] {
             let owner = Owner([UInt8](repeating: 0, count: shift) + FloatCodec.encode(values, as: dtype))
             let bytes = owner.bytes.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[shift...]) }
             let mapped = Linear(mapped: bytes, dtype: dtype, owner: owner, outFeatures: rows, inFeatures: cols, bias: nil)
             let decoded = Linear(weight: FloatCodec.decode(bytes, as: dtype), outFeatures: rows, inFeatures: cols)
             #expect(mapped.values == decoded.values)
             for (a, b) in [(mapped, decoded), (mapped.rows(5..<rows - 1), decoded.rows(5..<rows - 1)),
-                           (mapped.columns(3..<11).rows(rows - 20..<rows), decoded.columns(3..<11).rows(rows - 20..<rows))] {
-                let input = Matrix(rows: 2, cols: a.inFeatures, data: Array(x.data.prefix(2 * a.inFeatures)))
+                           (mapped.columns(3..<11).rows(rows - 20..<rows), decoded.columns(3..<11).rows(rows - 20..<rows)),
+                           (mapped.columns(5..<42).rows(1..<rows - 2), decoded.columns(5..<42).rows(1..<rows - 2))] {
+                let input = Matrix(rows: tokens, cols: a.inFeatures, data: Array(x.data.prefix(tokens * a.inFeatures)))
                 let ya = a(input), yb = b(input)
                 #expect(ya.maxAbsDifference(yb) <= 1e-6 * max(1, yb.maxAbs), "\(dtype) shift \(shift)")
             }
