@@ -155,7 +155,11 @@ public enum Verifier {
                                       reordered: Set<String> = []) throws(VFFNError) -> VerificationReport.Check {
         var mismatches: [String] = []
         var bytes = 0, permuted = 0
-        for name in source.tensorNames {
+        let names = source.tensorNames
+        for (index, name) in names.enumerated() {
+            // Ask for the next tensor's source bytes now: the disk reads them while this one is
+            // compared, instead of page fault by page fault.
+            if index + 1 < names.count, let next = try source.bytes(names[index + 1]) { advise(next, willNeed: true) }
             if reordered.contains(name) {
                 // Reordered on purpose: dtype and shape must match; the dense forward pass below
                 // checks the values.
@@ -175,7 +179,7 @@ public enum Verifier {
             // The source is read once here; the forward passes read the destination three
             // times. Marking the source's pages cold lets the page cache keep the destination
             // when both do not fit (an 8B pair is 32 GB): without it verify re-read 29 GB from disk.
-            markCold(x)
+            advise(x, willNeed: false)
             bytes += x.count
         }
         let gateNames = Set(settings.gateTensors.flatMap { [$0.expertGate, $0.depthPredictor] })
@@ -189,14 +193,14 @@ public enum Verifier {
         return .init(name: "dense tensors bit-identical", passed: passed, detail: detail)
     }
 
-    /// madvise(MADV_COLD) over the whole pages of `bytes`: reclaimed first when memory is short.
-    /// A hint only; kernels before 5.4 ignore it.
-    static func markCold(_ bytes: UnsafeRawBufferPointer) {
+    /// madvise over the whole pages of `bytes`: MADV_WILLNEED (read ahead now) or MADV_COLD
+    /// (reclaim first when memory is short; kernels before 5.4 ignore it). Hints only.
+    static func advise(_ bytes: UnsafeRawBufferPointer, willNeed: Bool) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = (Int(bitPattern: base) + page - 1) / page * page, end = (Int(bitPattern: base) + bytes.count) / page * page
         guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
-        _ = madvise(p, end - start, 20)   // MADV_COLD, which Glibc's module does not name
+        _ = madvise(p, end - start, willNeed ? MADV_WILLNEED : 20)   // 20: MADV_COLD, which Glibc's module does not name
     }
 
     /// Deterministic probe token ids spread over the vocabulary.
