@@ -69,6 +69,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static inline __m512 bf
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
+// The horizontal sums of four accumulators, into y[0..3]: pairwise unpacks leave, in each 128-bit
+// lane, that lane's sums for the four, and the four lanes are then added. Each output's sum is a
+// fixed order over its own accumulator's lanes, whatever the other three hold, so an edge tile
+// (zeros in place of missing rows) rounds every output exactly as a full tile does, and results
+// do not depend on how the products are split among threads.
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    __m512 s = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23))));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 // A full 4 x 4 tile.
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile4x4(const float *x, size_t ldx, const uint16_t *w, size_t ldw,
                                                                                float *y, size_t ldy, size_t K) {
@@ -91,24 +105,26 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile4x4(con
         for (int i = 0; i < TILE; i++)
             for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_fmadd_ps(xv[i], wv[j], acc[i][j]);
     }
-    for (int i = 0; i < TILE; i++)
-        for (int j = 0; j < TILE; j++) y[i * ldy + j] = _mm512_reduce_add_ps(acc[i][j]);
+    for (int i = 0; i < TILE; i++) _mm_storeu_ps(y + i * ldy, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
 }
 
-// An edge tile of tr x nr (each at most 4), the same arithmetic one output at a time.
+// An edge tile of tr x nr (each at most 4): the same arithmetic for each output it has.
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile_edge(const float *x, size_t ldx, const uint16_t *w, size_t ldw,
                                                                                 float *y, size_t ldy, size_t K, size_t tr, size_t nr) {
-    for (size_t i = 0; i < tr; i++)
+    for (size_t i = 0; i < tr; i++) {
+        __m512 acc[TILE] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (size_t j = 0; j < nr; j++) {
-            __m512 acc = _mm512_setzero_ps();
             size_t k = 0;
-            for (; k + 16 <= K; k += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx + k), bf16_load(w + j * ldw + k), acc);
+            for (; k + 16 <= K; k += 16) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx + k), bf16_load(w + j * ldw + k), acc[j]);
             if (k < K) {
                 __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i * ldx + k), bf16_load_masked(w + j * ldw + k, m), acc);
+                acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i * ldx + k), bf16_load_masked(w + j * ldw + k, m), acc[j]);
             }
-            y[i * ldy + j] = _mm512_reduce_add_ps(acc);
         }
+        float out[TILE];
+        _mm_storeu_ps(out, reduce4(acc[0], acc[1], acc[2], acc[3]));
+        for (size_t j = 0; j < nr; j++) y[i * ldy + j] = out[j];
+    }
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void gemm_bf16_avx512(const float *x, size_t ldx, const uint16_t *w, size_t ldw,

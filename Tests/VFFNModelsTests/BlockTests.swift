@@ -69,6 +69,28 @@ import VFFNFormats
         }
     }
 
+    /// A product's result does not depend on how many threads split it, to the bit (the bf16
+    /// kernel's edge tiles sum as its full tiles do): --threads never changes a number.
+    @Test func productsDoNotDependOnTheThreadCount() {
+        final class Owner { let bytes: [UInt8]; init(_ b: [UInt8]) { bytes = b } }
+        let rows = 4099, cols = 37   // neither a multiple of 4 nor of 16
+        let values = (0..<rows * cols).map { Float(($0 * 7919) % 1000) / 500 - 1 }
+        let x = Matrix(rows: 7, cols: cols, data: (0..<7 * cols).map { Float(($0 * 31) % 17) / 8 - 1 })
+        let before = ComputeThreads.count
+        defer { ComputeThreads.set(before) }
+        for dtype in [DType.BF16, .F16, .F32] {
+            let owner = Owner(FloatCodec.encode(values, as: dtype))
+            let bytes = owner.bytes.withUnsafeBytes { $0 }
+            let w = Linear(mapped: bytes, dtype: dtype, owner: owner, outFeatures: rows, inFeatures: cols)
+            var outputs: [[Float]] = []
+            for threads in [1, 2, 3] {
+                ComputeThreads.set(threads)
+                outputs.append(w(x).data)
+            }
+            #expect(outputs[0] == outputs[1] && outputs[1] == outputs[2], "\(dtype)")
+        }
+    }
+
     @Test func layerNormByHand() {
         // x = [1, 2, 3, 6]: mean 3, biased variance 3.5, so (x - 3) / sqrt(3.5).
         let y = Norm.layer(weight: [1, 2, 1, 1], bias: [0, 0, 1, -1], eps: 0)(Matrix(rows: 1, cols: 4, data: [1, 2, 3, 6]))
