@@ -3,9 +3,11 @@
 // and must keep up with memory bandwidth; the compiler vectorizes these loops for each target
 // below, and the entry points pick the widest one the CPU has at run time.
 #include "ckernels.h"
-#include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
 
 #define BF16_LOOP                                                   \
     const uint8_t *s = (const uint8_t *)src;                        \
@@ -151,3 +153,24 @@ int vffn_gemm_bf16_available(void) {
 void vffn_gemm_bf16(const float *x, size_t ldx, const void *w, size_t ldw, float *y, size_t ldy, size_t T, size_t N, size_t K) {
     gemm_bf16_avx512(x, ldx, (const uint16_t *)w, ldw, y, ldy, T, N, K);
 }
+
+#else  // Not x86-64: plain loops, and no bf16 kernel (the forward widens and calls sgemm).
+
+void vffn_bf16_to_f32(const void *src, float *dst, size_t n) {
+    const uint8_t *s = (const uint8_t *)src;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, s + 2 * i, 2);
+        uint32_t u = (uint32_t)h << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
+int vffn_f16_to_f32(const void *src, float *dst, size_t n) { (void)src; (void)dst; (void)n; return 0; }
+
+int vffn_gemm_bf16_available(void) { return 0; }
+
+void vffn_gemm_bf16(const float *x, size_t ldx, const void *w, size_t ldw, float *y, size_t ldy, size_t T, size_t N, size_t K) {
+    (void)x; (void)ldx; (void)w; (void)ldw; (void)y; (void)ldy; (void)T; (void)N; (void)K;
+}
+#endif

@@ -12,7 +12,8 @@ ssize_t vffn_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *of
 
 #include <malloc.h>
 
-void vffn_malloc_keep_freed(size_t mmap_threshold, size_t trim_threshold) {
-    mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
-    mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
+int vffn_malloc_keep_freed(size_t mmap_threshold, size_t trim_threshold) {
+    // Both or neither: M_TRIM_THRESHOLD alone would freeze the mmap threshold at its default.
+    if (!mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold)) return 0;
+    return mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
 }

@@ -276,6 +276,9 @@ public enum Llama: Architecture {
         public var logitsScaling: Float
         /// Per layer, the attention window (nil: full causal attention).
         public var slidingWindows: [Int?]
+        /// Per layer, whether it is a sliding layer type, which picks `slidingRotary` even when
+        /// `sliding_window` is null (transformers' layer types do not depend on the window).
+        public var slidingLayers: [Bool]
         /// The rotary embedding of the full-attention layers (of every layer, in most families),
         /// and of the sliding layers where the family has one per layer type.
         public var rotary: Rotary
@@ -411,9 +414,10 @@ public enum Llama: Architecture {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
             }
             slidingWindows = try Self.slidingWindows(r, traits: traits, layers: numLayers)
+            slidingLayers = try Self.slidingLayerTypes(r, traits: traits, windows: slidingWindows)
             maxPositionEmbeddings = (json["max_position_embeddings"]?.isNull ?? true) ? nil : try r.int("max_position_embeddings")
             (rotary, slidingRotary, rotaryDim) = try Self.rotaries(r, traits: traits, headDim: headDim, maxPositions: maxPositionEmbeddings)
-            let dynamic = rotary.type == "dynamic" || slidingRotary?.type == "dynamic" && slidingWindows.contains { $0 != nil }
+            let dynamic = rotary.type == "dynamic" || slidingRotary?.type == "dynamic" && slidingLayers.contains(true)
             maxPositions = dynamic ? try r.int("max_position_embeddings") : nil
             if try r.bool("use_bidirectional_attention", default: false) {
                 throw .badInput(path, "use_bidirectional_attention (an embedding model's bidirectional attention) is not supported")
@@ -516,11 +520,26 @@ public enum Llama: Architecture {
             func make(_ theta: Double, _ rope: (params: JSON?, type: String)) throws(VFFNError) -> Rotary {
                 guard theta > 0, theta.isFinite else { throw .badInput(r.path, "rope_theta \(theta) must be positive") }
                 let f = try Self.inverseFrequencies(r, dim: dim, theta: theta, rope: rope, maxPositions: maxPositions,
-                                                    originalContextDefault: traits.originalContextDefault)
+                                                    originalContextDefault: traits.originalContextDefault, nested: nested)
                 return Rotary(theta: theta, type: rope.type, inverseFrequencies: f.short, longInverseFrequencies: f.long,
                               longropeOriginal: f.original, scale: f.scale)
             }
             return (try make(theta, rope), try sliding.map { (s) throws(VFFNError) in try make(s.theta, (s.params, s.type)) }, dim)
+        }
+
+        /// Which layers are of the sliding type: `layer_types`, else the family's pattern, else
+        /// those with a window.
+        static func slidingLayerTypes(_ r: ConfigReader, traits: DecoderTraits, windows: [Int?]) throws(VFFNError) -> [Bool] {
+            if let types = r.json["layer_types"]?.arrayValue { return types.map { $0.stringValue == "sliding_attention" } }
+            switch traits.windows {
+            case let .pattern(key, period):
+                let p = try key.map { (k) throws(VFFNError) in try r.int(k, default: period) } ?? period
+                return windows.indices.map { ($0 + 1) % p != 0 }
+            case .evenLayers:
+                return windows.indices.map { $0 % 2 == 0 }
+            default:
+                return windows.map { $0 != nil }
+            }
         }
 
         /// The rotary settings: `rope_parameters` (transformers 5) or `rope_scaling` (transformers 4),
@@ -532,8 +551,11 @@ public enum Llama: Architecture {
 
         /// `1 / theta^(2i/dim)` in f32 as transformers computes it, adjusted by the rope type for
         /// the types we implement; longrope also gives its long-sequence set and cos/sin scale.
+        /// `nested`: the settings are one layer type's of a nested `rope_parameters`, which
+        /// transformers 5 takes as they are (no top-level original context, and yarn's
+        /// `truncate` looked up in the outer dict, so always on).
         static func inverseFrequencies(_ r: ConfigReader, dim: Int, theta: Double, rope: (params: JSON?, type: String), maxPositions: Int?,
-                                       originalContextDefault: Int? = nil) throws(VFFNError) -> (short: [Float], long: [Float]?, original: Int?, scale: Float) {
+                                       originalContextDefault: Int? = nil, nested: Bool = false) throws(VFFNError) -> (short: [Float], long: [Float]?, original: Int?, scale: Float) {
             let params = rope.params
             let base = Float(theta)
             var inv = (0..<dim / 2).map { i in 1 / powf(base, Float(2 * i) / Float(dim)) }
@@ -567,8 +589,8 @@ public enum Llama: Architecture {
                 // by a linear ramp over the correction range, and cos/sin scaled by the attention factor.
                 // As transformers 5 standardizes it: the top-level value, the nested one, then
                 // max_position_embeddings.
-                guard let original = r.json["original_max_position_embeddings"]?.doubleValue
-                        ?? params?["original_max_position_embeddings"]?.doubleValue ?? maxPositions.map(Double.init), original > 0 else {
+                let top = nested ? nil : r.json["original_max_position_embeddings"]?.doubleValue
+                guard let original = top ?? params?["original_max_position_embeddings"]?.doubleValue ?? maxPositions.map(Double.init), original > 0 else {
                     throw .badInput(r.path, "yarn rope scaling needs original_max_position_embeddings")
                 }
                 guard let factor = params?["factor"]?.doubleValue ?? maxPositions.map({ Double($0) / original }), factor > 0 else {
@@ -584,7 +606,7 @@ public enum Llama: Architecture {
                     attention = mscale(factor)
                 }
                 let fast = params?["beta_fast"]?.doubleValue ?? 32, slow = params?["beta_slow"]?.doubleValue ?? 1
-                let truncate = params?["truncate"]?.boolValue ?? true
+                let truncate = nested ? true : params?["truncate"]?.boolValue ?? true
                 func correction(_ rotations: Double) -> Double {
                     Double(dim) * log(original / (rotations * 2 * Double.pi)) / (2 * log(theta))
                 }
@@ -835,7 +857,7 @@ public enum Llama: Architecture {
                 o: try l.scope(DecoderTensor.o.rawValue).linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
                 qNorm: c.qkNormPerHead || c.qkNormFullWidth ? try qkNorm(l.scope(DecoderTensor.qNorm.rawValue), count: c.qkNormFullWidth ? qDim : hd) : nil,
                 kNorm: c.qkNormPerHead || c.qkNormFullWidth ? try qkNorm(l.scope(DecoderTensor.kNorm.rawValue), count: c.qkNormFullWidth ? kvDim : hd) : nil,
-                rotary: c.ropeLayers[i] ? (c.slidingWindows[i] != nil ? c.slidingRotary ?? c.rotary : c.rotary) : nil,
+                rotary: c.ropeLayers[i] ? (c.slidingLayers[i] ? c.slidingRotary ?? c.rotary : c.rotary) : nil,
                 slidingWindow: c.slidingWindows[i]))
             var projections: [Linear] = []
             for proj in c.ffn.projections {

@@ -156,7 +156,9 @@ public struct Linear: Sendable {
 
     /// Calls `body` with consecutive blocks of this view's stored rows as contiguous f32
     /// (`pointer`, leading dimension, first stored row relative to the view, row count).
-    func withStoredBlocks(_ body: (UnsafePointer<Float>, Int, Int, Int) -> Void) {
+    /// `blockRows` fixes the rows per decoded block (a part of a product passes its whole
+    /// product's, so that how a Conv1D product is summed does not depend on the split).
+    func withStoredBlocks(blockRows fixedRows: Int? = nil, _ body: (UnsafePointer<Float>, Int, Int, Int) -> Void) {
         let rows = storedRows, cols = storedColumnRange
         guard rows.count > 0, cols.count > 0 else { return }
         switch storage {
@@ -167,7 +169,7 @@ public struct Linear: Sendable {
             body(p + rows.lowerBound * storedColumns + cols.lowerBound, storedColumns, 0, rows.count)
         case let .mapped(bytes, dtype, _):
             let size = dtype.bitSize / 8, width = cols.count
-            let blockRows = max(1, min(rows.count, Self.decodeBlock / width))
+            let blockRows = max(1, min(rows.count, fixedRows ?? Self.decodeBlock / width))
             let stored = storedColumns
             DecodeWorkspace.shared.with(count: blockRows * width) { buf in
                 for first in stride(from: 0, to: rows.count, by: blockRows) {
@@ -249,8 +251,11 @@ public struct Linear: Sendable {
                         }
                         return
                     }
+                    // A transposed (Conv1D) product sums over blocks of input rows: sized by the
+                    // whole product's width, the same blocks whatever the split.
+                    let blockRows = max(1, Self.decodeBlock / (transposed ? n : inFeatures))
                     ComputeThreads.forEachPart(of: n, parts: parts) { part in
-                        outputPart(part).withStoredBlocks { w, ld, first, count in
+                        outputPart(part).withStoredBlocks(blockRows: blockRows) { w, ld, first, count in
                             if transposed {
                                 // A block of input rows: its share of this part's outputs, accumulated.
                                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,

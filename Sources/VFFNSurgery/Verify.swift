@@ -66,7 +66,6 @@ public enum Verifier {
         guard let settings = try VersatileFFNSettings.read(from: dst.config, path: destination + "/config.json") else {
             throw .badInput(destination + "/config.json", "has no \"versatile_ffn\" section; not a converted checkpoint")
         }
-        var checks: [VerificationReport.Check] = []
         let section = dst.config[VersatileFFNSettings.key]!
         let permuted = section["neuron_permutation"]?.boolValue == true
         // With a neuron permutation the FFN tensors are reordered on purpose: the dense forward
@@ -84,6 +83,21 @@ public enum Verifier {
                 } catch { return .failure(error) }
             }
         }
+        do throws(VFFNError) {
+            return try forwardChecks(dst, settings: settings, section: section, permuted: permuted, sourceCheckpoint: sourceCheckpoint,
+                                     probeTokens: probeTokens, seed: seed, identical: identical)
+        } catch {
+            // The comparison started first: its error is the one a sequential verify would give.
+            if case let .failure(comparison)? = identical.wait() { throw comparison }
+            throw error
+        }
+    }
+
+    /// Everything of `verify` after the byte comparison started; it is waited for at the end.
+    static func forwardChecks(_ dst: Checkpoint, settings: VersatileFFNSettings, section: JSON, permuted: Bool, sourceCheckpoint: Checkpoint?,
+                              probeTokens: [Int]?, seed: UInt64,
+                              identical: BackgroundResult<Result<VerificationReport.Check, VFFNError>>) throws(VFFNError) -> VerificationReport {
+        var checks: [VerificationReport.Check] = []
         let model = try Architectures.load(dst)
         guard let versatile = model.versatileLayers else { preconditionFailure("settings read but no gates loaded") }
         let gatesFinite = versatile.allSatisfy { $0.expertGate.isFinite && $0.depthPredictor.isFinite }
@@ -256,10 +270,11 @@ extension VerificationReport {
 }
 
 /// A value computed on a thread of its own while the caller goes on; `wait` returns it (nil if
-/// never started).
+/// never started), as often as it is called.
 final class BackgroundResult<T>: @unchecked Sendable {
     private var value: T?
     private var started = false
+    private var finished = false
     private let done = DispatchSemaphore(value: 0)
 
     func start(_ body: @escaping @Sendable () -> T) {
@@ -272,7 +287,10 @@ final class BackgroundResult<T>: @unchecked Sendable {
 
     func wait() -> T? {
         guard started else { return nil }
-        done.wait()
+        if !finished {
+            done.wait()
+            finished = true
+        }
         return value
     }
 }

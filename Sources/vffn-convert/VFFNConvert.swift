@@ -37,8 +37,9 @@ struct VFFNConvert: ParsableCommand {
     static func main() {
         // The forward pass allocates activations of megabytes per product. glibc serves those
         // with fresh mmaps and trims freed heap at once, so every product faulted in zeroed
-        // pages again (3% of a VersatileFFN run); keep up to 256 MiB of them for reuse instead.
-        vffn_malloc_keep_freed(64 << 20, 256 << 20)
+        // pages again (3% of a VersatileFFN run); serve up to 32 MiB (glibc's largest threshold)
+        // from the heap and keep up to 256 MiB of it for reuse instead.
+        _ = vffn_malloc_keep_freed(32 << 20, 256 << 20)
         let arguments = Array(CommandLine.arguments.dropFirst())
         if arguments.isEmpty {
             FileHandle.standardError.write(Data(helpMessage().utf8))

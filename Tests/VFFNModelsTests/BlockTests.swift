@@ -89,6 +89,22 @@ import VFFNFormats
             }
             #expect(outputs[0] == outputs[1] && outputs[1] == outputs[2], "\(dtype)")
         }
+        // GPT-2's Conv1D layout sums over blocks of input rows; wide enough that a thread's part
+        // alone would be summed in fewer, larger blocks.
+        let (inputs, outputs) = (2000, 3000)
+        let conv = (0..<inputs * outputs).map { Float(($0 * 7919) % 1000) / 500 - 1 }
+        let h = Matrix(rows: 3, cols: inputs, data: (0..<3 * inputs).map { Float(($0 * 31) % 17) / 8 - 1 })
+        for dtype in [DType.BF16, .F16] {
+            let owner = Owner(FloatCodec.encode(conv, as: dtype))
+            let bytes = owner.bytes.withUnsafeBytes { $0 }
+            let w = Linear(mapped: bytes, dtype: dtype, owner: owner, outFeatures: outputs, inFeatures: inputs, transposed: true)
+            var results: [[Float]] = []
+            for threads in [1, 2] {
+                ComputeThreads.set(threads)
+                results.append(w(h).data)
+            }
+            #expect(results[0] == results[1], "transposed \(dtype)")
+        }
     }
 
     @Test func layerNormByHand() {

@@ -10,7 +10,7 @@ ssize_t vffn_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *of
 
 /// mallopt(3)'s M_MMAP_THRESHOLD and M_TRIM_THRESHOLD, which malloc.h declares and Swift's Glibc
 /// module does not export: allocations below the first come from the heap, and freed heap above
-/// the second goes back to the kernel.
-void vffn_malloc_keep_freed(size_t mmap_threshold, size_t trim_threshold);
+/// the second goes back to the kernel. Returns 0 if glibc refused (the first above 32 MiB).
+int vffn_malloc_keep_freed(size_t mmap_threshold, size_t trim_threshold);
 
 #endif

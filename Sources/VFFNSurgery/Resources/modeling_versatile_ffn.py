@@ -315,9 +315,14 @@ def _rope_settings_for_transformers_4(config):
         # One embedding per layer type (Gemma 3, OLMo 3): 4.x reads the global base and the
         # scaling of the full-attention layers at the top level, Gemma 3's local base beside them.
         local = params.get("sliding_attention") or {}
+        full = params.get("full_attention") or {}
         if "rope_theta" in local and config.model_type == "gemma3_text":
             config.rope_local_base_freq = local["rope_theta"]
-        params = params.get("full_attention") or {}
+        elif local.get("rope_theta", full.get("rope_theta")) != full.get("rope_theta"):
+            # transformers 4's OLMo 3 rotates both layer types with one rope_theta.
+            raise ValueError(f"transformers {transformers.__version__} gives {config.model_type}'s sliding and full layers one rope base; "
+                             f"this checkpoint has {local.get('rope_theta')} and {full.get('rope_theta')}: use transformers 5")
+        params = full
     if "rope_theta" in params:
         config.rope_theta = params["rope_theta"]
     if "partial_rotary_factor" in params:
@@ -343,9 +348,14 @@ def _embedding_scale_as_recorded(model, config):
         with torch.no_grad():
             embed.embed_scale.fill_(float(scale))
     else:
-        # transformers 4 multiplies by sqrt(hidden_size) after the lookup.
-        ratio = float(scale) / config.hidden_size**0.5
-        embed.register_forward_hook(lambda module, inputs, output: output * ratio)
+        # transformers 4 multiplies by sqrt(hidden_size) after the lookup, rounded to the
+        # activations' dtype: the hook makes the product the recorded scale (a factor of exactly
+        # 1 when the model runs in the stored dtype).
+        root = config.hidden_size**0.5
+
+        def rescale(module, inputs, output):
+            return output * (float(scale) / float(torch.tensor(root, dtype=output.dtype)))
+        embed.register_forward_hook(rescale)
 
 
 class _VersatileModelMixin:
