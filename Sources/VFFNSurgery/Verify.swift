@@ -76,10 +76,9 @@ public enum Verifier {
         // runs beside the forward passes, which compute (a third of verify's time at 8B).
         let identical = BackgroundResult<Result<VerificationReport.Check, VFFNError>>()
         if let sourceCheckpoint {
-            nonisolated(unsafe) let (source, destination) = (sourceCheckpoint, dst)
             identical.start {
                 do throws(VFFNError) {
-                    return .success(try denseTensorsIdentical(source: source, destination: destination, settings: settings, reordered: reordered))
+                    return .success(try denseTensorsIdentical(source: sourceCheckpoint, destination: dst, settings: settings, reordered: reordered))
                 } catch { return .failure(error) }
             }
         }
