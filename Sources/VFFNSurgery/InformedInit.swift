@@ -165,6 +165,13 @@ enum InformedInit {
                 if let angular = angularDepth(x, counts: counts, e1: e1, e2: e2), miss(angular) < miss(predictor) { predictor = angular }
             }
         }
+        // Adding one vector to every row does not move an argmax either: subtract their mean,
+        // which the thresholds' intercepts share, so that rounding the rows to bf16 (relative
+        // 2^-9 of each value) does not swamp the differences between them that decide depths.
+        for c in 0..<d {
+            let m = (0..<D).reduce(Float(0)) { $0 + predictor[$1 * d + c] } / Float(D)
+            for l in 0..<D { predictor[l * d + c] -= m }
+        }
         // Scaling does not move an argmax; give the rows the paper's magnitude.
         let largest = (0..<D).map { l in (0..<d).reduce(Float(0)) { $0 + predictor[l * d + $1] * predictor[l * d + $1] }.squareRoot() }.max()!
         if largest > 0 { predictor = predictor.map { $0 * paperRowNorm(d) / largest } }

@@ -96,9 +96,12 @@ public struct UpcyclePlan: @unchecked Sendable {
                 var fitted: [DepthCalibration] = []
                 for i in layers.indices {
                     var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(i) << 8 | 0x20)
-                    let (rows, result) = InformedInit.calibratedDepth(inputs[i], target: target, rng: &rng)
-                    layers[i].depthPredictor = rows
-                    fitted.append(result)
+                    let (rows, _) = InformedInit.calibratedDepth(inputs[i], target: target, rng: &rng)
+                    // The histogram recorded is the one the stored gates give: rounded to their
+                    // dtype (bf16 moves a token near a boundary now and then), as verify reads them.
+                    let stored = FloatCodec.encode(rows, as: layers[i].dtype).withUnsafeBytes { FloatCodec.decode($0, as: layers[i].dtype) }
+                    layers[i].depthPredictor = stored
+                    fitted.append(DepthCalibration(histogram: InformedInit.depthHistogram(inputs[i], predictor: stored, depth: maxDepth)))
                 }
                 calibration = (tokens, target, fitted)
             }

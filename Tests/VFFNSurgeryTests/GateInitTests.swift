@@ -117,8 +117,9 @@ import VFFNModels
     }
 
     /// The calibrated predictor puts the calibration tokens at the target depths: exactly (to
-    /// the token) when there are no more tokens than hidden dimensions.
-    @Test(arguments: ["llama-gqa-sharded", "mistral-f16", "qwen3-tiny", "smollm3-tiny", "granite-tiny", "olmo-tiny", "starcoder2-bf16-4x", "phi3-longrope", "olmo2-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma3-tiny", "olmo3-tiny", "gpt2-tiny", "bert-noprefix-bf16"])
+    /// the token) when there are no more tokens than hidden dimensions, and still after its rows
+    /// are rounded to bf16 (olmo3-bf16-4x missed the target by 0.075 before they were centred).
+    @Test(arguments: ["llama-gqa-sharded", "mistral-f16", "qwen3-tiny", "smollm3-tiny", "granite-tiny", "olmo-tiny", "starcoder2-bf16-4x", "phi3-longrope", "olmo2-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma3-tiny", "olmo3-tiny", "olmo3-bf16-4x", "gpt2-tiny", "bert-noprefix-bf16"])
     func calibratedDepthHitsTheTargetHistogram(fixture: String) throws {
         let target = [0.4, 0.3, 0.2, 0.1]
         let (plan, dst) = try convert(fixture, GateOptions(depthInit: .calibrated, depthTarget: target))
