@@ -104,9 +104,9 @@ public struct Linear: Sendable {
     /// Bias over the selected outputs (already sliced).
     public let bias: [Float]?
 
-    /// Largest block of decoded rows one thread holds at once, in floats (16 MiB): each block is
-    /// one sgemm, which packs the activations again, so blocks of a few hundred rows spent a tenth
-    /// of the forward on that; 1, 4 and 16 Mi floats measured, 4 the fastest.
+    /// Decoded rows held at once by one product, in floats (16 MiB, split among its threads):
+    /// each block is one sgemm, which packs the activations again, so blocks of a few hundred rows
+    /// spent a tenth of the forward on that; 1, 4 and 16 Mi floats measured, 4 the fastest.
     static let decodeBlock = 1 << 22
 
     public var outFeatures: Int { outputs.count }
@@ -252,8 +252,9 @@ public struct Linear: Sendable {
                         return
                     }
                     // A transposed (Conv1D) product sums over blocks of input rows: sized by the
-                    // whole product's width, the same blocks whatever the split.
-                    let blockRows = max(1, Self.decodeBlock / (transposed ? n : inFeatures))
+                    // whole product's width, the same blocks whatever the split. Either way the
+                    // parts' blocks add up to one `decodeBlock`, however many threads there are.
+                    let blockRows = max(1, transposed ? Self.decodeBlock / n : Self.decodeBlock / parts / inFeatures)
                     ComputeThreads.forEachPart(of: n, parts: parts) { part in
                         outputPart(part).withStoredBlocks(blockRows: blockRows) { w, ld, first, count in
                             if transposed {
