@@ -52,24 +52,20 @@ public struct GatedFeedForward: FeedForward {
         var a = gate(h)
         let b = up(h)
         let act = activation
-        a.data.withUnsafeMutableBufferPointer { ap in
-            b.data.withUnsafeBufferPointer { bp in
-                nonisolated(unsafe) let (ab, bb) = (ap.baseAddress!, bp.baseAddress!)
-                ComputeThreads.forEachPart(of: ap.count, parts: ComputeThreads.parts(items: ap.count / 1024, work: ap.count * 64)) { part in
-                    if act == .silu {
-                        for i in part { ab[i] = silu(ab[i]) * bb[i] }
-                    } else {
-                        for i in part { ab[i] = act(ab[i]) * bb[i] }
-                    }
+        b.data.withUnsafeBufferPointer { bp in
+            nonisolated(unsafe) let bb = bp.baseAddress!
+            a.updateInParallel { ab, part in
+                if act == .silu {
+                    for i in part { ab[i] = silu(ab[i]) * bb[i] }
+                } else {
+                    for i in part { ab[i] = act(ab[i]) * bb[i] }
                 }
             }
         }
         return a
     }
 
-    public func project(_ a: Matrix, neurons: Range<Int>) -> Matrix {
-        (neurons == 0..<intermediateSize ? down : down.columns(neurons))(a)
-    }
+    public func project(_ a: Matrix, neurons: Range<Int>) -> Matrix { down.columns(neurons)(a) }
 
     public func restricted(to neurons: Range<Int>) -> GatedFeedForward {
         GatedFeedForward(gate: gate.rows(neurons), up: up.rows(neurons), down: down.columns(neurons), activation: activation)
@@ -96,13 +92,14 @@ public struct UngatedFeedForward: FeedForward {
 
     public func activations(_ h: Matrix) -> Matrix {
         var a = input(h)
-        for i in a.data.indices { a.data[i] = activation(a.data[i]) }
+        let act = activation
+        a.updateInParallel { ab, part in
+            for i in part { ab[i] = act(ab[i]) }
+        }
         return a
     }
 
-    public func project(_ a: Matrix, neurons: Range<Int>) -> Matrix {
-        (neurons == 0..<intermediateSize ? output : output.columns(neurons))(a)
-    }
+    public func project(_ a: Matrix, neurons: Range<Int>) -> Matrix { output.columns(neurons)(a) }
 
     public func restricted(to neurons: Range<Int>) -> UngatedFeedForward {
         UngatedFeedForward(input: input.rows(neurons), output: output.columns(neurons), activation: activation)

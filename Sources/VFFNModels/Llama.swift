@@ -112,9 +112,18 @@ public enum Llama: Architecture {
             /// Gemma's RMSNorm, which scales by `1 + w` (its weights are stored around 0).
             case rmsOnePlusWeight(defaultEps: Double)
             /// OLMo's LayerNorm without weight or bias, eps fixed in its code.
-            case layerWithoutParameters(eps: Float)
+            case layerWithoutParameters(eps: Double)
             /// LayerNorm with weight and bias.
             case layerWithBias(epsKey: String, defaultEps: Double)
+
+            /// The eps as the config gives it, else the family's value.
+            func eps(_ r: ConfigReader) throws(VFFNError) -> Double {
+                switch self {
+                case let .rms(value), let .rmsOnePlusWeight(value): return try r.double("rms_norm_eps", default: value)
+                case let .layerWithoutParameters(value): return value
+                case let .layerWithBias(key, value): return try r.double(key, default: value)
+                }
+            }
         }
         public enum FFNRule: Sendable {
             case gated, fusedGateUp
@@ -233,7 +242,7 @@ public enum Llama: Architecture {
         public var headDim: Int
         /// The family's norm rule, and its eps as the config gives it (q/k norms use it too).
         public var norm: DecoderTraits.NormRule
-        public var normEps: Float
+        public var normEps: Double
         /// OLMo: every norm is a LayerNorm without weight or bias, eps 1e-5 (hard-coded there).
         public var parameterFreeLayerNorm: Bool {
             if case .layerWithoutParameters = norm { return true }
@@ -363,14 +372,7 @@ public enum Llama: Architecture {
             }
             fusedQKV = traits.fusedQKV
             norm = traits.norm
-            switch traits.norm {
-            case let .rms(defaultEps), let .rmsOnePlusWeight(defaultEps):
-                normEps = Float(try r.double("rms_norm_eps", default: defaultEps))
-            case let .layerWithoutParameters(eps):
-                normEps = eps
-            case let .layerWithBias(epsKey, defaultEps):
-                normEps = Float(try r.double(epsKey, default: defaultEps))
-            }
+            normEps = try traits.norm.eps(r)
             if traits.clipQKV, let clip = json["clip_qkv"], !clip.isNull {
                 let c = try r.double("clip_qkv", default: .nan)
                 guard c > 0, c.isFinite else { throw .badInput(path, "clip_qkv \(c) must be positive") }
@@ -413,8 +415,7 @@ public enum Llama: Architecture {
             guard logitsScaling != 0, logitsScaling.isFinite, embeddingMultiplier.isFinite, attentionScale.isFinite, residualMultiplier.isFinite else {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
             }
-            slidingWindows = try Self.slidingWindows(r, traits: traits, layers: numLayers)
-            slidingLayers = try Self.slidingLayerTypes(r, traits: traits, windows: slidingWindows)
+            (slidingLayers, slidingWindows) = try Self.slidingLayers(r, traits: traits, layers: numLayers)
             maxPositionEmbeddings = (json["max_position_embeddings"]?.isNull ?? true) ? nil : try r.int("max_position_embeddings")
             (rotary, slidingRotary, rotaryDim) = try Self.rotaries(r, traits: traits, headDim: headDim, maxPositions: maxPositionEmbeddings)
             let dynamic = rotary.type == "dynamic" || slidingRotary?.type == "dynamic" && slidingLayers.contains(true)
@@ -439,47 +440,52 @@ public enum Llama: Architecture {
             return (0..<layers).map { ($0 + 1) % interval != 0 }
         }
 
-        /// Which layers attend within a window. transformers 5 lists `layer_types`; older configs
-        /// say it with `sliding_window` (Mistral) or `use_sliding_window` + `max_window_layers` (Qwen2).
-        static func slidingWindows(_ r: ConfigReader, traits: DecoderTraits, layers: Int) throws(VFFNError) -> [Int?] {
+        /// Which layers are of the sliding type, and each layer's window (nil: full attention).
+        /// transformers 5 lists `layer_types`; older configs say it with `sliding_window`
+        /// (Mistral), `use_sliding_window` + `max_window_layers` (Qwen2) or the family's pattern.
+        /// A sliding type without a window attends fully but still takes the sliding layers'
+        /// rotary embedding, as transformers' layer types do not depend on the window.
+        static func slidingLayers(_ r: ConfigReader, traits: DecoderTraits, layers: Int) throws(VFFNError) -> (types: [Bool], windows: [Int?]) {
             let window: Int? = r.json["sliding_window"] == nil ? traits.slidingWindowDefault
                 : r.json["sliding_window"]!.isNull ? nil : try r.int("sliding_window")
+            func sliding(_ types: [Bool]) -> (types: [Bool], windows: [Int?]) { (types, types.map { $0 ? window : nil }) }
+            let none = [Bool](repeating: false, count: layers)
             if case .noRopeLayers = traits.windows {
                 // SmolLM3 slides only with use_sliding_window, whatever layer_types says; without
                 // layer_types, its NoPE layers are the sliding ones.
-                guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
+                guard try r.bool("use_sliding_window", default: false), window != nil else { return sliding(none) }
                 if r.json["layer_types"]?.arrayValue == nil {
-                    return try ropeLayers(r, traits: traits, layers: layers).map { $0 ? nil : window }
+                    return sliding(try ropeLayers(r, traits: traits, layers: layers).map { !$0 })
                 }
             }
             if let types = r.json["layer_types"]?.arrayValue {
                 guard types.count == layers else { throw .badInput(r.path, "layer_types has \(types.count) entries for \(layers) layers") }
-                var out: [Int?] = []
+                var out: [Bool] = []
                 for t in types {
                     switch t.stringValue {
-                    case "full_attention": out.append(nil)
+                    case "full_attention": out.append(false)
                     case "sliding_attention":
-                        guard let window else { throw .badInput(r.path, "layer_types asks for sliding_attention but sliding_window is null") }
-                        out.append(window)
+                        guard window != nil else { throw .badInput(r.path, "layer_types asks for sliding_attention but sliding_window is null") }
+                        out.append(true)
                     default: throw .badInput(r.path, "layer_types entry \(t.compact) is not supported (full_attention, sliding_attention)")
                     }
                 }
-                return out
+                return sliding(out)
             }
             switch traits.windows {
             case .everyLayer:
-                return Array(repeating: window, count: layers)
+                return sliding(Array(repeating: window != nil, count: layers))
             case .fromMaxWindowLayers:
-                guard try r.bool("use_sliding_window", default: false), let window else { return Array(repeating: nil, count: layers) }
+                guard try r.bool("use_sliding_window", default: false), window != nil else { return sliding(none) }
                 let from = try r.int("max_window_layers", default: 28)   // Qwen2Config's and Qwen3Config's default
-                return (0..<layers).map { $0 >= from ? window : nil }
+                return sliding((0..<layers).map { $0 >= from })
             case .evenLayers:
-                return (0..<layers).map { $0 % 2 == 0 ? window : nil }
+                return sliding((0..<layers).map { $0 % 2 == 0 })
             case let .pattern(key, period):
                 let p = try key.map { (k) throws(VFFNError) in try r.int(k, default: period) } ?? period
-                return (0..<layers).map { ($0 + 1) % p != 0 ? window : nil }
+                return sliding((0..<layers).map { ($0 + 1) % p != 0 })
             case .none, .noRopeLayers:
-                return Array(repeating: nil, count: layers)
+                return sliding(none)
             }
         }
 
@@ -499,11 +505,9 @@ public enum Llama: Architecture {
                 case let .localBase(key, value): localDefault = try r.double(key, default: value)
                 }
                 if nested {
-                    let local = rope.params?["sliding_attention"]
-                    let localType = local?["rope_type"]?.stringValue ?? local?["type"]?.stringValue ?? "default"
-                    sliding = (local, localType, local?["rope_theta"]?.doubleValue ?? localDefault)
-                    let full = rope.params?["full_attention"]
-                    rope = (full, full?["rope_type"]?.stringValue ?? full?["type"]?.stringValue ?? "default")
+                    let local = rope.params?["sliding_attention"], full = rope.params?["full_attention"]
+                    sliding = (local, Self.ropeType(local), local?["rope_theta"]?.doubleValue ?? localDefault)
+                    rope = (full, Self.ropeType(full))
                 } else {
                     sliding = (nil, "default", localDefault)
                 }
@@ -527,26 +531,16 @@ public enum Llama: Architecture {
             return (try make(theta, rope), try sliding.map { (s) throws(VFFNError) in try make(s.theta, (s.params, s.type)) }, dim)
         }
 
-        /// Which layers are of the sliding type: `layer_types`, else the family's pattern, else
-        /// those with a window.
-        static func slidingLayerTypes(_ r: ConfigReader, traits: DecoderTraits, windows: [Int?]) throws(VFFNError) -> [Bool] {
-            if let types = r.json["layer_types"]?.arrayValue { return types.map { $0.stringValue == "sliding_attention" } }
-            switch traits.windows {
-            case let .pattern(key, period):
-                let p = try key.map { (k) throws(VFFNError) in try r.int(k, default: period) } ?? period
-                return windows.indices.map { ($0 + 1) % p != 0 }
-            case .evenLayers:
-                return windows.indices.map { $0 % 2 == 0 }
-            default:
-                return windows.map { $0 != nil }
-            }
-        }
-
         /// The rotary settings: `rope_parameters` (transformers 5) or `rope_scaling` (transformers 4),
         /// whichever is present and not null, and its type (`rope_type`, or 4.x's older `type`).
         static func ropeParameters(_ json: JSON) -> (params: JSON?, type: String) {
             let params = [json["rope_parameters"], json["rope_scaling"]].compactMap { $0 }.first { !$0.isNull }
-            return (params, params?["rope_type"]?.stringValue ?? params?["type"]?.stringValue ?? "default")
+            return (params, ropeType(params))
+        }
+
+        /// A rope settings object's type: `rope_type`, or 4.x's older `type`, or "default".
+        static func ropeType(_ params: JSON?) -> String {
+            params?["rope_type"]?.stringValue ?? params?["type"]?.stringValue ?? "default"
         }
 
         /// `1 / theta^(2i/dim)` in f32 as transformers computes it, adjusted by the rope type for
@@ -812,27 +806,27 @@ public enum Llama: Architecture {
         if let scale = storedEmbeddingScale(c, checkpoint) { c.embeddingMultiplier = scale }
         let store = WeightStore(checkpoint)
         let root = store.scope("")
-        let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim
+        let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim, eps = Float(c.normEps)
         let embedding = try root.scope(String(c.names.embedding.dropLast(".weight".count))).linear(out: c.vocabSize, in: d, bias: false)
         /// The family's norm at `scope`: RMSNorm with its weight (Gemma's by 1 + w), OLMo's
         /// LayerNorm without any, or StarCoder2's with weight and bias.
         func norm(_ scope: WeightScope) throws(VFFNError) -> Norm {
             switch c.norm {
             case .layerWithoutParameters:
-                return .layer(weight: [Float](repeating: 1, count: d), bias: [Float](repeating: 0, count: d), eps: c.normEps)
+                return .layer(weight: [Float](repeating: 1, count: d), bias: [Float](repeating: 0, count: d), eps: eps)
             case .layerWithBias:
-                return .layer(weight: try scope.vector("weight", count: d), bias: try scope.vector("bias", count: d), eps: c.normEps)
+                return .layer(weight: try scope.vector("weight", count: d), bias: try scope.vector("bias", count: d), eps: eps)
             case .rms:
-                return .rms(weight: try scope.vector("weight", count: d), eps: c.normEps)
+                return .rms(weight: try scope.vector("weight", count: d), eps: eps)
             case .rmsOnePlusWeight:
-                return .rms(weight: try scope.vector("weight", count: d).map { 1 + $0 }, eps: c.normEps)
+                return .rms(weight: try scope.vector("weight", count: d).map { 1 + $0 }, eps: eps)
             }
         }
         /// q/k RMSNorms, by 1 + w in Gemma 3 as its other norms.
         func qkNorm(_ scope: WeightScope, count: Int) throws(VFFNError) -> Norm {
             let w = try scope.vector("weight", count: count)
-            if case .rmsOnePlusWeight = c.norm { return .rms(weight: w.map { 1 + $0 }, eps: c.normEps) }
-            return .rms(weight: w, eps: c.normEps)
+            if case .rmsOnePlusWeight = c.norm { return .rms(weight: w.map { 1 + $0 }, eps: eps) }
+            return .rms(weight: w, eps: eps)
         }
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []

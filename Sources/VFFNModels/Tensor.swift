@@ -22,16 +22,9 @@ public struct Matrix: Sendable {
 
     public func row(_ i: Int) -> ArraySlice<Float> { data[i * cols..<(i + 1) * cols] }
 
-    /// The rows at `indices`, in that order.
-    public func gather(_ indices: [Int]) -> Matrix {
-        var out = [Float]()
-        out.reserveCapacity(indices.count * cols)
-        for i in indices { out.append(contentsOf: row(i)) }
-        return Matrix(rows: indices.count, cols: cols, data: out)
-    }
-
-    /// Columns `columns` of the rows at `indices`.
-    public func gather(_ indices: [Int], columns: Range<Int>) -> Matrix {
+    /// The rows at `indices`, in that order (only `columns` of them).
+    public func gather(_ indices: [Int], columns: Range<Int>? = nil) -> Matrix {
+        let columns = columns ?? 0..<cols
         var out = [Float]()
         out.reserveCapacity(indices.count * columns.count)
         for i in indices { out.append(contentsOf: data[i * cols + columns.lowerBound..<i * cols + columns.upperBound]) }
@@ -39,6 +32,16 @@ public struct Matrix: Sendable {
     }
 
     public var isFinite: Bool { data.allSatisfy(\.isFinite) }
+
+    /// Rewrites the values elementwise, parts of them on every compute thread (`body` gets the
+    /// base pointer and the indices to rewrite).
+    mutating func updateInParallel(_ body: (UnsafeMutablePointer<Float>, Range<Int>) -> Void) {
+        guard !data.isEmpty else { return }
+        data.withUnsafeMutableBufferPointer { p in
+            nonisolated(unsafe) let base = p.baseAddress!
+            ComputeThreads.forEachPart(of: p.count, parts: ComputeThreads.parts(items: p.count / 1024, work: p.count * 64)) { body(base, $0) }
+        }
+    }
 
     public var maxAbs: Float { data.reduce(0) { max($0, abs($1)) } }
 

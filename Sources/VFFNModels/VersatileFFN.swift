@@ -194,7 +194,7 @@ public struct VersatileFFNLayer: Sendable {
         for L in loops { stats.depthCounts[L - 1] += 1 }
         var current = sublayer.combine(x, ffn.project(activations, neurons: 0..<ffn.intermediateSize))
         var active = Array(0..<T)
-        for l in 2...max(2, loops.max() ?? 1) {
+        for l in stride(from: 2, through: loops.max() ?? 1, by: 1) {
             active = active.filter { loops[$0] >= l }
             if active.isEmpty { break }
             let y = sublayer(current.gather(active))

@@ -164,13 +164,6 @@ extension UpcyclePlan {
             return (v?.intValue ?? v?.arrayValue?.first?.intValue).map(String.init) ?? "null"
         }
         let eos = token("eos_token_id"), pad = token("pad_token_id")
-        let familyEps: Double
-        switch c.norm {
-        case let .rms(value), let .rmsOnePlusWeight(value): familyEps = value
-        case let .layerWithoutParameters(value): familyEps = Double(value)
-        case let .layerWithBias(_, value): familyEps = value
-        }
-        let eps = c.parameterFreeLayerNorm ? 1e-5 : source.config["rms_norm_eps"]?.doubleValue ?? familyEps
         return """
         # OLMo config fragment written by \(Self.toolVersion) from \(source.path) (model_type \(modelType)).
         # Merge it into a training config: `load_path` starts training from this directory's
@@ -200,7 +193,7 @@ extension UpcyclePlan {
           bias_for_layer_norm: false
           layer_norm_type: \(c.parameterFreeLayerNorm ? "default" : "rms")
           layer_norm_with_affine: \(!c.parameterFreeLayerNorm)
-          layer_norm_eps: \(Self.yamlFloat(eps))
+          layer_norm_eps: \(Self.yamlFloat(c.normEps))
           attention_dropout: 0.0
           residual_dropout: 0.0
           embedding_dropout: 0.0
