@@ -6,9 +6,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-
 #define BF16_LOOP                                                   \
     const uint8_t *s = (const uint8_t *)src;                        \
     for (size_t i = 0; i < n; i++) {                                \
@@ -18,9 +15,13 @@
         memcpy(dst + i, &u, 4);                                     \
     }
 
+static void bf16_generic(const void *src, float *dst, size_t n) { BF16_LOOP }
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
 __attribute__((target("avx512f,avx512bw"))) static void bf16_avx512(const void *src, float *dst, size_t n) { BF16_LOOP }
 __attribute__((target("avx2"))) static void bf16_avx2(const void *src, float *dst, size_t n) { BF16_LOOP }
-static void bf16_generic(const void *src, float *dst, size_t n) { BF16_LOOP }
 
 void vffn_bf16_to_f32(const void *src, float *dst, size_t n) {
     static int level = -1;
@@ -156,15 +157,7 @@ void vffn_gemm_bf16(const float *x, size_t ldx, const void *w, size_t ldw, float
 
 #else  // Not x86-64: plain loops, and no bf16 kernel (the forward widens and calls sgemm).
 
-void vffn_bf16_to_f32(const void *src, float *dst, size_t n) {
-    const uint8_t *s = (const uint8_t *)src;
-    for (size_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, s + 2 * i, 2);
-        uint32_t u = (uint32_t)h << 16;
-        memcpy(dst + i, &u, 4);
-    }
-}
+void vffn_bf16_to_f32(const void *src, float *dst, size_t n) { bf16_generic(src, dst, n); }
 
 int vffn_f16_to_f32(const void *src, float *dst, size_t n) { (void)src; (void)dst; (void)n; return 0; }
 

@@ -808,25 +808,20 @@ public enum Llama: Architecture {
         let root = store.scope("")
         let d = c.hiddenSize, I = c.intermediateSize, hd = c.headDim, eps = Float(c.normEps)
         let embedding = try root.scope(String(c.names.embedding.dropLast(".weight".count))).linear(out: c.vocabSize, in: d, bias: false)
-        /// The family's norm at `scope`: RMSNorm with its weight (Gemma's by 1 + w), OLMo's
-        /// LayerNorm without any, or StarCoder2's with weight and bias.
-        func norm(_ scope: WeightScope) throws(VFFNError) -> Norm {
+        /// The family's norm at `scope` over `count` values (the hidden size, or a q/k projection's
+        /// width): RMSNorm with its weight (Gemma's by 1 + w), OLMo's LayerNorm without any, or
+        /// StarCoder2's with weight and bias.
+        func norm(_ scope: WeightScope, count: Int = d) throws(VFFNError) -> Norm {
             switch c.norm {
             case .layerWithoutParameters:
-                return .layer(weight: [Float](repeating: 1, count: d), bias: [Float](repeating: 0, count: d), eps: eps)
+                return .layer(weight: [Float](repeating: 1, count: count), bias: [Float](repeating: 0, count: count), eps: eps)
             case .layerWithBias:
-                return .layer(weight: try scope.vector("weight", count: d), bias: try scope.vector("bias", count: d), eps: eps)
+                return .layer(weight: try scope.vector("weight", count: count), bias: try scope.vector("bias", count: count), eps: eps)
             case .rms:
-                return .rms(weight: try scope.vector("weight", count: d), eps: eps)
+                return .rms(weight: try scope.vector("weight", count: count), eps: eps)
             case .rmsOnePlusWeight:
-                return .rms(weight: try scope.vector("weight", count: d).map { 1 + $0 }, eps: eps)
+                return .rms(weight: try scope.vector("weight", count: count).map { 1 + $0 }, eps: eps)
             }
-        }
-        /// q/k RMSNorms, by 1 + w in Gemma 3 as its other norms.
-        func qkNorm(_ scope: WeightScope, count: Int) throws(VFFNError) -> Norm {
-            let w = try scope.vector("weight", count: count)
-            if case .rmsOnePlusWeight = c.norm { return .rms(weight: w.map { 1 + $0 }, eps: eps) }
-            return .rms(weight: w, eps: eps)
         }
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
@@ -849,8 +844,8 @@ public enum Llama: Architecture {
                 inputNorm: inputNorm, attentionOutputNorm: attentionOutputNorm,
                 q: q, k: k, v: v,
                 o: try l.scope(DecoderTensor.o.rawValue).linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
-                qNorm: c.qkNormPerHead || c.qkNormFullWidth ? try qkNorm(l.scope(DecoderTensor.qNorm.rawValue), count: c.qkNormFullWidth ? qDim : hd) : nil,
-                kNorm: c.qkNormPerHead || c.qkNormFullWidth ? try qkNorm(l.scope(DecoderTensor.kNorm.rawValue), count: c.qkNormFullWidth ? kvDim : hd) : nil,
+                qNorm: c.qkNormPerHead || c.qkNormFullWidth ? try norm(l.scope(DecoderTensor.qNorm.rawValue), count: c.qkNormFullWidth ? qDim : hd) : nil,
+                kNorm: c.qkNormPerHead || c.qkNormFullWidth ? try norm(l.scope(DecoderTensor.kNorm.rawValue), count: c.qkNormFullWidth ? kvDim : hd) : nil,
                 rotary: c.ropeLayers[i] ? (c.slidingLayers[i] ? c.slidingRotary ?? c.rotary : c.rotary) : nil,
                 slidingWindow: c.slidingWindows[i]))
             var projections: [Linear] = []

@@ -473,9 +473,9 @@ if Gemma3ForConditionalGeneration is not None:
             text = config.get_text_config()
             _rope_settings_for_transformers_4(text)
             super().__init__(config)
-            if not hasattr(config, "versatile_ffn"):
-                raise ValueError("config.json has no \"versatile_ffn\" section: this is not a converted checkpoint")
-            text.versatile_ffn = config.versatile_ffn
+            # The text model's layers read the settings (install_versatile_ffn refuses without them).
+            if hasattr(config, "versatile_ffn"):
+                text.versatile_ffn = config.versatile_ffn
             # transformers 4.52+ holds the text model at model.language_model; 4.50-4.51 at
             # language_model.model (the checkpoint's own names, which both load).
             inner = getattr(self, "model", None)
