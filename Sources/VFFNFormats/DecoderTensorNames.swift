@@ -71,15 +71,24 @@ public enum DecoderTensor: String, CaseIterable, Sendable {
 /// Where a decoder's tensors sit in its checkpoint: under `model.` in a causal LM, or under a
 /// multimodal wrapper's text tower (Gemma3ForConditionalGeneration saves
 /// `language_model.model.layers.N...`, and transformers 5 names the same module
-/// `model.language_model.layers.N...` in memory, as some tools then save it).
+/// `model.language_model.layers.N...` in memory, as some tools then save it), and the families
+/// that spell some tensors their own way (GPT-NeoX's `gpt_neox.embed_in`, Phi's `self_attn.dense`).
 public struct DecoderNames: Sendable, Equatable {
-    /// The module holding `embed_tokens`, `layers` and `norm`.
+    /// The module holding the embedding, `layers` and the final norm.
     public let base: String
     public let head: String
+    let embeddingLeaf: String
+    let finalNormLeaf: String
+    /// The family's own names for tensors of a layer, where they differ from `DecoderTensor`'s.
+    let renamed: [DecoderTensor: String]
 
-    public init(base: String, head: String) {
+    public init(base: String, head: String, embedding: String = "embed_tokens", finalNorm: String = "norm",
+                renamed: [DecoderTensor: String] = [:]) {
         self.base = base
         self.head = head
+        self.embeddingLeaf = embedding
+        self.finalNormLeaf = finalNorm
+        self.renamed = renamed
     }
 
     public static let causalLM = DecoderNames(base: "model", head: "lm_head.weight")
@@ -91,7 +100,9 @@ public struct DecoderNames: Sendable, Equatable {
                                     DecoderNames(base: "model.language_model.model", head: "lm_head.weight")]
 
     public func layer(_ i: Int) -> String { "\(base).layers.\(i)" }
-    public var embedding: String { base + ".embed_tokens.weight" }
-    public var finalNorm: String { base + ".norm.weight" }
-    public func at(_ tensor: DecoderTensor, _ i: Int) -> String { layer(i) + "." + tensor.rawValue }
+    public var embedding: String { base + "." + embeddingLeaf + ".weight" }
+    public var finalNorm: String { base + "." + finalNormLeaf + ".weight" }
+    /// The tensor's name below a layer (`self_attn.o_proj`, or the family's own).
+    public func leaf(_ tensor: DecoderTensor) -> String { renamed[tensor] ?? tensor.rawValue }
+    public func at(_ tensor: DecoderTensor, _ i: Int) -> String { layer(i) + "." + leaf(tensor) }
 }

@@ -122,7 +122,7 @@ public enum BERT: Architecture {
             ])
         }
         try checkSites(sites, in: checkpoint)
-        return FFNLayout(hiddenSize: d, intermediateSize: I, sites: sites)
+        return FFNLayout(hiddenSize: d, intermediateSize: I, sites: sites, topology: .postNorm)
     }
 
     public static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel {
@@ -158,7 +158,7 @@ public enum BERT: Architecture {
                 activation: c.activation)
             sublayers.append(FFNSublayer(placement: .postNorm, norm: try l.scope("output.LayerNorm").layerNorm(count: d, eps: eps), ffn: ffn))
         }
-        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I, basePrefixes: ["bert"])
+        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I, topology: .postNorm, basePrefixes: ["bert"])
         try store.requireAllUsed()
         return Model(config: c, wordEmbedding: words, positionEmbedding: positions, tokenTypeEmbedding: types,
                      embeddingNorm: embeddingNorm, layers: layers, ffnSublayers: sublayers, versatileLayers: versatile)

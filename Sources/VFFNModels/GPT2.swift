@@ -123,7 +123,7 @@ public enum GPT2: Architecture {
             ])
         }
         try checkSites(sites, in: checkpoint)
-        return FFNLayout(hiddenSize: d, intermediateSize: I, sites: sites)
+        return FFNLayout(hiddenSize: d, intermediateSize: I, sites: sites, topology: .preNorm)
     }
 
     public static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel {
@@ -154,7 +154,7 @@ public enum GPT2: Architecture {
         }
         let finalNorm = try root.scope("ln_f").layerNorm(count: d, eps: c.layerNormEps)
         let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: wte)
-        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I, basePrefixes: ["transformer"])
+        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I, topology: .preNorm, basePrefixes: ["transformer"])
         try store.requireAllUsed()
         return Model(config: c, tokenEmbedding: wte, positionEmbedding: wpe, layers: layers, ffnSublayers: sublayers,
                      versatileLayers: versatile, finalNorm: finalNorm, lmHead: lmHead)

@@ -109,6 +109,8 @@ public struct FFNLayout: Sendable {
     public let hiddenSize: Int
     public let intermediateSize: Int
     public let sites: [FFNSite]
+    /// The checkpoint's block topology (SPEC 5), which a converted config records as `block`.
+    public let topology: ModelFamily.Topology
     /// Gemma's embedding scale in the checkpoint's stored dtype (SPEC 5), which a converted
     /// config records for the remote code: transformers, loading in f32, would not round it.
     public var embeddingScale: Float? = nil
@@ -205,12 +207,14 @@ func basePrefix(_ checkpoint: Checkpoint, candidates: [String], probe: String) t
 
 /// The output projection of a causal LM: `lm_head.weight`, or the token embedding when tied.
 /// Some tied checkpoints still store `lm_head.weight` (a copy of the embedding); it is not read.
-func languageModelHead(_ store: WeightStore, tied: Bool, embedding: Linear, name: String = DecoderTensor.head) throws(VFFNError) -> Linear {
+/// `bias`: the head has one (Phi's), kept when the weight is tied, as transformers ties weights only.
+func languageModelHead(_ store: WeightStore, tied: Bool, embedding: Linear, name: String = DecoderTensor.head, bias: Bool = false) throws(VFFNError) -> Linear {
+    let b = bias ? try store.floats(String(name.dropLast("weight".count)) + "bias", shape: [embedding.outFeatures]) : nil
     guard !tied, store.contains(name) else {
         if store.contains(name) { store.ignore(name) }
-        return embedding
+        return b.map { embedding.adding(bias: $0) } ?? embedding
     }
-    return try store.matrix(name, out: embedding.outFeatures, in: embedding.inFeatures)
+    return try store.matrix(name, out: embedding.outFeatures, in: embedding.inFeatures, bias: b)
 }
 
 /// Checks that every FFN tensor surgery will slice exists with the shape the config implies.
@@ -237,10 +241,15 @@ func checkSites(_ sites: [FFNSite], in checkpoint: Checkpoint) throws(VFFNError)
 /// `bert.`, as a transformers trainer does on save) holds the gates under the other spelling
 /// than config.json records, and they are found there; likewise a text tower's gates under
 /// another of `bases.all`, its base module's spellings, than `bases.here`.
-func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int,
+func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int, topology: ModelFamily.Topology,
                          basePrefixes: [String] = [], bases: (all: [String], here: String)? = nil) throws(VFFNError) -> [VersatileFFNLayer]? {
     let path = store.checkpoint.configPath
     guard let s = try VersatileFFNSettings.read(from: store.checkpoint.config, path: path) else { return nil }
+    // The gates were made for the block recorded; a config edited since (GPT-NeoX's
+    // use_parallel_residual) would run them in another one.
+    if let recorded = store.checkpoint.config[VersatileFFNSettings.key]?["block"]?.stringValue, recorded != topology.rawValue {
+        throw .badInput(path, "versatile_ffn.block is \"\(recorded)\" but this config.json makes \(topology.rawValue) blocks; the gates were made for the recorded one")
+    }
     guard I % s.numExperts == 0 else {
         throw .badInput(path, "versatile_ffn.num_experts \(s.numExperts) does not divide the intermediate size \(I)")
     }

@@ -78,6 +78,44 @@ public enum Llama: Architecture {
          DecoderTraits(mlpBias: .never, norm: .rms(defaultEps: 1e-5), outputNorms: true, qkNormFullWidth: true,
                        windows: .pattern(key: nil, period: 4), ropeThetaDefault: 500_000, slidingWindowDefault: 4096,
                        ropePerLayerType: .defaultLocalBase)),
+        // GPT-NeoX (Pythia): a parallel block with two LayerNorms, fused per-head qkv with biases,
+        // a quarter of each head rotated, an ungated GELU FFN with biases, the untied embed_out.
+        // use_parallel_residual false makes it sequential (pre-norm).
+        (ModelFamily("gpt_neox", topology: .parallel, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileGPTNeoXForCausalLM",
+                     notInOLMo: "parallel attention and FFN, LayerNorms with biases and an ungated GELU FFN"),
+         DecoderTraits(qkvBias: .key("attention_bias", default: true), outputBias: .key("attention_bias", default: true), mlpBias: .always,
+                       norm: .layerWithBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), ffn: .ungated(defaultActivation: "gelu"),
+                       names: DecoderNames(base: "gpt_neox", head: "embed_out.weight", embedding: "embed_in", finalNorm: "final_layer_norm",
+                                           renamed: [.qkv: "attention.query_key_value", .o: "attention.dense",
+                                                     .fcIn: "mlp.dense_h_to_4h", .fcOut: "mlp.dense_4h_to_h"]),
+                       parallel: .separateNorms(key: "use_parallel_residual"), fusedQKVPerHead: true,
+                       partialRotary: ("rotary_pct", 0.25), ropeThetaKey: "rotary_emb_base", headDimFromHidden: true,
+                       ignoredLayerBuffers: ["attention.bias", "attention.masked_bias"])),
+        // Phi-1, 1.5 and 2: one LayerNorm before both branches, half of each head rotated,
+        // `dense` after attention, optional per-head q/k LayerNorms, fc1/fc2, an lm_head bias.
+        (ModelFamily("phi", topology: .parallel, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatilePhiForCausalLM",
+                     notInOLMo: "parallel attention and FFN (OLMo's block is sequential)"),
+         DecoderTraits(qkvBias: .always, outputBias: .always, mlpBias: .always,
+                       norm: .layerWithBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), ffn: .ungated(defaultActivation: "gelu_new"),
+                       qkNormPerHead: true,
+                       names: DecoderNames(base: "model", head: "lm_head.weight", finalNorm: "final_layernorm",
+                                           renamed: [.o: "self_attn.dense", .fcIn: "mlp.fc1", .fcOut: "mlp.fc2",
+                                                     .qNorm: "self_attn.q_layernorm", .kNorm: "self_attn.k_layernorm"]),
+                       parallel: .sharedNorm, qkNormKey: "qk_layernorm", partialRotary: ("partial_rotary_factor", 0.5), headBias: true)),
+        // Command-R (Cohere): one mean-centred LayerNorm (weight, no bias) before both branches,
+        // interleaved RoPE, optional q/k norms with weights per head, logits times logit_scale.
+        (ModelFamily("cohere", topology: .parallel, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileCohereForCausalLM",
+                     notInOLMo: "parallel attention and FFN (OLMo's block is sequential)"),
+         DecoderTraits(norm: .layerWithoutBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), qkNormPerHead: true, tiedByDefault: true,
+                       ropeThetaDefault: 500_000, parallel: .sharedNorm, qkNormKey: "use_qk_norm", qkNormWeightsPerHead: true,
+                       interleavedRope: true, logitScaleDefault: 0.0625)),
+        // Command R7B and A (Cohere 2): Cohere with three sliding layers to one full, and RoPE on
+        // the sliding layers only.
+        (ModelFamily("cohere2", topology: .parallel, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileCohere2ForCausalLM",
+                     notInOLMo: "parallel attention and FFN (OLMo's block is sequential)"),
+         DecoderTraits(norm: .layerWithoutBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), windows: .pattern(key: "sliding_window_pattern", period: 4),
+                       tiedByDefault: true, slidingWindowDefault: 4096, parallel: .sharedNorm, interleavedRope: true,
+                       ropeOnSlidingLayersOnly: true, headDimFromHidden: true, logitScaleDefault: 0.0625)),
     ]
 
     public static var families: [ModelFamily] { declarations.map(\.family) }
@@ -115,13 +153,15 @@ public enum Llama: Architecture {
             case layerWithoutParameters(eps: Double)
             /// LayerNorm with weight and bias.
             case layerWithBias(epsKey: String, defaultEps: Double)
+            /// Cohere's LayerNorm: mean-centred, with a weight and no bias.
+            case layerWithoutBias(epsKey: String, defaultEps: Double)
 
             /// The eps as the config gives it, else the family's value.
             func eps(_ r: ConfigReader) throws(VFFNError) -> Double {
                 switch self {
                 case let .rms(value), let .rmsOnePlusWeight(value): return try r.double("rms_norm_eps", default: value)
                 case let .layerWithoutParameters(value): return value
-                case let .layerWithBias(key, value): return try r.double(key, default: value)
+                case let .layerWithBias(key, value), let .layerWithoutBias(key, value): return try r.double(key, default: value)
                 }
             }
         }
@@ -207,6 +247,42 @@ public enum Llama: Architecture {
         /// longrope's original context: the top-level key, else this (nil: the nested key, else
         /// max_position_embeddings).
         public var originalContextDefault: Int?
+        /// Where the tensors sit, for families that name them their own way (GPT-NeoX, Phi).
+        public var names = DecoderNames.causalLM
+        /// SPEC 5's parallel block, `y = h + A(N_1 h) + F(N_2 h)`.
+        public var parallel: ParallelRule?
+        public enum ParallelRule: Sendable {
+            /// Phi and Cohere: one norm (input_layernorm) before both branches.
+            case sharedNorm
+            /// GPT-NeoX: input_layernorm before attention, post_attention_layernorm before the FFN;
+            /// the config's `key` false makes the block sequential (pre-norm).
+            case separateNorms(key: String)
+        }
+        /// GPT-NeoX's query_key_value, rows laid out per head (q_j, k_j, v_j for head j).
+        public var fusedQKVPerHead = false
+        /// The config key that turns the per-head q/k norms on (Phi's qk_layernorm, Cohere's
+        /// use_qk_norm); nil: the family always has them when `qkNormPerHead`.
+        public var qkNormKey: String?
+        /// Cohere: each head's q/k norm has weights of its own (`[heads, head_dim]`).
+        public var qkNormWeightsPerHead = false
+        /// Cohere: RoPE rotates the interleaved pairs (2i, 2i + 1), not (i, i + rotary / 2).
+        public var interleavedRope = false
+        /// Cohere 2: only the sliding layers rotate; the full ones have no positions but the mask.
+        public var ropeOnSlidingLayersOnly = false
+        /// The 4.x top-level key of the rotary fraction and the config class's default (GPT-NeoX's
+        /// rotary_pct 0.25, Phi's partial_rotary_factor 0.5); 5.x nests it in rope_parameters.
+        public var partialRotary: (key: String, default: Double) = ("partial_rotary_factor", 1)
+        /// The 4.x top-level key of the rope base (GPT-NeoX's rotary_emb_base).
+        public var ropeThetaKey = "rope_theta"
+        /// GPT-NeoX and Cohere 2 take head_dim as hidden_size / heads whatever the config says.
+        public var headDimFromHidden = false
+        /// Phi's lm_head has a bias.
+        public var headBias = false
+        /// Cohere's logit_scale, multiplied into the logits, when the config has none.
+        public var logitScaleDefault: Double?
+        /// Per-layer buffers older checkpoints saved that the forward does not read (GPT-NeoX's
+        /// causal mask `attention.bias` and `attention.masked_bias`): carried through, not refused.
+        public var ignoredLayerBuffers: [String] = []
     }
 
     /// The FFN's projections under `mlp.`, named once for surgery's layout and for loading:
@@ -253,6 +329,14 @@ public enum Llama: Architecture {
         public var gatedActivation: Activation
         /// Phi-3's qkv_proj: rows [q | k | v].
         public var fusedQKV: Bool
+        /// GPT-NeoX's query_key_value: rows (q_j, k_j, v_j) per head j.
+        public var fusedQKVPerHead: Bool
+        /// SPEC 5's parallel block (`y = h + A(N_1 h) + F(N_2 h)`), and whether N_1 = N_2 (Phi,
+        /// Cohere: input_layernorm serves both).
+        public var parallel: Bool
+        public var sharedNorm: Bool
+        /// The block topology, from the family and (GPT-NeoX) the config.
+        public var topology: ModelFamily.Topology
         /// OLMo: q, k and v are clamped to [-clip, clip] after their projections.
         public var clipQKV: Float?
         public var tieWordEmbeddings: Bool
@@ -261,8 +345,10 @@ public enum Llama: Architecture {
         /// Bias on o_proj (Llama's `attention_bias` covers it; Qwen2 has none).
         public var outputBias: Bool
         public var mlpBias: Bool
-        /// Qwen3: RMSNorm over each head of q and of k (weight `[head_dim]`) before RoPE.
+        /// Qwen3: RMSNorm over each head of q and of k (weight `[head_dim]`) before RoPE; Cohere's
+        /// LayerNorms have weights per head (`[heads, head_dim]`).
         public var qkNormPerHead: Bool
+        public var qkNormWeightsPerHead: Bool
         /// OLMo 2: `post_attention_layernorm` on the attention output, `post_feedforward_layernorm`
         /// on the FFN output, no input norm; q/k norms over heads x head_dim.
         public var outputNorms: Bool
@@ -294,6 +380,12 @@ public enum Llama: Architecture {
         public var slidingRotary: Rotary?
         /// The leading dims of each head that rotate (`partial_rotary_factor`); the rest pass.
         public var rotaryDim: Int
+        /// Cohere: pairs (2i, 2i + 1) rotate together.
+        public var interleavedRope: Bool
+        /// Cohere's logit_scale (1 elsewhere), multiplied into the logits; Phi's lm_head bias.
+        public var logitScale: Float
+        public var headBias: Bool
+        public var ignoredLayerBuffers: [String]
         public var inverseFrequencies: [Float] { rotary.inverseFrequencies }
         public var longInverseFrequencies: [Float]? { rotary.longInverseFrequencies }
         public var longropeOriginal: Int? { rotary.longropeOriginal }
@@ -312,6 +404,7 @@ public enum Llama: Architecture {
             }
             var json = top
             textTower = traits.textTower
+            names = traits.names
             if traits.textTower {
                 guard let text = top["text_config"], case .object = text else {
                     throw .badInput(path, "model_type \"\(modelType)\" needs a \"text_config\" object")
@@ -336,7 +429,7 @@ public enum Llama: Architecture {
             guard numHeads % numKVHeads == 0 else {
                 throw .badInput(path, "num_attention_heads \(numHeads) is not a multiple of num_key_value_heads \(numKVHeads)")
             }
-            if json["head_dim"] != nil, json["head_dim"]!.isNull == false {
+            if json["head_dim"] != nil, json["head_dim"]!.isNull == false, !traits.headDimFromHidden {
                 headDim = try r.int("head_dim")
             } else if let given = traits.headDimDefault {
                 headDim = given
@@ -371,6 +464,15 @@ public enum Llama: Architecture {
                 gatedActivation = .geluTanh
             }
             fusedQKV = traits.fusedQKV
+            fusedQKVPerHead = traits.fusedQKVPerHead
+            switch traits.parallel {
+            case .sharedNorm: (parallel, sharedNorm) = (true, true)
+            case let .separateNorms(key): (parallel, sharedNorm) = (try r.bool(key, default: true), false)
+            case nil: (parallel, sharedNorm) = (false, false)
+            }
+            let type = modelType
+            let familyTopology = Llama.families.first { $0.modelType == type }!.topology
+            topology = parallel ? .parallel : familyTopology == .parallel ? .preNorm : familyTopology
             norm = traits.norm
             normEps = try traits.norm.eps(r)
             if traits.clipQKV, let clip = json["clip_qkv"], !clip.isNull {
@@ -386,6 +488,13 @@ public enum Llama: Architecture {
             outputBias = try bias(traits.outputBias)
             mlpBias = try bias(traits.mlpBias)
             qkNormPerHead = traits.qkNormPerHead
+            if let key = traits.qkNormKey, !(try r.bool(key, default: false)) { qkNormPerHead = false }
+            qkNormWeightsPerHead = traits.qkNormWeightsPerHead
+            interleavedRope = traits.interleavedRope
+            headBias = traits.headBias
+            ignoredLayerBuffers = traits.ignoredLayerBuffers
+            logitScale = try traits.logitScaleDefault.map { (v) throws(VFFNError) in Float(try r.double("logit_scale", default: v)) } ?? 1
+            guard logitScale.isFinite, logitScale != 0 else { throw .badInput(path, "logit_scale \(logitScale) must be finite and non-zero") }
             outputNorms = traits.outputNorms
             qkNormFullWidth = traits.qkNormFullWidth
             sandwich = traits.sandwich
@@ -416,6 +525,7 @@ public enum Llama: Architecture {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
             }
             (slidingLayers, slidingWindows) = try Self.slidingLayers(r, traits: traits, layers: numLayers)
+            if traits.ropeOnSlidingLayersOnly { ropeLayers = slidingLayers }
             maxPositionEmbeddings = (json["max_position_embeddings"]?.isNull ?? true) ? nil : try r.int("max_position_embeddings")
             (rotary, slidingRotary, rotaryDim) = try Self.rotaries(r, traits: traits, headDim: headDim, maxPositions: maxPositionEmbeddings)
             let dynamic = rotary.type == "dynamic" || slidingRotary?.type == "dynamic" && slidingLayers.contains(true)
@@ -495,7 +605,7 @@ public enum Llama: Architecture {
         /// rotate unscaled (Gemma 3 with `rope_local_base_freq`, OLMo 3 with its default base).
         static func rotaries(_ r: ConfigReader, traits: DecoderTraits, headDim: Int, maxPositions: Int?) throws(VFFNError) -> (Rotary, Rotary?, Int) {
             var rope = Self.ropeParameters(r.json)
-            let topTheta = try r.double("rope_theta", default: .nan)
+            let topTheta = try r.double(traits.ropeThetaKey, default: try r.double("rope_theta", default: .nan))
             let nested = rope.params?["full_attention"] != nil || rope.params?["sliding_attention"] != nil
             var sliding: (params: JSON?, type: String, theta: Double)?
             if let perType = traits.ropePerLayerType {
@@ -517,8 +627,8 @@ public enum Llama: Architecture {
             if let alias = traits.ropeAliases[rope.type] { rope.type = alias }
             let theta = rope.params?["rope_theta"]?.doubleValue ?? (topTheta.isNaN ? traits.ropeThetaDefault : topTheta)
             // transformers 5 keeps partial_rotary_factor in rope_parameters, 4.x at the top level.
-            let partial = rope.params?["partial_rotary_factor"]?.doubleValue ?? r.json["partial_rotary_factor"]?.doubleValue ?? 1
-            guard partial > 0, partial <= 1 else { throw .badInput(r.path, "partial_rotary_factor \(partial) must be in (0, 1]") }
+            let partial = rope.params?["partial_rotary_factor"]?.doubleValue ?? r.json[traits.partialRotary.key]?.doubleValue ?? traits.partialRotary.default
+            guard partial > 0, partial <= 1 else { throw .badInput(r.path, "\(traits.partialRotary.key) \(partial) must be in (0, 1]") }
             let dim = Int(Double(headDim) * partial)   // int(), as transformers truncates
             guard dim % 2 == 0, dim > 0 else { throw .badInput(r.path, "rotary dimension \(dim) (head_dim x partial_rotary_factor) is not even") }
             func make(_ theta: Double, _ rope: (params: JSON?, type: String)) throws(VFFNError) -> Rotary {
@@ -659,9 +769,13 @@ public enum Llama: Architecture {
         /// The norm before attention, or (OLMo 2) after it.
         let inputNorm: Norm?
         let attentionOutputNorm: Norm?
-        let q, k, v, o: Linear
-        /// Per-head norms of q and k (Qwen3), applied before RoPE.
-        let qNorm, kNorm: Norm?
+        /// q, k and v; GPT-NeoX's fused per-head layout is `qkvPerHead` instead, split after the product.
+        let q, k, v: Linear?
+        let qkvPerHead: Linear?
+        let o: Linear
+        /// Norms of q and k applied before RoPE: one over each head (Qwen3), one per head
+        /// (Cohere's weights per head), or one over the whole projection (OLMo 2).
+        let qNorm, kNorm: [Norm]
         /// nil for SmolLM3's NoPE layers.
         let rotary: Rotary?
         let slidingWindow: Int?
@@ -694,29 +808,41 @@ public enum Llama: Architecture {
             var routing: [RoutingStats] = []
             for (i, layer) in layers.enumerated() {
                 let a = attention(layer, layer.inputNorm.map { $0(x) } ?? x)
-                x = x + (layer.attentionOutputNorm.map { $0(a) } ?? a).scaled(by: config.residualMultiplier)
-                if trace { ffnInputs.append(x) }
-                x = try ffnStep(i, x, mode: mode, routing: &routing)
+                if config.parallel {
+                    // SPEC 5: y = A(N_1 h) + T(h), T(h) = h + F(N_2 h) the sub-layer the gates wrap.
+                    if trace { ffnInputs.append(x) }
+                    x = a + (try ffnStep(i, x, mode: mode, routing: &routing))
+                } else {
+                    x = x + (layer.attentionOutputNorm.map { $0(a) } ?? a).scaled(by: config.residualMultiplier)
+                    if trace { ffnInputs.append(x) }
+                    x = try ffnStep(i, x, mode: mode, routing: &routing)
+                }
                 if trace { traced.append(x) }
             }
             var logits = lmHead(finalNorm(x))
             if let cap = config.finalLogitSoftcap {
                 for i in logits.data.indices { logits.data[i] = tanhf(logits.data[i] / cap) * cap }
             }
-            return ForwardResult(output: logits.divided(by: config.logitsScaling),
-                                 layerOutputs: traced, ffnInputs: ffnInputs, routing: routing)
+            logits = logits.divided(by: config.logitsScaling)
+            if config.logitScale != 1 { logits = logits.scaled(by: config.logitScale) }
+            return ForwardResult(output: logits, layerOutputs: traced, ffnInputs: ffnInputs, routing: routing)
         }
 
         /// Causal grouped-query attention over positions 0..<T with rotary embeddings.
         func attention(_ layer: Layer, _ h: Matrix) -> Matrix {
-            var q = layer.q(h), k = layer.k(h), v = layer.v(h)
+            var q, k, v: Matrix
+            if let fused = layer.qkvPerHead {
+                (q, k, v) = splitPerHead(fused(h))
+            } else {
+                (q, k, v) = (layer.q!(h), layer.k!(h), layer.v!(h))
+            }
             if let clip = config.clipQKV {
                 q = q.clamped(to: clip)
                 k = k.clamped(to: clip)
                 v = v.clamped(to: clip)
             }
-            if let n = layer.qNorm { q = config.qkNormFullWidth ? n(q) : perHead(n, q) }
-            if let n = layer.kNorm { k = config.qkNormFullWidth ? n(k) : perHead(n, k) }
+            if !layer.qNorm.isEmpty { q = config.qkNormFullWidth ? layer.qNorm[0](q) : perHead(layer.qNorm, q) }
+            if !layer.kNorm.isEmpty { k = config.qkNormFullWidth ? layer.kNorm[0](k) : perHead(layer.kNorm, k) }
             if let rotary = layer.rotary {
                 applyRotary(&q, heads: config.numHeads, rotary)
                 applyRotary(&k, heads: config.numKVHeads, rotary)
@@ -727,11 +853,36 @@ public enum Llama: Architecture {
             return layer.o(a)
         }
 
-        /// A norm over each head's `head_dim` values: `[T, H*hd]` is `[T*H, hd]` in memory.
-        func perHead(_ norm: Norm, _ m: Matrix) -> Matrix {
-            let hd = config.headDim
-            let out = norm(Matrix(rows: m.rows * (m.cols / hd), cols: hd, data: m.data))
-            return Matrix(rows: m.rows, cols: m.cols, data: out.data)
+        /// A norm over each head's `head_dim` values: `[T, H*hd]` is `[T*H, hd]` in memory. With
+        /// one norm per head (Cohere), head j's values take norm j.
+        func perHead(_ norms: [Norm], _ m: Matrix) -> Matrix {
+            let hd = config.headDim, heads = m.cols / hd
+            if norms.count == 1 {
+                let out = norms[0](Matrix(rows: m.rows * heads, cols: hd, data: m.data))
+                return Matrix(rows: m.rows, cols: m.cols, data: out.data)
+            }
+            precondition(norms.count == heads)
+            var out = m
+            for j in 0..<heads {
+                let y = norms[j](m.gather(Array(0..<m.rows), columns: j * hd..<(j + 1) * hd))
+                for t in 0..<m.rows { out.data.replaceSubrange(t * m.cols + j * hd..<t * m.cols + (j + 1) * hd, with: y.row(t)) }
+            }
+            return out
+        }
+
+        /// GPT-NeoX's fused product `[T, H * 3hd]`, head j's columns (q_j, k_j, v_j), as q, k and v.
+        func splitPerHead(_ fused: Matrix) -> (Matrix, Matrix, Matrix) {
+            let hd = config.headDim, heads = config.numHeads, width = heads * hd
+            var parts = [Matrix](repeating: Matrix(zeros: fused.rows, width), count: 3)
+            for t in 0..<fused.rows {
+                for j in 0..<heads {
+                    for p in 0..<3 {
+                        let from = t * fused.cols + (3 * j + p) * hd
+                        parts[p].data.replaceSubrange(t * width + j * hd..<t * width + (j + 1) * hd, with: fused.data[from..<from + hd])
+                    }
+                }
+            }
+            return (parts[0], parts[1], parts[2])
         }
 
         /// Rotate-half RoPE (transformers' layout): pairs (i, i + hd/2) rotate by pos * inv_freq[i].
@@ -740,15 +891,17 @@ public enum Llama: Architecture {
         func applyRotary(_ m: inout Matrix, heads: Int, _ rotary: Rotary) {
             let hd = config.headDim, half = config.rotaryDim / 2
             let frequencies = rotary.longropeOriginal.map { m.rows > $0 } == true ? rotary.longInverseFrequencies! : rotary.inverseFrequencies
+            // Pair i is (i, i + rotary/2), or Cohere's interleaved (2i, 2i + 1).
+            let (stride, offset) = config.interleavedRope ? (2, 1) : (1, half)
             for t in 0..<m.rows {
                 for i in 0..<half {
                     let angle = Float(t) * frequencies[i]
                     let c = cosf(angle) * rotary.scale, s = sinf(angle) * rotary.scale
                     for h in 0..<heads {
-                        let a = t * m.cols + h * hd + i
-                        let x1 = m.data[a], x2 = m.data[a + half]
+                        let a = t * m.cols + h * hd + stride * i
+                        let x1 = m.data[a], x2 = m.data[a + offset]
                         m.data[a] = x1 * c - x2 * s
-                        m.data[a + half] = x2 * c + x1 * s
+                        m.data[a + offset] = x2 * c + x1 * s
                     }
                 }
             }
@@ -797,7 +950,7 @@ public enum Llama: Architecture {
             return FFNSite(layer: i, prefix: p, tensors: tensors)
         }
         try checkSites(sites, in: checkpoint)
-        return FFNLayout(hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, sites: sites,
+        return FFNLayout(hiddenSize: c.hiddenSize, intermediateSize: c.intermediateSize, sites: sites, topology: c.topology,
                          embeddingScale: storedEmbeddingScale(c, checkpoint))
     }
 
@@ -817,40 +970,56 @@ public enum Llama: Architecture {
                 return .layer(weight: [Float](repeating: 1, count: count), bias: [Float](repeating: 0, count: count), eps: eps)
             case .layerWithBias:
                 return .layer(weight: try scope.vector("weight", count: count), bias: try scope.vector("bias", count: count), eps: eps)
+            case .layerWithoutBias:
+                return .layer(weight: try scope.vector("weight", count: count), bias: [Float](repeating: 0, count: count), eps: eps)
             case .rms:
                 return .rms(weight: try scope.vector("weight", count: count), eps: eps)
             case .rmsOnePlusWeight:
                 return .rms(weight: try scope.vector("weight", count: count).map { 1 + $0 }, eps: eps)
             }
         }
+        /// The q/k norms of a layer over `heads` heads: one norm over each head, one per head
+        /// (Cohere's `[heads, head_dim]` weights), or one over the whole projection.
+        func qkNorms(_ scope: WeightScope, heads: Int) throws(VFFNError) -> [Norm] {
+            if c.qkNormFullWidth { return [try norm(scope, count: heads * hd)] }
+            guard c.qkNormPerHead else { return [] }
+            guard c.qkNormWeightsPerHead else { return [try norm(scope, count: hd)] }
+            // Cohere's: mean-centred LayerNorms without bias, the weights stored [heads, head_dim].
+            let w = try store.floats(scope.name("weight"), shape: [heads, hd])
+            return (0..<heads).map { j in .layer(weight: Array(w[j * hd..<(j + 1) * hd]), bias: [Float](repeating: 0, count: hd), eps: eps) }
+        }
+        let names = c.names
         var layers: [Layer] = []
         var sublayers: [FFNSublayer] = []
         for i in 0..<c.numLayers {
-            let l = root.scope(c.names.layer(i))
-            let inputNorm = c.outputNorms ? nil : try norm(l.scope(DecoderTensor.inputNorm.rawValue))
-            let attentionOutputNorm = c.outputNorms || c.sandwich ? try norm(l.scope(DecoderTensor.postAttentionNorm.rawValue)) : nil
+            let l = root.scope(names.layer(i))
+            for buffer in c.ignoredLayerBuffers where l.contains(buffer) { store.ignore(l.name(buffer)) }
+            let inputNorm = c.outputNorms ? nil : try norm(l.scope(names.leaf(.inputNorm)))
+            let attentionOutputNorm = c.outputNorms || c.sandwich ? try norm(l.scope(names.leaf(.postAttentionNorm))) : nil
             let qDim = c.numHeads * hd, kvDim = c.numKVHeads * hd
-            let q, k, v: Linear
-            if c.fusedQKV {
+            var q, k, v, qkvPerHead: Linear?
+            if c.fusedQKVPerHead {
+                qkvPerHead = try l.scope(names.leaf(.qkv)).linear(out: qDim + 2 * kvDim, in: d, bias: c.qkvBias)
+            } else if c.fusedQKV {
                 // Views of one [q | k | v] matrix: nothing is copied.
-                let qkv = try l.scope(DecoderTensor.qkv.rawValue).linear(out: qDim + 2 * kvDim, in: d, bias: c.qkvBias)
+                let qkv = try l.scope(names.leaf(.qkv)).linear(out: qDim + 2 * kvDim, in: d, bias: c.qkvBias)
                 (q, k, v) = (qkv.rows(0..<qDim), qkv.rows(qDim..<qDim + kvDim), qkv.rows(qDim + kvDim..<qDim + 2 * kvDim))
             } else {
-                q = try l.scope(DecoderTensor.q.rawValue).linear(out: qDim, in: d, bias: c.qkvBias)
-                k = try l.scope(DecoderTensor.k.rawValue).linear(out: kvDim, in: d, bias: c.qkvBias)
-                v = try l.scope(DecoderTensor.v.rawValue).linear(out: kvDim, in: d, bias: c.qkvBias)
+                q = try l.scope(names.leaf(.q)).linear(out: qDim, in: d, bias: c.qkvBias)
+                k = try l.scope(names.leaf(.k)).linear(out: kvDim, in: d, bias: c.qkvBias)
+                v = try l.scope(names.leaf(.v)).linear(out: kvDim, in: d, bias: c.qkvBias)
             }
             layers.append(Layer(
                 inputNorm: inputNorm, attentionOutputNorm: attentionOutputNorm,
-                q: q, k: k, v: v,
-                o: try l.scope(DecoderTensor.o.rawValue).linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
-                qNorm: c.qkNormPerHead || c.qkNormFullWidth ? try norm(l.scope(DecoderTensor.qNorm.rawValue), count: c.qkNormFullWidth ? qDim : hd) : nil,
-                kNorm: c.qkNormPerHead || c.qkNormFullWidth ? try norm(l.scope(DecoderTensor.kNorm.rawValue), count: c.qkNormFullWidth ? kvDim : hd) : nil,
+                q: q, k: k, v: v, qkvPerHead: qkvPerHead,
+                o: try l.scope(names.leaf(.o)).linear(out: d, in: c.numHeads * hd, bias: c.outputBias),
+                qNorm: try qkNorms(l.scope(names.leaf(.qNorm)), heads: c.numHeads),
+                kNorm: try qkNorms(l.scope(names.leaf(.kNorm)), heads: c.numKVHeads),
                 rotary: c.ropeLayers[i] ? (c.slidingLayers[i] ? c.slidingRotary ?? c.rotary : c.rotary) : nil,
                 slidingWindow: c.slidingWindows[i]))
             var projections: [Linear] = []
             for proj in c.ffn.projections {
-                projections.append(try l.scope(proj.tensor.rawValue).linear(out: proj.input ? proj.blocks * I : d, in: proj.input ? d : I, bias: c.mlpBias))
+                projections.append(try l.scope(names.leaf(proj.tensor)).linear(out: proj.input ? proj.blocks * I : d, in: proj.input ? d : I, bias: c.mlpBias))
             }
             let ffn: any FeedForward
             switch c.ffn {
@@ -858,21 +1027,24 @@ public enum Llama: Architecture {
             case .fusedGateUp: ffn = GatedFeedForward(gate: projections[0].rows(0..<I), up: projections[0].rows(I..<2 * I), down: projections[1])
             case .ungated(let activation): ffn = UngatedFeedForward(input: projections[0], output: projections[1], activation: activation)
             }
-            let ffnNorm: DecoderTensor = c.outputNorms ? .postFeedforwardNorm : c.sandwich ? .preFeedforwardNorm : .postAttentionNorm
+            // A parallel block's FFN reads its own norm (GPT-NeoX's post_attention_layernorm) or
+            // the one it shares with attention (Phi, Cohere).
+            let ffnNorm: DecoderTensor = c.outputNorms ? .postFeedforwardNorm : c.sandwich ? .preFeedforwardNorm
+                : c.sharedNorm ? .inputNorm : .postAttentionNorm
             sublayers.append(FFNSublayer(
                 placement: c.outputNorms ? .outputNorm : c.sandwich ? .sandwich : .preNorm,
-                norm: try norm(l.scope(ffnNorm.rawValue)),
+                norm: try norm(l.scope(names.leaf(ffnNorm))),
                 ffn: ffn, residualScale: c.residualMultiplier,
-                postNorm: c.sandwich ? try norm(l.scope(DecoderTensor.postFeedforwardNorm.rawValue)) : nil))
+                postNorm: c.sandwich ? try norm(l.scope(names.leaf(.postFeedforwardNorm))) : nil))
         }
         let finalNorm = try norm(root.scope(String(c.names.finalNorm.dropLast(".weight".count))))
-        let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding, name: c.names.head)
+        let lmHead = try languageModelHead(store, tied: c.tieWordEmbeddings, embedding: embedding, name: c.names.head, bias: c.headBias)
         if c.textTower {
             // The vision tower and the projector: carried through by surgery, not run here.
             let base = c.names.base + "."
             store.ignore { !$0.hasPrefix(base) && $0 != c.names.head }
         }
-        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I,
+        let versatile = try loadVersatileLayers(store, sublayers: sublayers, hiddenSize: d, intermediateSize: I, topology: c.topology,
                                                 bases: c.textTower ? (DecoderNames.textTowers.map(\.base), c.names.base) : nil)
         try store.requireAllUsed()
         return Model(config: c, embedding: embedding, layers: layers, ffnSublayers: sublayers,

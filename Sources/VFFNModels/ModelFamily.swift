@@ -16,9 +16,14 @@ public struct ModelFamily: Sendable {
         case outputNorm = "output-norm"
         /// `S(x) = x + N_post(F(N_pre x))`, the attention branch likewise (Gemma 2)
         case sandwich
+        /// `y = A(N_1 h) + T(h)`, `T(h) = h + F(N_2 h)`: attention and FFN read the block input
+        /// (GPT-NeoX, Phi, Cohere), and so do the gates.
+        case parallel
     }
 
     public let modelType: String
+    /// The family's block; a checkpoint's own config can choose another (GPT-NeoX's
+    /// use_parallel_residual false is pre-norm), which `FFNLayout.topology` gives.
     public let topology: Topology
     /// What `run` returns for it.
     public let output: OutputKind

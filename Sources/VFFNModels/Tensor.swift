@@ -140,6 +140,11 @@ public struct Linear: Sendable {
         self.bias = bias
     }
 
+    /// The same weights with `bias` added after them (a tied head with a bias of its own).
+    public func adding(bias: [Float]) -> Linear {
+        Linear(storage: storage, transposed: transposed, storedColumns: storedColumns, outputs: outputs, inputs: inputs, bias: bias)
+    }
+
     /// Output features `r` (relative to this view), with their bias entries.
     public func rows(_ r: Range<Int>) -> Linear {
         Linear(storage: storage, transposed: transposed, storedColumns: storedColumns,

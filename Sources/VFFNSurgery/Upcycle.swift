@@ -131,7 +131,7 @@ public struct UpcyclePlan: @unchecked Sendable {
     public var convertedConfig: JSON {
         var section = settings.json
         if case var .object(members) = section {
-            members += [("gate_init", .string(GateInitializer.description)), ("seed", .number(String(seed))),
+            members += [("block", .string(layout.topology.rawValue)), ("gate_init", .string(GateInitializer.description)), ("seed", .number(String(seed))),
                         ("router_init", .string(options.routerInit.rawValue)), ("depth_init", .string(options.depthInit.rawValue)),
                         ("neuron_permutation", .bool(permutations != nil))]
             if permutations != nil { members.append(("split_method", .string(NeuronSplit.clusterMethod))) }

@@ -103,13 +103,14 @@ struct ModelCard {
         let c = ckpt.config
         let type = c["model_type"]?.stringValue ?? "?"
         let arch = c["architectures"]?.arrayValue?.first?.stringValue
-        var family = type + (arch.map { " (\($0))" } ?? "") + (Architectures.family(type).map { ", \($0.topology.rawValue) blocks" } ?? "")
+        var family = type + (arch.map { " (\($0))" } ?? "")
         var ffn: String?
         do {
             let layout = try Architectures.lookup(ckpt).ffnLayout(ckpt)
+            family += ", \(layout.topology.rawValue) blocks"
             ffn = "hidden \(layout.hiddenSize), FFN intermediate \(layout.intermediateSize), \(layout.sites.count) layers"
         } catch {
-            family += " — not convertible: \(error.message)"
+            family += (Architectures.family(type).map { ", \($0.topology.rawValue) blocks" } ?? "") + " — not convertible: \(error.message)"
         }
         let settings = try VersatileFFNSettings.read(from: c, path: ckpt.configPath)
         gateNames = Set(settings?.gateTensors.flatMap { [$0.expertGate, $0.depthPredictor] } ?? [])

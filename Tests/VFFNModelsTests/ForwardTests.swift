@@ -19,7 +19,8 @@ import VFFNModels
                       "olmo-clip-bf16-4x", "starcoder2-tiny", "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x",
                       "olmo2-tiny", "olmo2-bf16-4x", "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny",
                       "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x", "gemma3-vlm-4x", "olmo3-tiny", "olmo3-bf16-4x",
-                      "olmo2-bf16-sharded", "gemma2-bf16-sharded",
+                      "olmo2-bf16-sharded", "gemma2-bf16-sharded", "gpt-neox-tiny", "gpt-neox-bf16-4x", "phi-tiny", "phi-bf16-4x",
+                      "cohere-tiny", "cohere-bf16-4x", "cohere2-tiny", "cohere2-bf16-4x",
                       "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
@@ -31,7 +32,7 @@ import VFFNModels
         #expect(err < Self.tolerance, "\(fixture): relative error \(err)")
     }
 
-    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("granite-vffn", 2), ("olmo-vffn", 2), ("starcoder2-vffn", 2), ("phi3-vffn", 2), ("olmo2-vffn", 2), ("gemma-vffn", 2), ("gemma2-vffn", 2), ("gemma3-vffn", 2), ("olmo3-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
+    @Test(arguments: [("llama-gqa-vffn", 2), ("qwen2-bf16-vffn", 3), ("qwen3-vffn", 2), ("smollm3-vffn", 2), ("granite-vffn", 2), ("olmo-vffn", 2), ("starcoder2-vffn", 2), ("phi3-vffn", 2), ("olmo2-vffn", 2), ("gemma-vffn", 2), ("gemma2-vffn", 2), ("gemma3-vffn", 2), ("olmo3-vffn", 2), ("gpt-neox-vffn", 2), ("phi-vffn", 2), ("cohere-vffn", 2), ("cohere2-vffn", 2), ("gpt2-noprefix-vffn", 2), ("bert-tiny-vffn", 2)])
     func versatileOutputMatchesPyTorchReference(fixture: String, topK: Int) throws {
         let model = try Architectures.load(Checkpoint(path: Fixtures.path(fixture)))
         let result = try model.forward(Fixtures.tokens, mode: .versatile(), trace: false)
