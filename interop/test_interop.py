@@ -90,12 +90,21 @@ REMOTE_CODE_CASES = [
     ("olmo3-tiny", "AutoModelForCausalLM", []),
     ("olmo3-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
     ("gemma3-vlm-4x", "AutoModelForImageTextToText", []),
+    ("gpt-neox-tiny", "AutoModelForCausalLM", []),
+    ("gpt-neox-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
+    ("phi-tiny", "AutoModelForCausalLM", []),
+    ("phi-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
+    ("cohere-tiny", "AutoModelForCausalLM", []),
+    ("cohere-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
+    ("cohere2-tiny", "AutoModelForCausalLM", []),
+    ("cohere2-bf16-4x", "AutoModelForCausalLM", ["--split", "cluster", "--top-k", "3"]),
 ]
 
 
 # Stock classes that came after the oldest transformers the remote code supports.
 NEWER_FAMILIES = {"qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
-                  "gemma3-vlm": "Gemma3ForConditionalGeneration", "gemma3": "Gemma3ForCausalLM", "olmo3": "Olmo3ForCausalLM"}
+                  "gemma3-vlm": "Gemma3ForConditionalGeneration", "gemma3": "Gemma3ForCausalLM", "olmo3": "Olmo3ForCausalLM",
+                  "cohere2": "Cohere2ForCausalLM"}
 
 
 def unavailable(fixture):
@@ -103,6 +112,12 @@ def unavailable(fixture):
     for family, cls in NEWER_FAMILIES.items():
         if family in fixture and not hasattr(transformers, cls):
             return f"transformers {transformers.__version__} has no {cls}"
+    if fixture == "phi-tiny":
+        import inspect
+        from transformers.models.phi import modeling_phi
+        source = inspect.getsource(modeling_phi.PhiAttention.forward)
+        if source.find(".view(") > source.find("self.q_layernorm("):
+            return f"transformers {transformers.__version__}'s Phi cannot run qk_layernorm (the remote code refuses it there)"
     if "phi3" in fixture:
         import inspect
         from transformers.models.phi3 import modeling_phi3
@@ -118,6 +133,10 @@ def ffn_weight_names(model_type):
         return ["intermediate.dense.weight", "output.dense.weight"]
     if model_type == "phi3":
         return ["mlp.gate_up_proj.weight", "mlp.down_proj.weight"]
+    if model_type == "gpt_neox":
+        return ["mlp.dense_h_to_4h.weight", "mlp.dense_4h_to_h.weight"]
+    if model_type == "phi":
+        return ["mlp.fc1.weight", "mlp.fc2.weight"]
     return ["mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"]
 
 
@@ -215,6 +234,17 @@ class RemoteCodeTests(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             dst = self.convert("phi3-longrope", [], tmp)
             with self.assertRaisesRegex(ValueError, "ignores partial_rotary_factor for Phi-3"):
+                transformers.AutoModelForCausalLM.from_pretrained(dst, trust_remote_code=True)
+
+    def test_phi_refused_where_qk_layernorm_cannot_run(self):
+        """Under a transformers whose Phi normalizes q and k before splitting the heads (which
+        fails), the remote code refuses with one line; elsewhere this test has nothing to check."""
+        reason = unavailable("phi-tiny")
+        if not reason:
+            self.skipTest(f"transformers {transformers.__version__} runs Phi's qk_layernorm")
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = self.convert("phi-tiny", [], tmp)
+            with self.assertRaisesRegex(ValueError, "Phi cannot run qk_layernorm"):
                 transformers.AutoModelForCausalLM.from_pretrained(dst, trust_remote_code=True)
 
     def test_depth_temperature_schedule(self):

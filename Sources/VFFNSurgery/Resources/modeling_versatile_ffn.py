@@ -2,7 +2,7 @@
 #
 # transformers remote code for VersatileFFN checkpoints (arXiv 2512.14531):
 #
-#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, olmo3, starcoder2, phi3, gemma, gemma2, gemma3_text, gpt2
+#     AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)   # llama, mistral, qwen2, qwen3, smollm3, granite, olmo, olmo2, olmo3, starcoder2, phi3, gemma, gemma2, gemma3_text, gpt_neox, phi, cohere, cohere2, gpt2
 #     AutoModel.from_pretrained(DIR, trust_remote_code=True)              # bert
 #     AutoModelForImageTextToText.from_pretrained(DIR, trust_remote_code=True)  # gemma3 (its text model)
 #
@@ -27,13 +27,20 @@
 # follows the FFN), x + post(f(norm(x))) for Gemma 2 and 3 (a norm on each side), norm(x + f(x)) for BERT. The FFN's
 # own dropout (GPT-2's resid_pdrop, BERT's hidden_dropout_prob) is applied to f in training, as in
 # the dense model.
+#
+# Parallel blocks (GPT-NeoX with use_parallel_residual, Phi, Cohere, Cohere 2) compute
+# h + A(N_1 h) + f(N_2 h): there is no stream between attention and the FFN, so the block is
+# A(N_1 h) + V(h), with V the VersatileFFN block over T(h) = h + f(N_2 h) and both gates reading the
+# layer's input h (N_2 = N_1 where the branches share a norm). The layer's own dropout on its FFN
+# branch (post_mlp_dropout, resid_dropout) then applies to V(h) - h.
 
 import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import (BertModel, GemmaForCausalLM, Gemma2ForCausalLM, GPT2LMHeadModel, GraniteForCausalLM, LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM,
-                          Phi3ForCausalLM, Qwen2ForCausalLM, Starcoder2ForCausalLM)
+from transformers import (BertModel, CohereForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM, GraniteForCausalLM,
+                          LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM, Phi3ForCausalLM, PhiForCausalLM, Qwen2ForCausalLM,
+                          Starcoder2ForCausalLM)
 
 # Families newer than the oldest transformers we support: absent there, the others still load.
 Qwen3ForCausalLM = getattr(transformers, "Qwen3ForCausalLM", None)  # 4.51
@@ -42,6 +49,7 @@ SmolLM3ForCausalLM = getattr(transformers, "SmolLM3ForCausalLM", None)  # 4.53
 Gemma3ForCausalLM = getattr(transformers, "Gemma3ForCausalLM", None)  # 4.50
 Olmo3ForCausalLM = getattr(transformers, "Olmo3ForCausalLM", None)  # 4.57
 Gemma3ForConditionalGeneration = getattr(transformers, "Gemma3ForConditionalGeneration", None)  # 4.50
+Cohere2ForCausalLM = getattr(transformers, "Cohere2ForCausalLM", None)  # 4.48
 
 TEMPERATURE_START = 5.0
 TEMPERATURE_END = 0.1
@@ -152,7 +160,7 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
     `depth_predictor`, and returns out(x) - x, because the layer adds the residual x back (divided
     by r for Granite, whose layer adds r times the MLP's output)."""
 
-    def __init__(self, config, dense_mlp, norm, family, post_norm=None):
+    def __init__(self, config, dense_mlp, norm, family, post_norm=None, parallel=False):
         super().__init__()
         for name, child in dense_mlp.named_children():
             self.add_module(name, child)
@@ -167,35 +175,47 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         self.__dict__["post_norm"] = post_norm
         # Not a child: the norm stays registered where the layer has it.
         self.__dict__["norm"] = norm
+        # A parallel layer's FFN is given N_2 h; the block reads h, kept by the layer's pre-hook.
+        self.parallel = parallel
         self._init_gates(config, config.hidden_size, self._intermediate_size())
+
+    # The ungated FFNs' (input, activation, output) module names; the gated ones use
+    # gate_proj/up_proj/down_proj (Phi-3: gate_up_proj).
+    UNGATED = {"gpt2": ("c_fc", "act", "c_proj"), "starcoder2": ("c_fc", "act", "c_proj"),
+               "gpt_neox": ("dense_h_to_4h", "act", "dense_4h_to_h"), "phi": ("fc1", "activation_fn", "fc2")}
 
     def _intermediate_size(self):
         if self.family == "phi3":
             return self.gate_up_proj.weight.shape[0] // 2  # [gate; up]
         if self.family == "gpt2":
             return self.c_fc.weight.shape[1]  # Conv1D: [in, out]
-        if self.family == "starcoder2":
-            return self.c_fc.weight.shape[0]  # Linear: [out, in]
+        if self.family in self.UNGATED:
+            return getattr(self, self.UNGATED[self.family][0]).weight.shape[0]  # Linear: [out, in]
         return self.gate_proj.weight.shape[0]
 
     def _neurons(self, h):
         if self.family == "phi3":
             gate, up = self.gate_up_proj(h).chunk(2, dim=-1)
             return up * self.activation_fn(gate)
-        if self.family in ("gpt2", "starcoder2"):
-            return self.act(self.c_fc(h))
+        if self.family in self.UNGATED:
+            fc_in, act, _ = self.UNGATED[self.family]
+            return getattr(self, act)(getattr(self, fc_in)(h))
         return self.act_fn(self.gate_proj(h)) * self.up_proj(h)
 
     def _project(self, a):
         if self.family == "gpt2":
             return a @ self.c_proj.weight
-        if self.family == "starcoder2":
-            return F.linear(a, self.c_proj.weight)
+        if self.family in self.UNGATED:
+            return F.linear(a, getattr(self, self.UNGATED[self.family][2]).weight)
         return F.linear(a, self.down_proj.weight)
 
     @property
     def _out_bias(self):
-        return self.c_proj.bias if self.family in ("gpt2", "starcoder2") else self.down_proj.bias
+        return getattr(self, self.UNGATED[self.family][2]).bias if self.family in self.UNGATED else self.down_proj.bias
+
+    def _normalize(self, x):
+        # A pass-through norm is applied here; a parallel layer's runs as the layer's own module.
+        return self.norm.normalize(x) if isinstance(self.norm, _PassThrough) else self.norm(x)
 
     def _dropout(self, f):
         dropout = getattr(self, "dropout", None)
@@ -210,10 +230,10 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
 
     def _sublayer(self, x):
         if self.norm_after:
-            return x + self.norm.normalize(self._f_from(self._neurons(x)))
+            return x + self._normalize(self._f_from(self._neurons(x)))
         if self.post_norm is not None:
-            return x + self.post_norm.normalize(self._f_from(self._neurons(self.norm.normalize(x))))
-        return x + self._scaled(self._f_from(self._neurons(self.norm.normalize(x))))
+            return x + self.post_norm.normalize(self._f_from(self._neurons(self._normalize(x))))
+        return x + self._scaled(self._f_from(self._neurons(self._normalize(x))))
 
     def _width(self, x, chosen, weights):
         """(x_width, S(x)). The k sub-layers share x and norm(x), and their weights sum to 1, so
@@ -221,16 +241,18 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         A norm after the FFN (OLMo 2) does not distribute over the sum: one product per slot."""
         if self.norm_after or self.post_norm is not None:
             after = self.norm if self.norm_after else self.post_norm
-            a = self._neurons(x if self.norm_after else self.norm.normalize(x))
+            a = self._neurons(x if self.norm_after else self._normalize(x))
             x_width = torch.zeros_like(x)
             for slot in range(self.top_k):
                 mask = self._expert_mask(chosen[..., slot : slot + 1], torch.ones_like(weights[..., slot : slot + 1]))
                 x_width = x_width + weights[..., slot : slot + 1] * (x + after.normalize(self._f_from(a * mask)))
             return x_width, x + after.normalize(self._f_from(a))
-        a = self._neurons(self.norm.normalize(x))
+        a = self._neurons(self._normalize(x))
         return x + self._scaled(self._f_from(a * self._expert_mask(chosen, weights))), x + self._scaled(self._f_from(a))
 
     def forward(self, x):
+        if self.parallel:
+            x = self.__dict__.pop("block_input")
         delta = self._versatile(x) - x
         return delta if self.residual_scale == 1.0 else delta / self.residual_scale
 
@@ -269,7 +291,15 @@ class _PostNormVersatileLayer(_VersatileFFNMixin):
 
 
 def _decoder_layers(model, family):
-    return model.transformer.h if family == "gpt2" else model.model.layers
+    if family == "gpt2":
+        return model.transformer.h
+    return model.gpt_neox.layers if family == "gpt_neox" else model.model.layers
+
+
+def _keep_block_input(layer, args, kwargs):
+    """A parallel layer's forward pre-hook: hands the layer's input h to its FFN block (it runs
+    again when gradient checkpointing recomputes the layer)."""
+    layer.mlp.__dict__["block_input"] = args[0] if args else kwargs["hidden_states"]
 
 
 def _ffn_norm_name(family):
@@ -293,6 +323,13 @@ def install_versatile_ffn(model, config, family, layers=None):
             base = type(layer)
             layer.__class__ = type("Versatile" + base.__name__, (_PostNormVersatileLayer, base), {})
             layer._init_gates(config, config.hidden_size, layer.intermediate.dense.weight.shape[0])
+        return
+    if family in ("phi", "cohere") or family == "gpt_neox" and config.use_parallel_residual:
+        # GPT-NeoX's FFN has its own norm; Phi's and Cohere's is the one before attention.
+        norm_name = "post_attention_layernorm" if family == "gpt_neox" else "input_layernorm"
+        for layer in _decoder_layers(model, family):
+            layer.mlp = PreNormVersatileFFN(config, layer.mlp, getattr(layer, norm_name), family, parallel=True)
+            layer.register_forward_pre_hook(_keep_block_input, with_kwargs=True)
         return
     norm_name = _ffn_norm_name(family)
     for layer in _decoder_layers(model, family) if layers is None else layers:
@@ -328,6 +365,10 @@ def _rope_settings_for_transformers_4(config):
     if "partial_rotary_factor" in params:
         # transformers 4.48+ reads Phi-3's partial rotary at the top level only.
         config.partial_rotary_factor = params["partial_rotary_factor"]
+    if config.model_type == "gpt_neox":
+        # GPTNeoXConfig 4.x's own names.
+        config.rotary_pct = params.get("partial_rotary_factor", config.rotary_pct)
+        config.rotary_emb_base = params.get("rope_theta", config.rotary_emb_base)
     if params.get("rope_type", "default") != "default" and getattr(config, "rope_scaling", None) is None:
         config.rope_scaling = {k: v for k, v in params.items() if k != "rope_theta"}
 
@@ -501,6 +542,62 @@ class VersatilePhi3ForCausalLM(_VersatileModelMixin, Phi3ForCausalLM):
         _rope_settings_for_transformers_4(config)
         super().__init__(config)
         install_versatile_ffn(self, config, "phi3")
+
+
+class VersatileGPTNeoXForCausalLM(_VersatileModelMixin, GPTNeoXForCausalLM):
+    def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "gpt_neox")
+
+
+def _share_checkpoint_renames(stock, ours):
+    """transformers 5 renames some checkpoint keys on load, and back on save, for its own classes
+    only (GPT-NeoX's `embed_out` is its `lm_head`): the same renames for our subclass, so that
+    checkpoints load and save under their usual names. transformers 4 renames nothing."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+    except ImportError:
+        return
+    renames = get_checkpoint_conversion_mapping(stock)
+    if renames:
+        register_checkpoint_conversion_mapping(ours, renames, overwrite=True)
+
+
+_share_checkpoint_renames("GPTNeoXForCausalLM", "VersatileGPTNeoXForCausalLM")
+
+
+def _phi_splits_heads_before_qk_layernorm():
+    """transformers 4.x's Phi applies its per-head q/k LayerNorms before splitting the heads, so a
+    model with qk_layernorm fails there (the stock one too)."""
+    import inspect
+    from transformers.models.phi import modeling_phi
+    source = inspect.getsource(modeling_phi.PhiAttention.forward)
+    return source.find(".view(") < source.find("self.q_layernorm(")
+
+
+class VersatilePhiForCausalLM(_VersatileModelMixin, PhiForCausalLM):
+    def __init__(self, config):
+        if getattr(config, "qk_layernorm", False) and not _phi_splits_heads_before_qk_layernorm():
+            raise ValueError(f"transformers {transformers.__version__}'s Phi cannot run qk_layernorm (it normalizes before splitting the heads); use transformers 5")
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "phi")
+
+
+class VersatileCohereForCausalLM(_VersatileModelMixin, CohereForCausalLM):
+    def __init__(self, config):
+        _rope_settings_for_transformers_4(config)
+        super().__init__(config)
+        install_versatile_ffn(self, config, "cohere")
+
+
+if Cohere2ForCausalLM is not None:
+    class VersatileCohere2ForCausalLM(_VersatileModelMixin, Cohere2ForCausalLM):
+        def __init__(self, config):
+            _rope_settings_for_transformers_4(config)
+            super().__init__(config)
+            install_versatile_ffn(self, config, "cohere")  # the same block
 
 
 class VersatileGPT2LMHeadModel(_VersatileModelMixin, GPT2LMHeadModel):
