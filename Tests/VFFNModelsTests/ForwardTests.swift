@@ -140,7 +140,7 @@ import VFFNModels
     @Test func unknownOrMissingModelType() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("model_type", to: .string("mamba")) }
-        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gemma, gemma2, gemma3_text, gemma3, olmo2, olmo3, gpt2, bert)")
+        expectError(dir, "model_type \"mamba\" is not supported (supported: llama, mistral, qwen2, qwen3, smollm3, granite, olmo, starcoder2, phi3, gemma, gemma2, gemma3_text, gemma3, olmo2, olmo3, gpt_neox, phi, cohere, cohere2, gpt2, bert)")
         try editConfig(dir) { .object($0.objectMembers!.filter { $0.0 != "model_type" }) }
         expectError(dir, "config.json: has no \"model_type\"")
     }

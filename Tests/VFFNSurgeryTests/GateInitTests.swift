@@ -21,7 +21,8 @@ import VFFNModels
     /// Clustering permutes the FFN's neurons (rows of the input projections and their biases,
     /// columns of the output projection; Conv1D the other way round): the dense model computes
     /// the same function up to float rounding, and every moved tensor is exactly a permutation.
-    @Test(arguments: ["llama-gqa-sharded", "qwen3-tiny", "smollm3-bf16-4x", "granite-bf16-4x", "olmo-clip-bf16-4x", "starcoder2-tiny", "phi3-longrope", "phi3-bf16-4x", "olmo2-bf16-4x", "gemma-tiny", "gemma2-bf16-4x", "gemma3-bf16-4x", "olmo3-bf16-4x", "gpt2-tiny", "bert-tiny"])
+    @Test(arguments: ["llama-gqa-sharded", "qwen3-tiny", "smollm3-bf16-4x", "granite-bf16-4x", "olmo-clip-bf16-4x", "starcoder2-tiny", "phi3-longrope", "phi3-bf16-4x", "olmo2-bf16-4x", "gemma-tiny", "gemma2-bf16-4x", "gemma3-bf16-4x", "olmo3-bf16-4x",
+                      "gpt-neox-tiny", "gpt-neox-bf16-4x", "phi-tiny", "cohere-bf16-4x", "cohere2-tiny", "gpt2-tiny", "bert-tiny"])
     func neuronPermutationKeepsTheDenseFunction(fixture: String) throws {
         let (plan, dst) = try convert(fixture, GateOptions(split: .cluster))
         let a = try denseOutput(dst), b = try denseOutput(Fixtures.path(fixture))
@@ -119,7 +120,8 @@ import VFFNModels
     /// The calibrated predictor puts the calibration tokens at the target depths: exactly (to
     /// the token) when there are no more tokens than hidden dimensions, and still after its rows
     /// are rounded to bf16 (olmo3-bf16-4x missed the target by 0.075 before they were centred).
-    @Test(arguments: ["llama-gqa-sharded", "mistral-f16", "qwen3-tiny", "smollm3-tiny", "granite-tiny", "olmo-tiny", "starcoder2-bf16-4x", "phi3-longrope", "olmo2-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma3-tiny", "olmo3-tiny", "olmo3-bf16-4x", "gpt2-tiny", "bert-noprefix-bf16"])
+    @Test(arguments: ["llama-gqa-sharded", "mistral-f16", "qwen3-tiny", "smollm3-tiny", "granite-tiny", "olmo-tiny", "starcoder2-bf16-4x", "phi3-longrope", "olmo2-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma3-tiny", "olmo3-tiny", "olmo3-bf16-4x",
+                      "gpt-neox-bf16-4x", "phi-tiny", "cohere-tiny", "cohere2-bf16-4x", "gpt2-tiny", "bert-noprefix-bf16"])
     func calibratedDepthHitsTheTargetHistogram(fixture: String) throws {
         let target = [0.4, 0.3, 0.2, 0.1]
         let (plan, dst) = try convert(fixture, GateOptions(depthInit: .calibrated, depthTarget: target))

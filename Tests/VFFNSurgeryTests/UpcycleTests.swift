@@ -17,7 +17,8 @@ import VFFNSurgery
                       "granite-bf16-4x", "olmo-tiny", "olmo-clip-bf16-4x", "starcoder2-tiny",
                       "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x", "olmo2-tiny", "olmo2-bf16-4x",
                       "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny", "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x", "gemma3-vlm-4x", "olmo2-bf16-sharded", "gemma2-bf16-sharded",
-                      "olmo3-tiny", "olmo3-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
+                      "olmo3-tiny", "olmo3-bf16-4x", "gpt-neox-tiny", "gpt-neox-bf16-4x", "phi-tiny", "phi-bf16-4x", "cohere-tiny", "cohere-bf16-4x",
+                      "cohere2-tiny", "cohere2-bf16-4x", "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func convertedCheckpointVerifies(fixture: String) throws {
         let dst = try convert(fixture)
         let report = try Verifier.verify(destination: dst, source: Fixtures.path(fixture))
@@ -25,7 +26,8 @@ import VFFNSurgery
         // GPT-2 and BERT have an output-projection bias, shared whole by every sub-expert, and so
         // has a Llama-family FFN with mlp_bias (granite-bf16-4x).
         let config = try Checkpoint(path: Fixtures.path(fixture)).config
-        let biased = fixture.hasPrefix("gpt2") || fixture.hasPrefix("bert") || config["mlp_bias"]?.boolValue == true
+        let biased = fixture.hasPrefix("gpt2") || fixture.hasPrefix("bert") || fixture.hasPrefix("gpt-neox") || fixture.hasPrefix("phi-")
+            || config["mlp_bias"]?.boolValue == true
             || (fixture.hasPrefix("starcoder2") && config["use_bias"]?.boolValue != false)
         #expect(report.hasOutputBias == biased)
         #expect(report.table.contains(biased ? "sum f_e = f + (N-1)b" : "sum f_e = f "))
@@ -156,7 +158,8 @@ import VFFNSurgery
                       "starcoder2-tiny-seed0-e8k2d4-logits.npy", "phi3-longrope-seed0-e8k2d4-logits.npy",
                       "olmo2-tiny-seed0-e8k2d4-logits.npy", "gemma-tiny-seed0-e8k2d4-logits.npy",
                       "gemma2-tiny-seed0-e8k2d4-logits.npy", "gemma3-tiny-seed0-e8k2d4-logits.npy", "olmo3-tiny-seed0-e8k2d4-logits.npy", "gemma3-vlm-4x-seed0-e8k2d4-logits.npy",
-                      "gpt2-tiny-seed0-e8k2d4-logits.npy",
+                      "gpt-neox-tiny-seed0-e8k2d4-logits.npy", "phi-tiny-seed0-e8k2d4-logits.npy", "cohere-tiny-seed0-e8k2d4-logits.npy",
+                      "cohere2-tiny-seed0-e8k2d4-logits.npy", "gpt2-tiny-seed0-e8k2d4-logits.npy",
                       "bert-noprefix-bf16-seed0-e8k2d4-hidden.npy"])
     func swiftConvertedCheckpointMatchesPyTorchReference(golden: String) throws {
         // fixtures/generate.py --swift-converted ran the PyTorch transcription of SPEC section 1
@@ -399,6 +402,10 @@ import VFFNSurgery
         ("gemma3-bf16-4x", "AutoModelForCausalLM", "VersatileGemma3ForCausalLM"),
         ("olmo3-tiny", "AutoModelForCausalLM", "VersatileOlmo3ForCausalLM"),
         ("gemma3-vlm-4x", "AutoModelForImageTextToText", "VersatileGemma3ForConditionalGeneration"),
+        ("gpt-neox-tiny", "AutoModelForCausalLM", "VersatileGPTNeoXForCausalLM"),
+        ("phi-bf16-4x", "AutoModelForCausalLM", "VersatilePhiForCausalLM"),
+        ("cohere-tiny", "AutoModelForCausalLM", "VersatileCohereForCausalLM"),
+        ("cohere2-bf16-4x", "AutoModelForCausalLM", "VersatileCohere2ForCausalLM"),
         ("gpt2-noprefix-f16", "AutoModelForCausalLM", "VersatileGPT2LMHeadModel"),
         ("bert-tiny", "AutoModel", "VersatileBertModel"),
     ]
@@ -412,10 +419,11 @@ import VFFNSurgery
             #expect(["AutoModelForCausalLM", "AutoModel", "AutoModelForImageTextToText"].contains(family.autoClass))
             #expect((family.autoClass == "AutoModel") == (family.output == .hiddenStates), "\(family.modelType)")
         }
-        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gemma", "gemma2", "gemma3_text", "gemma3", "olmo2", "olmo3", "gpt2", "bert"])
+        #expect(Architectures.supportedModelTypes == ["llama", "mistral", "qwen2", "qwen3", "smollm3", "granite", "olmo", "starcoder2", "phi3", "gemma", "gemma2", "gemma3_text", "gemma3", "olmo2", "olmo3", "gpt_neox", "phi", "cohere", "cohere2", "gpt2", "bert"])
         #expect(Architectures.families.filter(\.olmoLayout).map(\.modelType) == ["llama", "mistral", "qwen2", "olmo", "olmo2"])
         #expect(Architectures.families.filter { $0.topology != .preNorm }.map { "\($0.modelType) \($0.topology.rawValue)" } == ["granite scaled pre-norm", "gemma2 sandwich", "gemma3_text sandwich", "gemma3 sandwich", "olmo2 output-norm",
-                                                                                                                         "olmo3 output-norm", "bert post-norm"])
+                                                                                                                         "olmo3 output-norm", "gpt_neox parallel", "phi parallel", "cohere parallel",
+                                                                                                                         "cohere2 parallel", "bert post-norm"])
     }
 
     /// The module written is the package's resource byte for byte, and config.json names the
@@ -543,6 +551,8 @@ import VFFNSurgery
         for (fixture, message) in [("gpt2-tiny", "--output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2, olmo, olmo2)"),
                                    ("qwen3-tiny", "--output-format olmo cannot express model_type qwen3: per-head q/k norms (OLMo's block has none; OLMo 2's span the whole projection) (it takes llama, mistral, qwen2, olmo, olmo2)"),
                                    ("olmo3-tiny", "--output-format olmo cannot express model_type olmo3: sliding-window layers with a rotary embedding of their own (it takes llama, mistral, qwen2, olmo, olmo2)"),
+                                   ("phi-tiny", "--output-format olmo cannot express model_type phi: parallel attention and FFN (OLMo's block is sequential) (it takes llama, mistral, qwen2, olmo, olmo2)"),
+                                   ("gpt-neox-bf16-4x", "--output-format olmo cannot express model_type gpt_neox: parallel attention and FFN, LayerNorms with biases and an ungated GELU FFN (it takes llama, mistral, qwen2, olmo, olmo2)"),
                                    ("llama3-rope", "rope type \"llama3\" has no OLMo equivalent (OLMo's rotary embedding is unscaled)")] {
             let plan = try UpcyclePlan(source: Checkpoint(path: Fixtures.path(fixture)), experts: 4, topK: 2, maxDepth: 2)
             let error = try #require(throws: VFFNError.self) { try plan.write(to: dst, format: .olmo) }
