@@ -630,7 +630,7 @@ public enum Llama: Architecture {
             let partial = rope.params?["partial_rotary_factor"]?.doubleValue ?? r.json[traits.partialRotary.key]?.doubleValue ?? traits.partialRotary.default
             guard partial > 0, partial <= 1 else { throw .badInput(r.path, "\(traits.partialRotary.key) \(partial) must be in (0, 1]") }
             let dim = Int(Double(headDim) * partial)   // int(), as transformers truncates
-            guard dim % 2 == 0, dim > 0 else { throw .badInput(r.path, "rotary dimension \(dim) (head_dim x partial_rotary_factor) is not even") }
+            guard dim % 2 == 0, dim > 0 else { throw .badInput(r.path, "rotary dimension \(dim) (head_dim x \(traits.partialRotary.key)) is not even") }
             func make(_ theta: Double, _ rope: (params: JSON?, type: String)) throws(VFFNError) -> Rotary {
                 guard theta > 0, theta.isFinite else { throw .badInput(r.path, "rope_theta \(theta) must be positive") }
                 let f = try Self.inverseFrequencies(r, dim: dim, theta: theta, rope: rope, maxPositions: maxPositions,

@@ -379,6 +379,43 @@ import VFFNModels
         #expect(err > 100 * GoldenTests.tolerance, "\(fixture), \(change): relative error only \(err)")
     }
 
+    /// Each config-chosen piece of the parallel families is part of the function: changed, the
+    /// logits leave transformers' golden by far more than the tolerance.
+    @Test(arguments: [
+        ("gpt-neox-tiny", "sequential", "use_parallel_residual", "false"),
+        ("gpt-neox-tiny", "whole heads rotated", "rope_parameters", #"{"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0}"#),
+        ("gpt-neox-tiny", "another base", "rope_parameters", #"{"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}"#),
+        ("gpt-neox-bf16-4x", "parallel", "use_parallel_residual", "true"),
+        ("gpt-neox-bf16-4x", "4.x rotary_pct", "rotary_pct", "0.5"),
+        ("gpt-neox-bf16-4x", "4.x rotary_emb_base", "rotary_emb_base", "100.0"),
+        ("phi-tiny", "whole heads rotated", "rope_parameters", #"{"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 1.0}"#),
+        ("phi-bf16-4x", "4.x partial_rotary_factor", "partial_rotary_factor", "0.5"),
+        ("cohere-tiny", "logit_scale", "logit_scale", "0.0625"),
+        ("cohere-bf16-4x", "4.x rope_theta", "rope_theta", "10000.0"),
+        ("cohere2-tiny", "rope on the last layer instead", "layer_types", #"["full_attention", "sliding_attention", "sliding_attention", "sliding_attention"]"#),
+        ("cohere2-bf16-4x", "4.x sliding_window_pattern", "sliding_window_pattern", "4"),
+    ])
+    func parallelFamilyPiecesMatter(fixture: String, change: String, key: String, value: String) throws {
+        let dir = try copy(fixture)
+        try editConfig(dir) { $0.setting(key, to: try! JSON.parse(value)) }
+        let out = try Architectures.load(Checkpoint(path: dir)).forward(Fixtures.tokens, mode: .dense, trace: false).output
+        let err = relativeError(out.data, try Fixtures.golden("\(fixture)-dense-logits.npy").values)
+        #expect(err > 100 * GoldenTests.tolerance, "\(fixture), \(change): relative error only \(err)")
+    }
+
+    @Test func parallelFamilyConfigsAndTensorsThatCannotDescribeTheModel() throws {
+        let neox = try copy("gpt-neox-tiny")
+        try editConfig(neox) { $0.setting("rope_parameters", to: try! JSON.parse(#"{"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.4}"#)) }
+        expectError(neox, "rotary dimension 3 (head_dim x rotary_pct) is not even")
+        let cohere = try copy("cohere-tiny")
+        try editConfig(cohere) { $0.setting("logit_scale", to: .int(0)) }
+        expectError(cohere, "logit_scale 0.0 must be finite and non-zero")
+        // A Phi without its q/k norms' tensors, as qk_layernorm promises them.
+        let phi = try copy("phi-bf16-4x")
+        try editConfig(phi) { $0.setting("qk_layernorm", to: .bool(true)) }
+        expectError(phi, "missing tensor \"model.layers.0.self_attn.q_layernorm.weight\"")
+    }
+
     @Test func configValuesThatCannotDescribeTheModel() throws {
         let dir = try copy("mistral-f16")
         try editConfig(dir) { $0.setting("hidden_size", to: .string("32")) }

@@ -546,6 +546,18 @@ import VFFNSurgery
         #expect(file.info("transformer.blocks.0.att_proj.weight")!.dtype == .BF16)
     }
 
+    /// Gates made for one block are not run in another: a converted GPT-NeoX whose config was
+    /// edited to the sequential block since is refused with one line.
+    @Test func recordedBlockMustMatchTheConfig() throws {
+        let dst = makeTemporaryDirectory() + "/c"
+        try UpcyclePlan(source: Checkpoint(path: Fixtures.path("gpt-neox-tiny")), experts: 4, topK: 2, maxDepth: 2).write(to: dst)
+        #expect(try Checkpoint(path: dst).config["versatile_ffn"]?["block"]?.stringValue == "parallel")
+        let config = try Checkpoint.readJSON(dst + "/config.json", what: "config")
+        writeFile(dst + "/config.json", config.setting("use_parallel_residual", to: .bool(false)).pretty)
+        let error = try #require(throws: VFFNError.self) { try Architectures.load(Checkpoint(path: dst)) }
+        #expect(error.message == "versatile_ffn.block is \"parallel\" but this config.json makes pre-norm blocks; the gates were made for the recorded one")
+    }
+
     @Test func refusesWhatOLMoCannotHold() throws {
         let dst = makeTemporaryDirectory() + "/olmo"
         for (fixture, message) in [("gpt2-tiny", "--output-format olmo cannot express model_type gpt2: learned positions, LayerNorm with biases and a GELU FFN (it takes llama, mistral, qwen2, olmo, olmo2)"),
