@@ -16,6 +16,14 @@ public enum DType: String, CaseIterable, Sendable {
         }
     }
 
+    /// Floating point of any width (parameters, where BOOL masks and integer ids are buffers).
+    public var isFloatingPoint: Bool {
+        switch self {
+        case .BOOL, .U8, .I8, .I16, .U16, .I32, .U32, .I64, .U64: return false
+        default: return true
+        }
+    }
+
     /// The float types the forward pass computes from and the gates can be stored in.
     public var isComputeFloat: Bool { self == .F32 || self == .F16 || self == .BF16 }
 

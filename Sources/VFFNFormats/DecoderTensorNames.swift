@@ -92,6 +92,17 @@ public struct DecoderNames: Sendable, Equatable {
     }
 
     public static let causalLM = DecoderNames(base: "model", head: "lm_head.weight")
+    /// GPT-NeoX (Pythia): `gpt_neox.embed_in`, fused per-head `attention.query_key_value`, the
+    /// untied head `embed_out`.
+    public static let gptNeoX = DecoderNames(base: "gpt_neox", head: "embed_out.weight", embedding: "embed_in", finalNorm: "final_layer_norm",
+                                             renamed: [.qkv: "attention.query_key_value", .o: "attention.dense",
+                                                       .fcIn: "mlp.dense_h_to_4h", .fcOut: "mlp.dense_4h_to_h"])
+    /// Phi-1/1.5/2: `self_attn.dense`, `fc1`/`fc2`, `q_layernorm`/`k_layernorm`, `final_layernorm`.
+    public static let phi = DecoderNames(base: "model", head: "lm_head.weight", finalNorm: "final_layernorm",
+                                         renamed: [.o: "self_attn.dense", .fcIn: "mlp.fc1", .fcOut: "mlp.fc2",
+                                                   .qNorm: "self_attn.q_layernorm", .kNorm: "self_attn.k_layernorm"])
+    /// Every spelling of a decoder's output head.
+    public static var heads: Set<String> { Set(([causalLM, gptNeoX, phi] + textTowers).map(\.head)) }
     /// A multimodal wrapper's text tower: in the original layout, in transformers 5's, and as
     /// transformers 5.23 saves a subclass of the wrapper (a trained remote-code model), which
     /// it reads back as the second.

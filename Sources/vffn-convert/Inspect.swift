@@ -120,7 +120,8 @@ struct ModelCard {
         facts.append(("vocabulary", Self.int(c, "vocab_size").map { "\($0) tokens" } ?? "?"))
         facts.append(("context", Self.int(c, "max_position_embeddings", "n_positions", "n_ctx").map { "\($0) positions" } ?? "?"))
         if Architectures.family(type)?.output != .hiddenStates {
-            let head = ckpt.tensorNames.contains { $0 == "lm_head.weight" || $0.hasSuffix(".lm_head.weight") }
+            let heads = DecoderNames.heads
+            let head = ckpt.tensorNames.contains { heads.contains($0) || $0.hasSuffix(".lm_head.weight") }
             facts.append(("output head", head ? "own lm_head" : "tied to the token embedding"))
         }
         facts += sizeFacts
@@ -197,7 +198,9 @@ struct ModelCard {
         return .object(members)
     }
 
-    var parameters: Int { tensors.reduce(0) { $0 + $1.info.elementCount } }
+    /// Float tensors only: BOOL masks and integer buffers (GPT-NeoX's attention.bias, BERT's
+    /// position_ids) are not parameters.
+    var parameters: Int { tensors.filter { $0.info.dtype.isFloatingPoint }.reduce(0) { $0 + $1.info.elementCount } }
     var bytes: Int { tensors.reduce(0) { $0 + $1.info.byteCount } }
 
     var gateParameters: Int {

@@ -19,7 +19,7 @@ import VFFNModels
                       "olmo-clip-bf16-4x", "starcoder2-tiny", "starcoder2-bf16-4x", "phi3-longrope", "phi3-bf16-4x",
                       "olmo2-tiny", "olmo2-bf16-4x", "gemma-tiny", "gemma-bf16-4x", "gemma2-tiny",
                       "gemma2-bf16-4x", "gemma3-tiny", "gemma3-bf16-4x", "gemma3-vlm-4x", "olmo3-tiny", "olmo3-bf16-4x",
-                      "olmo2-bf16-sharded", "gemma2-bf16-sharded", "gpt-neox-tiny", "gpt-neox-bf16-4x", "phi-tiny", "phi-bf16-4x",
+                      "olmo2-bf16-sharded", "gemma2-bf16-sharded", "gpt-neox-tiny", "gpt-neox-bf16-4x", "gpt-neox-pythia-bin", "phi-tiny", "phi-bf16-4x",
                       "cohere-tiny", "cohere-bf16-4x", "cohere2-tiny", "cohere2-bf16-4x",
                       "gpt2-tiny", "gpt2-noprefix-f16", "bert-tiny", "bert-noprefix-bf16"])
     func denseOutputMatchesTransformers(fixture: String) throws {
