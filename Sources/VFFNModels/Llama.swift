@@ -601,7 +601,8 @@ public enum Llama: Architecture {
         /// rotate unscaled (Gemma 3 with `rope_local_base_freq`, OLMo 3 with its default base).
         static func rotaries(_ r: ConfigReader, traits: DecoderTraits, headDim: Int, maxPositions: Int?) throws(VFFNError) -> (Rotary, Rotary?, Int) {
             var rope = Self.ropeParameters(r.json)
-            let topTheta = try r.double(traits.ropeThetaKey, default: try r.double("rope_theta", default: .nan))
+            // GPT-NeoX reads rotary_emb_base only: transformers 4 and 5 both ignore a lone rope_theta there.
+            let topTheta = try r.double(traits.ropeThetaKey, default: .nan)
             let nested = rope.params?["full_attention"] != nil || rope.params?["sliding_attention"] != nil
             var sliding: (params: JSON?, type: String, theta: Double)?
             if let perType = traits.ropePerLayerType {

@@ -316,6 +316,25 @@ import VFFNModels
         let top = try config("phi3", #", "max_position_embeddings": 131072, "original_max_position_embeddings": 8192, "rope_scaling": {"type": "longrope", "#
                              + factors + "}")
         #expect(top.longropeOriginal == 8192)
+        // The parallel families, as transformers 5.23's configs read them: GPT-NeoX rotates a
+        // quarter of each head at base 10000 (rotary_pct and rotary_emb_base win over the
+        // partial_rotary_factor and rope_theta 4.46 also wrote; either alone is not read), Phi
+        // half; Cohere's base is 500000 (4.x's class said 10000), its logits scaled by 1/16,
+        // its q/k norms off; Cohere 2 slides three layers in four, rotating only those, and
+        // takes head_dim from the hidden size whatever the config says.
+        let neox = try config("gpt_neox")
+        #expect(neox.rotaryDim == 2 && neox.ropeTheta == 10000 && neox.parallel && !neox.sharedNorm && neox.topology == .parallel)
+        let both = try config("gpt_neox", #", "rotary_pct": 0.5, "partial_rotary_factor": 0.25, "rotary_emb_base": 9, "rope_theta": 7"#)
+        #expect(both.rotaryDim == 4 && both.ropeTheta == 9)
+        let lone = try config("gpt_neox", #", "partial_rotary_factor": 0.5, "rope_theta": 77"#)
+        #expect(lone.rotaryDim == 2 && lone.ropeTheta == 10000)
+        #expect(try config("gpt_neox", #", "use_parallel_residual": false"#).topology == .preNorm)
+        let phi = try config("phi")
+        #expect(phi.rotaryDim == 4 && phi.sharedNorm && phi.headBias && !phi.qkNormPerHead && !phi.tieWordEmbeddings)
+        let cohere = try config("cohere")
+        #expect(cohere.ropeTheta == 500_000 && cohere.logitScale == 0.0625 && cohere.tieWordEmbeddings && !cohere.qkNormPerHead && cohere.interleavedRope)
+        let cohere2 = try config("cohere2", #", "head_dim": 4"#)
+        #expect(cohere2.headDim == 8 && cohere2.slidingWindows.prefix(8) == [4096, 4096, 4096, nil, 4096, 4096, 4096, nil] && cohere2.ropeLayers == cohere2.slidingLayers)
     }
 
     /// YaRN's frequencies and attention factor, as transformers 5.23's _compute_yarn_parameters
