@@ -104,14 +104,14 @@ public enum Llama: Architecture {
                      notInOLMo: "parallel attention and FFN (OLMo's block is sequential)"),
          DecoderTraits(norm: .layerWithoutBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), qkNormPerHead: true, tiedByDefault: true,
                        ropeThetaDefault: 500_000, parallel: .sharedNorm, qkNormKey: "use_qk_norm", qkNormWeightsPerHead: true,
-                       interleavedRope: true, logitScaleDefault: 0.0625)),
+                       interleavedRope: true, partialRotary: nil, logitScaleDefault: 0.0625)),
         // Command R7B and A (Cohere 2): Cohere with three sliding layers to one full, and RoPE on
         // the sliding layers only.
         (ModelFamily("cohere2", topology: .parallel, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileCohere2ForCausalLM",
                      notInOLMo: "parallel attention and FFN (OLMo's block is sequential)"),
          DecoderTraits(norm: .layerWithoutBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), windows: .pattern(key: "sliding_window_pattern", period: 4),
                        tiedByDefault: true, slidingWindowDefault: 4096, parallel: .sharedNorm, interleavedRope: true,
-                       ropeOnSlidingLayersOnly: true, headDimFromHidden: true, logitScaleDefault: 0.0625)),
+                       ropeOnSlidingLayersOnly: true, partialRotary: nil, headDimFromHidden: true, logitScaleDefault: 0.0625)),
     ]
 
     public static var families: [ModelFamily] { declarations.map(\.family) }
@@ -267,7 +267,9 @@ public enum Llama: Architecture {
         public var ropeOnSlidingLayersOnly = false
         /// The 4.x top-level key of the rotary fraction and the config class's default (GPT-NeoX's
         /// rotary_pct 0.25, Phi's partial_rotary_factor 0.5); 5.x nests it in rope_parameters.
-        public var partialRotary: (key: String, default: Double) = ("partial_rotary_factor", 1)
+        /// nil: the family rotates whole heads whatever the config says (Cohere's rotary
+        /// embedding reads no fraction).
+        public var partialRotary: (key: String, default: Double)? = ("partial_rotary_factor", 1)
         /// The 4.x top-level key of the rope base (GPT-NeoX's rotary_emb_base).
         public var ropeThetaKey = "rope_theta"
         /// GPT-NeoX and Cohere 2 take head_dim as hidden_size / heads whatever the config says.
@@ -624,10 +626,11 @@ public enum Llama: Architecture {
             if let alias = traits.ropeAliases[rope.type] { rope.type = alias }
             let theta = rope.params?["rope_theta"]?.doubleValue ?? (topTheta.isNaN ? traits.ropeThetaDefault : topTheta)
             // transformers 5 keeps partial_rotary_factor in rope_parameters, 4.x at the top level.
-            let partial = rope.params?["partial_rotary_factor"]?.doubleValue ?? r.json[traits.partialRotary.key]?.doubleValue ?? traits.partialRotary.default
-            guard partial > 0, partial <= 1 else { throw .badInput(r.path, "\(traits.partialRotary.key) \(partial) must be in (0, 1]") }
+            let partialKey = traits.partialRotary?.key ?? "partial_rotary_factor"
+            let partial = traits.partialRotary.map { rope.params?["partial_rotary_factor"]?.doubleValue ?? r.json[$0.key]?.doubleValue ?? $0.default } ?? 1
+            guard partial > 0, partial <= 1 else { throw .badInput(r.path, "\(partialKey) \(partial) must be in (0, 1]") }
             let dim = Int(Double(headDim) * partial)   // int(), as transformers truncates
-            guard dim % 2 == 0, dim > 0 else { throw .badInput(r.path, "rotary dimension \(dim) (head_dim x \(traits.partialRotary.key)) is not even") }
+            guard dim % 2 == 0, dim > 0 else { throw .badInput(r.path, "rotary dimension \(dim) (head_dim x \(partialKey)) is not even") }
             func make(_ theta: Double, _ rope: (params: JSON?, type: String)) throws(VFFNError) -> Rotary {
                 guard theta > 0, theta.isFinite else { throw .badInput(r.path, "rope_theta \(theta) must be positive") }
                 let f = try Self.inverseFrequencies(r, dim: dim, theta: theta, rope: rope, maxPositions: maxPositions,
