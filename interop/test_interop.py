@@ -236,6 +236,27 @@ class RemoteCodeTests(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "ignores partial_rotary_factor for Phi-3"):
                 transformers.AutoModelForCausalLM.from_pretrained(dst, trust_remote_code=True)
 
+    def test_parallel_layers_train_with_gradient_checkpointing(self):
+        """A parallel layer's FFN block reads the layer's input, which a checkpointed layer must
+        capture again when backward recomputes it (transformers 5 checkpoints forward without
+        the module's hooks): every gate still gets a gradient."""
+        for fixture in ["gpt-neox-tiny", "phi-bf16-4x", "cohere-tiny", "cohere2-tiny"]:
+            if unavailable(fixture):
+                print(f"  {fixture}: skipped, {unavailable(fixture)}")
+                continue
+            with self.subTest(fixture=fixture), tempfile.TemporaryDirectory() as tmp:
+                torch.manual_seed(0)
+                model = self.load(self.convert(fixture, [], tmp), "AutoModelForCausalLM").train()
+                model.gradient_checkpointing_enable()
+                tokens = torch.tensor([TOKENS])
+                loss = F.cross_entropy(self.output(model, TOKENS)[:-1], tokens[0, 1:])
+                loss.backward()
+                gates = [(n, p) for n, p in model.named_parameters() if n.endswith(("expert_gate.weight", "depth_predictor.weight"))]
+                self.assertEqual(len(gates), 2 * model.config.num_hidden_layers)
+                for name, p in gates:
+                    self.assertIsNotNone(p.grad, name)
+                    self.assertGreater(float(p.grad.abs().max()), 0.0, name)
+
     def test_phi_refused_where_qk_layernorm_cannot_run(self):
         """Under a transformers whose Phi normalizes q and k before splitting the heads (which
         fails), the remote code refuses with one line; elsewhere this test has nothing to check."""

@@ -102,14 +102,14 @@ public enum Llama: Architecture {
         // interleaved RoPE, optional q/k norms with weights per head, logits times logit_scale.
         (ModelFamily("cohere", topology: .parallel, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileCohereForCausalLM",
                      notInOLMo: "parallel attention and FFN (OLMo's block is sequential)"),
-         DecoderTraits(norm: .layerWithoutBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), qkNormPerHead: true, tiedByDefault: true,
+         DecoderTraits(mlpBias: .never, norm: .layerWithoutBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), qkNormPerHead: true, tiedByDefault: true,
                        ropeThetaDefault: 500_000, parallel: .sharedNorm, qkNormKey: "use_qk_norm", qkNormWeightsPerHead: true,
                        interleavedRope: true, partialRotary: nil, logitScaleDefault: 0.0625)),
         // Command R7B and A (Cohere 2): Cohere with three sliding layers to one full, and RoPE on
         // the sliding layers only.
         (ModelFamily("cohere2", topology: .parallel, output: .logits, autoClass: "AutoModelForCausalLM", remoteCodeClass: "VersatileCohere2ForCausalLM",
                      notInOLMo: "parallel attention and FFN (OLMo's block is sequential)"),
-         DecoderTraits(norm: .layerWithoutBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), windows: .pattern(key: "sliding_window_pattern", period: 4),
+         DecoderTraits(mlpBias: .never, norm: .layerWithoutBias(epsKey: "layer_norm_eps", defaultEps: 1e-5), windows: .pattern(key: "sliding_window_pattern", period: 4),
                        tiedByDefault: true, slidingWindowDefault: 4096, parallel: .sharedNorm, interleavedRope: true,
                        ropeOnSlidingLayersOnly: true, partialRotary: nil, headDimFromHidden: true, logitScaleDefault: 0.0625)),
     ]
@@ -423,7 +423,8 @@ public enum Llama: Architecture {
             intermediateSize = try r.int("intermediate_size")
             numLayers = try r.int("num_hidden_layers")
             numHeads = try r.int("num_attention_heads")
-            numKVHeads = try r.int("num_key_value_heads", default: numHeads)
+            // GPT-NeoX has no grouped-query attention: transformers reads no KV head count there.
+            numKVHeads = traits.fusedQKVPerHead ? numHeads : try r.int("num_key_value_heads", default: numHeads)
             guard numHeads % numKVHeads == 0 else {
                 throw .badInput(path, "num_attention_heads \(numHeads) is not a multiple of num_key_value_heads \(numKVHeads)")
             }
@@ -523,7 +524,8 @@ public enum Llama: Architecture {
                 throw .badInput(path, "granite multipliers must be finite and logits_scaling non-zero")
             }
             (slidingLayers, slidingWindows) = try Self.slidingLayers(r, traits: traits, layers: numLayers)
-            if traits.ropeOnSlidingLayersOnly { ropeLayers = slidingLayers }
+            // Cohere 2 rotates where a layer has a window (transformers tests the window, not the type).
+            if traits.ropeOnSlidingLayersOnly { ropeLayers = slidingWindows.map { $0 != nil } }
             maxPositionEmbeddings = (json["max_position_embeddings"]?.isNull ?? true) ? nil : try r.int("max_position_embeddings")
             (rotary, slidingRotary, rotaryDim) = try Self.rotaries(r, traits: traits, headDim: headDim, maxPositions: maxPositionEmbeddings)
             let dynamic = rotary.type == "dynamic" || slidingRotary?.type == "dynamic" && slidingLayers.contains(true)

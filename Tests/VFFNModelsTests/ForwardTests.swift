@@ -336,6 +336,9 @@ import VFFNModels
         #expect(cohere.ropeTheta == 500_000 && cohere.logitScale == 0.0625 && cohere.tieWordEmbeddings && !cohere.qkNormPerHead && cohere.interleavedRope)
         let cohere2 = try config("cohere2", #", "head_dim": 4"#)
         #expect(cohere2.headDim == 8 && cohere2.slidingWindows.prefix(8) == [4096, 4096, 4096, nil, 4096, 4096, 4096, nil] && cohere2.ropeLayers == cohere2.slidingLayers)
+        // Without a window no layer rotates (transformers tests the window, not the layer type).
+        #expect(try config("cohere2", #", "sliding_window": null"#).ropeLayers.allSatisfy { !$0 })
+        #expect(try config("gpt_neox", #", "num_key_value_heads": 2"#).numKVHeads == 4)
     }
 
     /// YaRN's frequencies and attention factor, as transformers 5.23's _compute_yarn_parameters

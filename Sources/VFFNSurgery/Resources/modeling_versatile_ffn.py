@@ -32,7 +32,8 @@
 # h + A(N_1 h) + f(N_2 h): there is no stream between attention and the FFN, so the block is
 # A(N_1 h) + V(h), with V the VersatileFFN block over T(h) = h + f(N_2 h) and both gates reading the
 # layer's input h (N_2 = N_1 where the branches share a norm). The layer's own dropout on its FFN
-# branch (post_mlp_dropout, resid_dropout) then applies to V(h) - h.
+# branch (post_mlp_dropout, resid_dropout) then applies to V(h) - h, once, where the sequential
+# families' FFN dropout applies inside f on every loop.
 
 import torch
 import torch.nn.functional as F
@@ -175,7 +176,7 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         self.__dict__["post_norm"] = post_norm
         # Not a child: the norm stays registered where the layer has it.
         self.__dict__["norm"] = norm
-        # A parallel layer's FFN is given N_2 h; the block reads h, kept by the layer's pre-hook.
+        # A parallel layer's FFN is given N_2 h; the block reads h, which the layer's forward keeps.
         self.parallel = parallel
         self._init_gates(config, config.hidden_size, self._intermediate_size())
 
@@ -296,10 +297,24 @@ def _decoder_layers(model, family):
     return model.gpt_neox.layers if family == "gpt_neox" else model.model.layers
 
 
-def _keep_block_input(layer, args, kwargs):
-    """A parallel layer's forward pre-hook: hands the layer's input h to its FFN block (it runs
-    again when gradient checkpointing recomputes the layer)."""
-    layer.mlp.__dict__["block_input"] = args[0] if args else kwargs["hidden_states"]
+class _ParallelLayer:
+    """Mixed into a parallel decoder layer: hands the layer's input h to its FFN block. It is the
+    layer's forward, not a hook, because transformers 5 checkpoints forward without the module's
+    hooks: a recomputed layer must capture its (recomputed) input again."""
+
+    def forward(self, *args, **kwargs):
+        self.mlp.__dict__["block_input"] = args[0] if args else kwargs["hidden_states"]
+        return super().forward(*args, **kwargs)
+
+
+_parallel_classes = {}
+
+
+def _make_parallel(layer):
+    base = type(layer)
+    if base not in _parallel_classes:
+        _parallel_classes[base] = type("Versatile" + base.__name__, (_ParallelLayer, base), {})
+    layer.__class__ = _parallel_classes[base]
 
 
 def _ffn_norm_name(family):
@@ -324,12 +339,17 @@ def install_versatile_ffn(model, config, family, layers=None):
             layer.__class__ = type("Versatile" + base.__name__, (_PostNormVersatileLayer, base), {})
             layer._init_gates(config, config.hidden_size, layer.intermediate.dense.weight.shape[0])
         return
-    if family in ("phi", "cohere") or family == "gpt_neox" and config.use_parallel_residual:
+    parallel = family in ("phi", "cohere") or family == "gpt_neox" and config.use_parallel_residual
+    recorded = config.versatile_ffn.get("block")
+    if recorded is not None and (recorded == "parallel") != parallel:
+        # The gates were made for another block (a config edited since conversion).
+        raise ValueError(f"versatile_ffn.block is \"{recorded}\" but this config makes {'parallel' if parallel else 'sequential'} layers")
+    if parallel:
         # GPT-NeoX's FFN has its own norm; Phi's and Cohere's is the one before attention.
         norm_name = "post_attention_layernorm" if family == "gpt_neox" else "input_layernorm"
         for layer in _decoder_layers(model, family):
             layer.mlp = PreNormVersatileFFN(config, layer.mlp, getattr(layer, norm_name), family, parallel=True)
-            layer.register_forward_pre_hook(_keep_block_input, with_kwargs=True)
+            _make_parallel(layer)
         return
     norm_name = _ffn_norm_name(family)
     for layer in _decoder_layers(model, family) if layers is None else layers:
