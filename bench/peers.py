@@ -137,6 +137,72 @@ def olmo_export(a):
     torch.save(out, os.path.join(a.dst, "model.pt"))
 
 
+def make_gguf_q8(a):
+    """A bf16 safetensors Llama as llama.cpp's converter writes it to GGUF with gguf-py: Q/K rows
+    permuted to its rotary layout, every matrix Q8_0, the norms F32 (no tokenizer, no rope_freqs)."""
+    import numpy as np
+    import gguf
+    from safetensors import safe_open
+    config = json.load(open(os.path.join(a.src, "config.json")))
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    w = gguf.GGUFWriter(a.dst, "llama")
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_context_length(8192)
+    w.add_embedding_length(config["hidden_size"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_rope_freq_base(config["rope_theta"])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    leaves = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+              "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+    def permute(t, n):
+        return t.reshape(n, 2, t.shape[0] // n // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+    import torch
+    for f in sorted(x for x in os.listdir(a.src) if x.endswith(".safetensors")):
+        with safe_open(os.path.join(a.src, f), "pt") as st:
+            for k in st.keys():
+                x = st.get_tensor(k).float().numpy()
+                x = x.astype(np.float32)
+                if k in names:
+                    name = names[k]
+                else:
+                    parts = k.split(".")
+                    name = f"blk.{parts[2]}.{leaves['.'.join(parts[3:-1])]}.weight"
+                if k.endswith("q_proj.weight"):
+                    x = permute(x, heads)
+                elif k.endswith("k_proj.weight"):
+                    x = permute(x, kv)
+                if x.ndim == 2:
+                    w.add_tensor(name, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                else:
+                    w.add_tensor(name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"{a.dst}: {os.path.getsize(a.dst) / 1e9:.2f} GB Q8_0 GGUF")
+
+
+def make_bin(a):
+    """The same checkpoint as one torch.save pytorch_model.bin (stored zip entries)."""
+    import torch
+    from safetensors.torch import load_file
+    shutil.rmtree(a.dst, ignore_errors=True)
+    os.makedirs(a.dst)
+    state = {}
+    for f in sorted(os.listdir(a.src)):
+        if f.endswith(".safetensors"):
+            state.update(load_file(os.path.join(a.src, f)))
+        elif not f.endswith(".index.json"):
+            shutil.copy(os.path.join(a.src, f), os.path.join(a.dst, f))
+    torch.save(state, os.path.join(a.dst, "pytorch_model.bin"))
+    print(f"{a.dst}: {os.path.getsize(os.path.join(a.dst, 'pytorch_model.bin')) / 1e9:.2f} GB pytorch_model.bin")
+
+
 def forward(a):
     started = time.perf_counter()
     import torch
@@ -188,5 +254,11 @@ if __name__ == "__main__":
     o = sub.add_parser("olmo-export")
     o.add_argument("src")
     o.add_argument("dst")
+    g = sub.add_parser("make-gguf-q8")
+    g.add_argument("src")
+    g.add_argument("dst")
+    n = sub.add_parser("make-bin")
+    n.add_argument("src")
+    n.add_argument("dst")
     a = ap.parse_args()
-    {"make-llama": make_llama, "make-llama-bf16": make_llama_bf16, "safetensors-copy": safetensors_copy, "forward": forward, "olmo-export": olmo_export}[a.cmd](a)
+    {"make-gguf-q8": make_gguf_q8, "make-bin": make_bin, "make-llama": make_llama, "make-llama-bf16": make_llama_bf16, "safetensors-copy": safetensors_copy, "forward": forward, "olmo-export": olmo_export}[a.cmd](a)

@@ -150,7 +150,7 @@ public final class Checkpoint: @unchecked Sendable {
         route[name].map { shards[$0] }
     }
 
-    public func bytes(_ name: String) throws(VFFNError) -> UnsafeRawBufferPointer? {
+    public func bytes(_ name: String) throws(VFFNError) -> TensorData? {
         guard let s = route[name], let info = shards[s].info(name) else { return nil }
         return try shards[s].bytes(info)
     }
@@ -248,6 +248,17 @@ public final class Checkpoint: @unchecked Sendable {
         }
         guard let data = FileManager.default.contents(atPath: path + "/" + name) else { throw .io(path + "/" + name, "cannot read") }
         return Array(data)
+    }
+
+    /// One of `auxiliaryFiles()` as a writer takes it: a directory's file read from disk a piece
+    /// at a time when written (a packed checkpoint may carry multi-GB weights in other formats),
+    /// a container's embedded file decoded.
+    public func auxiliaryFileBytes(_ name: String) throws(VFFNError) -> TensorBytes {
+        guard isDirectory else { return .owned(try auxiliaryFileContents(name)) }
+        let file = path + "/" + name
+        var st = stat()
+        guard stat(file, &st) == 0 else { throw .io(file, "cannot read: \(String(cString: strerror(errno)))") }   // follows symlinks
+        return .region(FileRegion(path: file, offset: 0, count: Int(st.st_size)))
     }
 
     /// What a directory without config.json is, as far as we can tell.

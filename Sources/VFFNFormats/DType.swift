@@ -33,6 +33,10 @@ public enum DType: String, CaseIterable, Sendable {
 /// Conversions between storage floats and the f32 the forward pass computes in.
 public enum FloatCodec {
     /// Decodes little-endian F32, F16 or BF16 bytes to f32. Other dtypes are not float weights.
+    public static func decode(_ data: TensorData, as dtype: DType) -> [Float] {
+        data.withUnsafeBytes { decode($0, as: dtype) }
+    }
+
     public static func decode(_ bytes: UnsafeRawBufferPointer, as dtype: DType) -> [Float] {
         let n = bytes.count / (dtype.bitSize / 8)
         return [Float](unsafeUninitializedCapacity: n) { buf, count in

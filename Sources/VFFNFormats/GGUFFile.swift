@@ -35,19 +35,57 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         }
     }
 
-    /// ggml tensor types: (name, elements per block, bytes per block). Ids missing here were
-    /// removed from ggml and are refused as invalid.
-    static let types: [Int32: (name: String, block: Int, bytes: Int)] = [
-        0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-        7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
-        12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
-        16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
-        20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
-        24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
-        29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
-        39: ("MXFP4", 32, 17),
-    ]
-    static let supportedTypes: Set<Int32> = [0, 1, 8, 30]
+    /// ggml tensor types by their ids. Ids missing here were removed from ggml and are refused
+    /// as invalid.
+    public enum GGMLType: Int32, Sendable {
+        case F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9, Q2_K = 10, Q3_K = 11
+        case Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19
+        case IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22, IQ4_XS = 23, I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28
+        case IQ1_M = 29, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39
+
+        public var name: String { "\(self)" }
+
+        /// (elements per block, bytes per block).
+        var layout: (block: Int, bytes: Int) {
+            switch self {
+            case .F32, .I32: return (1, 4)
+            case .F16, .BF16, .I16: return (1, 2)
+            case .I8: return (1, 1)
+            case .I64, .F64: return (1, 8)
+            case .Q4_0, .IQ4_NL: return (32, 18)
+            case .Q4_1: return (32, 20)
+            case .Q5_0: return (32, 22)
+            case .Q5_1: return (32, 24)
+            case .Q8_0: return (32, 34)
+            case .Q8_1: return (32, 40)
+            case .MXFP4: return (32, 17)
+            case .Q2_K: return (256, 84)
+            case .Q3_K, .IQ3_S: return (256, 110)
+            case .Q4_K: return (256, 144)
+            case .Q5_K: return (256, 176)
+            case .Q6_K: return (256, 210)
+            case .Q8_K: return (256, 292)
+            case .IQ2_XXS, .TQ2_0: return (256, 66)
+            case .IQ2_XS: return (256, 74)
+            case .IQ3_XXS: return (256, 98)
+            case .IQ1_S: return (256, 50)
+            case .IQ2_S: return (256, 82)
+            case .IQ4_XS: return (256, 136)
+            case .IQ1_M: return (256, 56)
+            case .TQ1_0: return (256, 54)
+            }
+        }
+
+        /// The types presented as Hugging Face tensors: floats as they are, Q8_0 as F32.
+        var presented: DType? {
+            switch self {
+            case .F32, .Q8_0: return .F32
+            case .F16: return .F16
+            case .BF16: return .BF16
+            default: return nil
+            }
+        }
+    }
     /// The GGUF architectures mapped back, with their Hugging Face class. All use llama.cpp's
     /// Llama tensor names (Qwen3 adds attn_q_norm / attn_k_norm); only llama's Q/K rows are
     /// permuted (Qwen2 and Qwen3 rotate in NeoX order).
@@ -62,7 +100,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         public let ggufName: String
         /// ggml order, innermost first.
         public let dims: [Int]
-        public let type: Int32
+        public let type: GGMLType
         /// Absolute byte range in the file.
         public let range: Range<Int>
     }
@@ -81,7 +119,6 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     /// Per Hugging Face tensor, the stored tensor it comes from.
     private let hfIndex: [Int]
     private let file: MappedFile
-    private let decoded = DecodedCache()
     private let config: Result<JSON, VFFNError>
 
     public init(path: String) throws(VFFNError) {
@@ -123,7 +160,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         self.values = values
         self.alignment = alignment
 
-        var records: [(String, [Int], Int32, UInt64, Int)] = []
+        var records: [(String, [Int], GGMLType, UInt64, Int)] = []
         var seen = Set<String>()
         for _ in 0..<nTensors {
             let name = try Self.string(&r, what: "tensor name")
@@ -137,10 +174,11 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
                 guard d >= 0 else { throw .badInput(path, "GGUF tensor \"\(name)\" has a negative dimension \(d)") }
                 dims.append(Int(d))
             }
-            let type = try r.i32("type of \(name)")
-            guard let t = Self.types[type] else { throw .badInput(path, "GGUF tensor \"\(name)\" has invalid type id \(type)") }
+            let typeID = try r.i32("type of \(name)")
+            guard let type = GGMLType(rawValue: typeID) else { throw .badInput(path, "GGUF tensor \"\(name)\" has invalid type id \(typeID)") }
+            let t = type.layout
             guard dims[0] % t.block == 0 else {
-                throw .badInput(path, "GGUF tensor \"\(name)\": first dimension \(dims[0]) is not a multiple of the \(t.name) block size \(t.block)")
+                throw .badInput(path, "GGUF tensor \"\(name)\": first dimension \(dims[0]) is not a multiple of the \(type.name) block size \(t.block)")
             }
             let elements = try checkedProduct(dims.map(UInt64.init), path: path, what: "GGUF tensor \"\(name)\" dimensions \(dims)")
             let bytes = try checkedProduct([elements / UInt64(t.block), UInt64(t.bytes)], path: path, what: "GGUF tensor \"\(name)\" size")
@@ -173,14 +211,13 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         var hfIndex: [Int] = []   // per Hugging Face tensor, its stored tensor
         let arch = values["general.architecture"].flatMap { if case let .string(s) = $0 { s } else { nil } }
         for (storedIndex, t) in stored.enumerated() {
-            guard Self.supportedTypes.contains(t.type) else {
-                throw .badInput(path, "GGUF tensor \"\(t.ggufName)\" is \(Self.types[t.type]!.name); only F32, F16, BF16 and Q8_0 are supported")
+            guard let dtype = t.type.presented else {
+                throw .badInput(path, "GGUF tensor \"\(t.ggufName)\" is \(t.type.name); only F32, F16, BF16 and Q8_0 are supported")
             }
             guard let arch, Self.architectures[arch] != nil else { break }
             // llama3 rope scaling as per-frequency divisors: it becomes rope_scaling in config.json.
             if t.ggufName == "rope_freqs.weight" { continue }
             let name = try Self.huggingFaceName(t.ggufName, path: path)
-            let dtype: DType = t.type == 1 ? .F16 : t.type == 30 ? .BF16 : .F32
             index[name] = infos.count
             infos.append(TensorInfo(name: name, dtype: dtype, shape: t.dims.reversed(), dataOffsets: t.range))
             hfIndex.append(storedIndex)
@@ -190,7 +227,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         self.hfIndex = hfIndex
         let mapped = file.bytes
         let ropeFactors: [Float]? = stored.first { $0.ggufName == "rope_freqs.weight" }.map { t in
-            t.type == 0 ? FloatCodec.decode(UnsafeRawBufferPointer(rebasing: mapped[t.range]), as: .F32) : []
+            t.type == .F32 ? FloatCodec.decode(UnsafeRawBufferPointer(rebasing: mapped[t.range]), as: .F32) : []
         }
         architecture = arch ?? ""
         config = arch.flatMap { Self.architectures[$0] } != nil
@@ -368,70 +405,109 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
 
     /// Q and K as llama.cpp stores them: within each head, row 2i+j holds what Hugging Face keeps
     /// at row j*(d/2)+i. Returns the head count to undo it with, or nil for other tensors.
-    private func permutedHeads(_ name: String) throws(VFFNError) -> Int? {
+    private func permutedHeads(_ info: TensorInfo) throws(VFFNError) -> Int? {
+        let name = info.name
         let isQ = [".weight", ".bias"].contains { name.hasSuffix(DecoderTensor.q.rawValue + $0) }
         let isK = [".weight", ".bias"].contains { name.hasSuffix(DecoderTensor.k.rawValue + $0) }
         guard architecture == "llama", isQ || isK else { return nil }
         let c = try config.get()
-        return isQ ? c["num_attention_heads"]!.intValue! : c["num_key_value_heads"]!.intValue!
+        let heads = isQ ? c["num_attention_heads"]!.intValue! : c["num_key_value_heads"]!.intValue!
+        guard info.shape[0] % (2 * heads) == 0 else {
+            throw .badInput(path, "tensor \"\(name)\": \(info.shape[0]) rows cannot be split into \(heads) heads of rotary pairs")
+        }
+        return heads
     }
 
-    public func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer {
+    private func storedTensor(_ info: TensorInfo) throws(VFFNError) -> StoredTensor {
         guard let i = index[info.name] else { throw .badInput(path, "has no tensor \"\(info.name)\"") }
-        let t = stored[hfIndex[i]]
+        return stored[hfIndex[i]]
+    }
+
+    public func bytes(_ info: TensorInfo) throws(VFFNError) -> TensorData {
+        let t = try storedTensor(info)
         let raw = UnsafeRawBufferPointer(rebasing: file.bytes[t.range])
-        let heads = try permutedHeads(info.name)
-        if t.type != 8 && heads == nil { return raw }
-        return try decoded.bytes(info.name) { () throws(VFFNError) in
-            var bytes = t.type == 8 ? Self.dequantizeQ8_0(raw) : Array(raw)
-            if let heads {
-                let rows = info.shape[0], rowBytes = info.byteCount / max(rows, 1)
-                guard rows % (2 * heads) == 0 else {
-                    throw .badInput(path, "tensor \"\(info.name)\": \(rows) rows cannot be split into \(heads) heads of rotary pairs")
-                }
-                bytes = Self.unpermute(bytes, rows: rows, rowBytes: rowBytes, heads: heads)
+        if t.type != .Q8_0, try permutedHeads(info) == nil { return TensorData(mapped: raw, owner: file) }
+        return try TensorData(count: info.byteCount) { (out) throws(VFFNError) in
+            var at = 0
+            try read(info, chunkBytes: tensorPieceBytes) { piece in
+                out.baseAddress!.advanced(by: at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+                at += piece.count
             }
-            return bytes
         }
     }
 
+    /// Q8_0 dequantized a run of blocks at a time; permuted Q/K a head at a time (its rows back
+    /// in Hugging Face's order); everything else as one mapped piece.
+    public func read(_ info: TensorInfo, chunkBytes: Int, _ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        let t = try storedTensor(info)
+        let raw = UnsafeRawBufferPointer(rebasing: file.bytes[t.range])
+        let heads = try permutedHeads(info)
+        guard t.type == .Q8_0 || heads != nil else { return try body(raw) }
+        // Rows of a matrix; a vector is one row, unless its elements are permuted rows (a bias).
+        let rows = info.shape.count >= 2 || heads != nil ? max(info.shape[0], 1) : 1, rowValues = info.elementCount / rows
+        guard t.type != .Q8_0 || rowValues % 32 == 0 else {
+            throw .badInput(path, "GGUF tensor \"\(t.ggufName)\": Q8_0 rows of \(rowValues) values are not whole blocks")
+        }
+        let storedRowBytes = t.type == .Q8_0 ? rowValues / 32 * 34 : rowValues * info.dtype.bitSize / 8
+        let rowBytes = rowValues * info.dtype.bitSize / 8
+        // Whole rows per piece (a head's worth when permuted: its rows move among themselves).
+        let group = heads.map { rows / $0 } ?? max(1, chunkBytes / max(rowBytes, 1))
+        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(group, rows) * rowBytes), alignment: 64)
+        defer { piece.deallocate() }
+        for first in stride(from: 0, to: rows, by: group) {
+            let count = min(group, rows - first)
+            for r in 0..<count {
+                // Presented row first + r comes from stored row first + storedRow(r).
+                let from = first + (heads == nil ? r : Self.storedRow(r, rowsPerHead: count))
+                let src = UnsafeRawBufferPointer(rebasing: raw[from * storedRowBytes..<(from + 1) * storedRowBytes])
+                let dst = UnsafeMutableRawBufferPointer(rebasing: piece[r * rowBytes..<(r + 1) * rowBytes])
+                if t.type == .Q8_0 {
+                    Self.dequantizeQ8_0(src, into: dst.bindMemory(to: Float.self))
+                } else {
+                    dst.copyMemory(from: src)
+                }
+            }
+            try body(UnsafeRawBufferPointer(rebasing: piece[0..<count * rowBytes]))
+        }
+    }
+
+    /// Q8_0 matrices and permuted Q/K rows as stored, for the forward pass to decode in place.
+    public func storedMatrix(_ info: TensorInfo) throws(VFFNError) -> StoredMatrix? {
+        let t = try storedTensor(info)
+        let heads = try permutedHeads(info)
+        guard info.shape.count == 2, t.type == .Q8_0 || heads != nil else { return nil }
+        let raw = UnsafeRawBufferPointer(rebasing: file.bytes[t.range])
+        let rows = info.shape[0]
+        let order = heads.map { h in (0..<rows).map { r in r / (rows / h) * (rows / h) + Self.storedRow(r % (rows / h), rowsPerHead: rows / h) } }
+        return StoredMatrix(data: TensorData(mapped: raw, owner: file), encoding: t.type == .Q8_0 ? .q8_0 : .float(info.dtype), rowOrder: order)
+    }
+
     public func valueChange(_ info: TensorInfo) -> String? {
-        guard let i = index[info.name] else { return nil }
-        if stored[hfIndex[i]].type == 8 { return "Q8_0 dequantized to F32" }
-        if (try? permutedHeads(info.name)) != .some(nil) { return "rows un-permuted from llama.cpp's rotary layout" }
+        guard let t = try? storedTensor(info) else { return nil }
+        if t.type == .Q8_0 { return "Q8_0 dequantized to F32" }
+        if (try? permutedHeads(info)) != .some(nil) { return "rows un-permuted from llama.cpp's rotary layout" }
         return nil
     }
 
     public func storedRegion(_ info: TensorInfo) -> FileRegion? {
-        guard let i = index[info.name], stored[hfIndex[i]].type != 8, (try? permutedHeads(info.name)) == .some(nil) else { return nil }
-        return FileRegion(path: path, offset: stored[hfIndex[i]].range.lowerBound, count: stored[hfIndex[i]].range.count)
+        guard let t = try? storedTensor(info), t.type != .Q8_0, (try? permutedHeads(info)) == .some(nil) else { return nil }
+        return FileRegion(path: path, offset: t.range.lowerBound, count: t.range.count)
     }
 
-    /// `y[i*32 + j] = qs[j] * d` for 34-byte blocks `{f16 d; i8 qs[32]}`, as little-endian f32.
-    static func dequantizeQ8_0(_ raw: UnsafeRawBufferPointer) -> [UInt8] {
-        let blocks = raw.count / 34
-        var out = [Float](repeating: 0, count: blocks * 32)
-        for b in 0..<blocks {
+    /// `y[i*32 + j] = qs[j] * d` for 34-byte blocks `{f16 d; i8 qs[32]}`.
+    static func dequantizeQ8_0(_ raw: UnsafeRawBufferPointer, into out: UnsafeMutableBufferPointer<Float>) {
+        for b in 0..<raw.count / 34 {
             let base = b * 34
             let d = Float(Float16(bitPattern: UInt16(raw[base]) | UInt16(raw[base + 1]) << 8))
             for j in 0..<32 { out[b * 32 + j] = Float(Int8(bitPattern: raw[base + 2 + j])) * d }
         }
-        return out.withUnsafeBytes { Array($0) }
     }
 
-    /// Inverse of llama.cpp's `permute`: stored row h*hd + 2i + j goes back to h*hd + j*hd/2 + i.
-    static func unpermute(_ bytes: [UInt8], rows: Int, rowBytes: Int, heads: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: bytes.count)
-        let perHead = rows / heads, half = perHead / 2
-        for h in 0..<heads {
-            for i in 0..<half {
-                for j in 0..<2 {
-                    let from = (h * perHead + 2 * i + j) * rowBytes, to = (h * perHead + j * half + i) * rowBytes
-                    out.replaceSubrange(to..<to + rowBytes, with: bytes[from..<from + rowBytes])
-                }
-            }
-        }
-        return out
+    /// Inverse of llama.cpp's `permute` within one head of `rowsPerHead` rows: Hugging Face's
+    /// row j*half + i is stored at row 2i + j.
+    static func storedRow(_ r: Int, rowsPerHead: Int) -> Int {
+        let half = rowsPerHead / 2
+        return 2 * (r % half) + r / half
     }
 
     // MARK: SingleFileCheckpoint
@@ -444,7 +520,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
 
     public var readerNotes: [String] {
         var notes: [String] = []
-        let q8 = stored.filter { $0.type == 8 }.count
+        let q8 = stored.filter { $0.type == .Q8_0 }.count
         if q8 > 0 { notes.append("\(q8) Q8_0 tensor(s) dequantized to F32 (written as F32 by convert)") }
         if architecture == "llama", tensors.contains(where: { $0.name.hasSuffix(DecoderTensor.q.rawValue + ".weight") }) {
             notes.append("q_proj/k_proj rows un-permuted from llama.cpp's rotary layout")

@@ -119,11 +119,10 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
         FileRegion(path: path, offset: 8 + headerSize + info.dataOffsets.lowerBound, count: info.byteCount)
     }
 
-    /// The raw little-endian bytes of a tensor, valid as long as this file object lives. They
-    /// are always mapped, never decoded, so this cannot fail.
-    public func bytes(_ info: TensorInfo) -> UnsafeRawBufferPointer {
+    /// The raw little-endian bytes of a tensor: always mapped, never decoded, so this cannot fail.
+    public func bytes(_ info: TensorInfo) -> TensorData {
         let start = 8 + headerSize + info.dataOffsets.lowerBound
-        return UnsafeRawBufferPointer(start: base!.advanced(by: start), count: info.byteCount)
+        return TensorData(mapped: UnsafeRawBufferPointer(start: base!.advanced(by: start), count: info.byteCount), owner: self)
     }
 
     private static func readExactly(_ fd: Int32, into buffer: inout [UInt8], at offset: Int, path: String) throws(VFFNError) {

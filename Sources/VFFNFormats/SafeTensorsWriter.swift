@@ -5,66 +5,6 @@ import Glibc
 import Darwin
 #endif
 
-/// A byte range of a file that holds exactly a tensor's bytes as presented, so a writer can copy
-/// it file to file in the kernel without ever reading it into the process.
-public struct FileRegion: Sendable, Equatable {
-    public let path: String
-    public let offset: Int
-    public let count: Int
-
-    public init(path: String, offset: Int, count: Int) {
-        self.path = path
-        self.offset = offset
-        self.count = count
-    }
-}
-
-/// Where a tensor's bytes come from when it is written: a region of a source file (copied in
-/// the kernel), mapped source bytes (decoded or checksummed on the way), or memory (new gates).
-public enum TensorBytes: @unchecked Sendable {
-    case mapped(UnsafeRawBufferPointer)
-    case owned([UInt8])
-    /// `mapped` is the same bytes, for writers that must look at them (checksums, deflate).
-    case region(FileRegion, mapped: UnsafeRawBufferPointer)
-    /// `count` bytes made only when written (a permuted tensor), so a writer holds one at a time.
-    case deferred(count: Int, make: @Sendable () -> [UInt8])
-
-    public var count: Int {
-        switch self {
-        case let .mapped(b): return b.count
-        case let .owned(a): return a.count
-        case let .region(r, _): return r.count
-        case let .deferred(n, _): return n
-        }
-    }
-
-    /// The bytes themselves, for writers that need to read them.
-    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws(VFFNError) -> R) throws(VFFNError) -> R {
-        switch self {
-        case let .mapped(b), let .region(_, b): return try body(b)
-        case let .owned(a):
-            let result = a.withUnsafeBytes { b in Result { () throws(VFFNError) in try body(b) } }
-            return try result.get()
-        case let .deferred(_, make):
-            return try TensorBytes.owned(make()).withBytes(body)
-        }
-    }
-}
-
-public struct TensorRecord: Sendable {
-    public let name: String
-    public let dtype: DType
-    public let shape: [Int]
-    public let bytes: TensorBytes
-
-    public init(name: String, dtype: DType, shape: [Int], bytes: TensorBytes) {
-        self.name = name
-        self.dtype = dtype
-        self.shape = shape
-        self.bytes = bytes
-    }
-}
-
 public enum SafeTensorsWriter {
     /// Writes one safetensors file: the header (padded with spaces to a multiple of 8 so data
     /// starts aligned), then every tensor's bytes in header order. Tensors are laid out by
@@ -95,11 +35,10 @@ public enum SafeTensorsWriter {
         try file.write(littleEndianBytes(length))
         try file.write(header)
         for t in ordered {
-            switch t.bytes {
-            case let .mapped(b): try file.write(b)
-            case let .owned(a): try file.write(a)
-            case let .region(r, _): try file.copy(r)
-            case let .deferred(_, make): try file.write(make())
+            if case let .region(r) = t.bytes {
+                try file.copy(r)
+            } else {
+                try t.bytes.forEachPiece { (piece) throws(VFFNError) in try file.write(piece) }
             }
             written(t.bytes.count)
         }

@@ -72,10 +72,21 @@ public protocol TensorFile: AnyObject, Sendable {
     var metadata: [(String, String)]? { get }
     func info(_ name: String) -> TensorInfo?
     /// The tensor's little-endian bytes as `info.dtype` and `info.shape` describe them, valid as
-    /// long as this file object lives: mapped where the file stores them that way, otherwise
-    /// decoded (inflated, dequantized, un-permuted) once and kept. Throws when a stored checksum
-    /// does not match: corrupt bytes are never returned as data.
-    func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer
+    /// long as the returned object lives: mapped where the file stores them that way, otherwise
+    /// decoded (inflated, dequantized, un-permuted) for this call and freed with the object.
+    /// Readers keep nothing decoded. Throws when a stored checksum does not match: corrupt bytes
+    /// are never returned as data.
+    func bytes(_ info: TensorInfo) throws(VFFNError) -> TensorData
+    /// The same bytes in order, handed to `body` in pieces of at most about `chunkBytes`, with no
+    /// more than one piece decoded at a time (mapped bytes come as one piece): how writers copy
+    /// a tensor that must be decoded, whatever its size. A checksum that covers the decoded
+    /// bytes (a zip entry's) is checked at the end, after the pieces: a writer of them fails
+    /// then, and leaves nothing behind (AtomicOutput).
+    func read(_ info: TensorInfo, chunkBytes: Int, _ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError)
+    /// The matrix as the file stores it, for the forward pass to read in place, when its bytes
+    /// are not the presented ones but a known encoding or row order of them (a GGUF's Q8_0
+    /// blocks and rotary row permutation); nil otherwise.
+    func storedMatrix(_ info: TensorInfo) throws(VFFNError) -> StoredMatrix?
     /// Where the tensor's bytes lie in the file exactly as `bytes` would return them, when
     /// they do (no decoding, no checksum to check first): a writer may copy them file to file.
     func storedRegion(_ info: TensorInfo) -> FileRegion?
@@ -87,6 +98,67 @@ public protocol TensorFile: AnyObject, Sendable {
 extension TensorFile {
     public func storedRegion(_ info: TensorInfo) -> FileRegion? { nil }
     public func valueChange(_ info: TensorInfo) -> String? { nil }
+    public func storedMatrix(_ info: TensorInfo) throws(VFFNError) -> StoredMatrix? { nil }
+
+    public func read(_ info: TensorInfo, chunkBytes: Int, _ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        let data = try bytes(info)
+        try withExtendedLifetime(data) { () throws(VFFNError) in try body(data.raw) }
+    }
+}
+
+/// How writers size the pieces they read and decode (`TensorFile.read`).
+public let tensorPieceBytes = 4 << 20
+
+/// A tensor's bytes, alive as long as this object: a view of a mapped file (which the object
+/// keeps mapped) or bytes decoded for one request, freed with it.
+public final class TensorData: @unchecked Sendable, RandomAccessCollection {
+    public let raw: UnsafeRawBufferPointer
+    private let owner: AnyObject?
+    private let allocation: UnsafeMutableRawBufferPointer?
+
+    /// Bytes of a mapping `owner` keeps alive.
+    init(mapped: UnsafeRawBufferPointer, owner: AnyObject) {
+        raw = mapped
+        self.owner = owner
+        allocation = nil
+    }
+
+    /// `count` bytes written by `fill` into memory of their own (64-byte aligned).
+    init(count: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        let a = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(count, 1), alignment: 64)
+        let exact = UnsafeMutableRawBufferPointer(rebasing: a[0..<count])
+        do throws(VFFNError) { try fill(exact) } catch { a.deallocate(); throw error }
+        allocation = a
+        raw = UnsafeRawBufferPointer(exact)
+        owner = nil
+    }
+
+    convenience init(_ bytes: [UInt8]) {
+        try! self.init(count: bytes.count) { (out) throws(VFFNError) in bytes.withUnsafeBytes { out.copyMemory(from: $0) } }
+    }
+
+    deinit { allocation?.deallocate() }
+
+    public func withUnsafeBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        try withExtendedLifetime(self) { () throws(E) in try body(raw) }
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { raw.count }
+    public subscript(i: Int) -> UInt8 { raw[i] }
+}
+
+/// A matrix as a file stores it (`TensorFile.storedMatrix`): its stored rows in `encoding`,
+/// `rowOrder[r]` the stored row of presented row r (nil: the same order).
+public struct StoredMatrix: Sendable {
+    public enum Encoding: Sendable, Equatable {
+        case float(DType)
+        /// ggml's Q8_0: per 32 values of a row, an f16 scale then 32 int8 (34 bytes).
+        case q8_0
+    }
+    public let data: TensorData
+    public let encoding: Encoding
+    public let rowOrder: [Int]?
 }
 
 /// A whole file mapped read-only. Readers parse their headers from it through `ByteReader`,
@@ -199,27 +271,6 @@ func checkShapeFitsInMemory(_ shape: [Int], elementBytes: Int, path: String, wha
         guard !overflow, r <= UInt64(Int.max) else { throw .badInput(path, "\(what()) is too large to address") }
         p = r
     }
-}
-
-/// Owns decoded tensor bytes for readers that cannot hand out mapped bytes, so that the
-/// pointers they return live as long as the file object.
-final class DecodedCache: @unchecked Sendable {
-    private var buffers: [String: UnsafeMutableRawBufferPointer] = [:]
-    private let lock = NSLock()
-
-    func bytes(_ name: String, _ make: () throws(VFFNError) -> [UInt8]) throws(VFFNError) -> UnsafeRawBufferPointer {
-        lock.lock()
-        defer { lock.unlock() }
-        if let b = buffers[name] { return UnsafeRawBufferPointer(b) }
-        let decoded = try make()
-        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: max(decoded.count, 1), alignment: 64)
-        decoded.withUnsafeBytes { b.copyMemory(from: $0) }
-        let exact = UnsafeMutableRawBufferPointer(rebasing: b[0..<decoded.count])
-        buffers[name] = exact
-        return UnsafeRawBufferPointer(exact)
-    }
-
-    deinit { for b in buffers.values { b.baseAddress.map { $0.deallocate() } } }
 }
 
 /// `v` as the little-endian bytes every format here stores integers in.

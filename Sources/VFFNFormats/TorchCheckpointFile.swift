@@ -12,7 +12,6 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
     private let archive: ZipArchive
     private let refs: [String: (Pickle.TensorRef, ZipArchive.Entry)]
     private let index: [String: Int]
-    private let gathered = DecodedCache()
 
     public init(path: String) throws(VFFNError) {
         self.path = path
@@ -30,7 +29,8 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
             guard text == "little" else { throw .badInput(path, "tensors are stored \(text)-endian; only little-endian is supported") }
         }
         guard pickleEntry.size <= 1 << 30 else { throw .badInput(path, "data.pkl of \(pickleEntry.size) bytes is too large for a state dict") }
-        let dict = try Pickle.stateDict(try archive.contents(pickleEntry), path: path)
+        let pickle = try archive.contents(pickleEntry)
+        let dict = try withExtendedLifetime(pickle) { () throws(VFFNError) in try Pickle.stateDict(pickle.raw, path: path) }
 
         var infos: [TensorInfo] = []
         var refs: [String: (Pickle.TensorRef, ZipArchive.Entry)] = [:]
@@ -73,21 +73,50 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
 
     public func info(_ name: String) -> TensorInfo? { index[name].map { tensors[$0] } }
 
-    public func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer {
+    public func bytes(_ info: TensorInfo) throws(VFFNError) -> TensorData {
         guard let (t, record) = refs[info.name] else { throw .badInput(path, "has no tensor \"\(info.name)\"") }
-        let storage = try archive.contents(record)
+        if Self.isContiguous(t), record.method == .stored {
+            let storage = try archive.contents(record)
+            let item = t.storage.dtype.bitSize / 8
+            return TensorData(mapped: UnsafeRawBufferPointer(rebasing: storage.raw[t.offset * item..<t.offset * item + info.byteCount]), owner: storage)
+        }
+        return try TensorData(count: info.byteCount) { (out) throws(VFFNError) in
+            var at = 0
+            try read(info, chunkBytes: tensorPieceBytes) { piece in
+                out.baseAddress!.advanced(by: at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+                at += piece.count
+            }
+        }
+    }
+
+    /// Stored contiguous tensors as one mapped piece; deflated ones inflated through their
+    /// storage record in pieces; strided views (a transposed or sliced tensor saved as is)
+    /// gathered in C order a piece at a time, from the mapped storage or, deflated, from the
+    /// storage inflated for the call.
+    public func read(_ info: TensorInfo, chunkBytes: Int, _ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        guard let (t, record) = refs[info.name] else { throw .badInput(path, "has no tensor \"\(info.name)\"") }
         let item = t.storage.dtype.bitSize / 8
         if Self.isContiguous(t) {
-            return UnsafeRawBufferPointer(rebasing: storage[t.offset * item..<t.offset * item + info.byteCount])
+            if record.method == .stored {
+                let data = try bytes(info)
+                try withExtendedLifetime(data) { () throws(VFFNError) in try body(data.raw) }
+            } else {
+                try archive.read(record, range: t.offset * item..<t.offset * item + info.byteCount, chunkBytes: chunkBytes, body)
+            }
+            return
         }
-        // A strided view (a transposed or sliced tensor saved as is): gather it in C order.
-        return try gathered.bytes(info.name) { () throws(VFFNError) in
-            var out = [UInt8](repeating: 0, count: info.byteCount)
-            var coordinate = [Int](repeating: 0, count: t.shape.count)
-            for i in 0..<info.elementCount {
+        let storage = try archive.contents(record)
+        let perPiece = max(1, chunkBytes / item)
+        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: min(perPiece, max(info.elementCount, 1)) * item, alignment: 64)
+        defer { piece.deallocate() }
+        var coordinate = [Int](repeating: 0, count: t.shape.count)
+        var done = 0
+        while done < info.elementCount {
+            let n = min(perPiece, info.elementCount - done)
+            for i in 0..<n {
                 var source = t.offset
                 for (c, s) in zip(coordinate, t.stride) { source += c * s }
-                for b in 0..<item { out[i * item + b] = storage[source * item + b] }
+                (piece.baseAddress! + i * item).copyMemory(from: storage.raw.baseAddress! + source * item, byteCount: item)
                 var d = t.shape.count - 1
                 while d >= 0 {
                     coordinate[d] += 1
@@ -96,7 +125,8 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
                     d -= 1
                 }
             }
-            return out
+            try body(UnsafeRawBufferPointer(rebasing: piece[0..<n * item]))
+            done += n
         }
     }
 

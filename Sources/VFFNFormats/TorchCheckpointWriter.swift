@@ -156,12 +156,12 @@ final class ZipWriter {
         offset += local.count
         var crc: UInt32 = 0
         for part in parts {
-            if case let .region(region, _) = part {
+            if case let .region(region) = part {
                 // Not through the mapping: the process's memory stays flat on any checkpoint size.
                 try file.copyThroughBuffer(region) { crc = CRC32.update(crc, $0) }
                 continue
             }
-            try part.withBytes { b throws(VFFNError) in
+            try part.forEachPiece { (b) throws(VFFNError) in
                 crc = CRC32.update(crc, b)
                 try file.write(b)
             }

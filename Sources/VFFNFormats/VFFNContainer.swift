@@ -1,5 +1,3 @@
-import CJSONC
-import CZlib
 import Foundation
 
 /// The project's own checkpoint container: a whole Hugging Face checkpoint (config, tensors,
@@ -59,7 +57,6 @@ public final class VFFNContainer: SingleFileCheckpoint, @unchecked Sendable {
 
     private let file: MappedFile
     private let index: [String: Int]
-    private let decoded = DecodedCache()
     private let verified = VerifiedSet<Int>()
 
     public init(path: String) throws(VFFNError) {
@@ -207,13 +204,37 @@ public final class VFFNContainer: SingleFileCheckpoint, @unchecked Sendable {
 
     public func info(_ name: String) -> TensorInfo? { index[name].map { tensors[$0] } }
 
-    public func bytes(_ info: TensorInfo) throws(VFFNError) -> UnsafeRawBufferPointer {
+    public func bytes(_ info: TensorInfo) throws(VFFNError) -> TensorData {
         guard let i = index[info.name] else { throw .badInput(path, "has no tensor \"\(info.name)\"") }
         return try contents(of: tensorEntries[i], what: "tensor")
     }
 
-    /// An entry's decoded bytes after its CRC32 is checked (once per entry).
-    func contents(of e: Entry, what: String) throws(VFFNError) -> UnsafeRawBufferPointer {
+    /// Raw entries as one mapped piece; deflated ones inflated a piece at a time (their CRC32
+    /// covers the stored bytes, so it is checked before the first piece).
+    public func read(_ info: TensorInfo, chunkBytes: Int, _ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        guard let i = index[info.name] else { throw .badInput(path, "has no tensor \"\(info.name)\"") }
+        try read(tensorEntries[i], what: "tensor", chunkBytes: chunkBytes, body)
+    }
+
+    /// An entry's decoded bytes after its CRC32 is checked (once per entry): mapped when raw,
+    /// inflated for this call when deflated.
+    func contents(of e: Entry, what: String) throws(VFFNError) -> TensorData {
+        let stored = try checkedStoredBytes(e, what: what)
+        switch e.encoding {
+        case .raw: return TensorData(mapped: stored, owner: file)
+        case .deflate: return TensorData(try Deflate.inflate(stored, length: e.length, path: path, what: "\(what) \"\(e.name)\""))
+        }
+    }
+
+    func read(_ e: Entry, what: String, chunkBytes: Int, _ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        let stored = try checkedStoredBytes(e, what: what)
+        switch e.encoding {
+        case .raw: try body(stored)
+        case .deflate: try Inflater(stored, length: e.length, raw: false, path: path, what: "\(what) \"\(e.name)\"").forEachPiece(chunk: chunkBytes, body)
+        }
+    }
+
+    private func checkedStoredBytes(_ e: Entry, what: String) throws(VFFNError) -> UnsafeRawBufferPointer {
         let stored = UnsafeRawBufferPointer(rebasing: file.bytes[e.offset..<e.offset + e.storedLength])
         if !verified.contains(e.offset) {
             let crc = CRC32.checksum(stored)
@@ -222,13 +243,7 @@ public final class VFFNContainer: SingleFileCheckpoint, @unchecked Sendable {
             }
             verified.insert(e.offset)
         }
-        switch e.encoding {
-        case .raw: return stored
-        case .deflate:
-            return try decoded.bytes("\(e.offset)") { () throws(VFFNError) in
-                try Deflate.inflate(stored, length: e.length, path: path, what: "\(what) \"\(e.name)\"")
-            }
-        }
+        return stored
     }
 
     // MARK: SingleFileCheckpoint
@@ -247,7 +262,7 @@ public final class VFFNContainer: SingleFileCheckpoint, @unchecked Sendable {
             throw .io(dir, "cannot create: \(error.localizedDescription)")
         }
         let out = try OutputFile(path: destination)
-        try out.write(try contents(of: e, what: "file"))
+        try read(e, what: "file", chunkBytes: tensorPieceBytes) { (piece) throws(VFFNError) in try out.write(piece) }
         try out.finish()
     }
 
@@ -266,272 +281,4 @@ final class VerifiedSet<Key: Hashable>: @unchecked Sendable {
     private let lock = NSLock()
     func contains(_ v: Key) -> Bool { lock.lock(); defer { lock.unlock() }; return set.contains(v) }
     func insert(_ v: Key) { lock.lock(); set.insert(v); lock.unlock() }
-}
-
-// MARK: - Writing
-
-extension VFFNContainer {
-    /// Where an entry's bytes come from when writing: a mapped source or memory.
-    public struct Blob: Sendable {
-        public let name: String
-        public let bytes: TensorBytes
-        public init(name: String, bytes: TensorBytes) {
-            self.name = name
-            self.bytes = bytes
-        }
-    }
-
-    /// A tensor to write and the safetensors shard it belongs to when unpacked.
-    public struct TensorToWrite: Sendable {
-        public let record: TensorRecord
-        public let shard: String
-        public init(_ record: TensorRecord, shard: String) {
-            self.record = record
-            self.shard = shard
-        }
-    }
-
-    public struct ShardToWrite: Sendable {
-        public let name: String
-        public let metadata: [(String, String)]?
-        /// The original file's first 8 + N bytes, to rebuild it exactly.
-        public let header: [UInt8]?
-        public init(name: String, metadata: [(String, String)]?, header: [UInt8]?) {
-            self.name = name
-            self.metadata = metadata
-            self.header = header
-        }
-    }
-
-    /// Writes a container in one pass with bounded memory: the header's size is bounded from
-    /// the names and shapes alone (every number at its widest), that much space is reserved,
-    /// the entries are streamed after it, and the real header is written into the space last,
-    /// padded with spaces. With `compress`, each entry is deflated on its own (zlib level 1:
-    /// weights barely compress, so speed matters more than the last percent).
-    public static func write(config: JSON, tensors: [TensorToWrite], files: [Blob], shards: [ShardToWrite],
-                             compress: Bool, to path: String, progress: (Int, Int) -> Void = { _, _ in }) throws(VFFNError) {
-        let widest = Int.max
-        func entryJSON(_ name: String, _ extra: [(String, JSON)], _ placed: (offset: Int, stored: Int, length: Int, crc: Int, enc: Encoding)?) -> JSON {
-            let p = placed ?? (widest, widest, widest, Int(UInt32.max), .deflate)
-            return .object([("name", .string(name))] + extra + [
-                ("offset", .int(p.offset)), ("stored_length", .int(p.stored)), ("length", .int(p.length)),
-                ("encoding", .string(p.enc.rawValue)), ("crc32", .int(p.crc)),
-            ])
-        }
-        typealias Placement = (offset: Int, stored: Int, length: Int, crc: Int, enc: Encoding)
-        func header(_ t: [Placement?], _ f: [Placement?], _ s: [Placement?]) -> [UInt8] {
-            var shardList: [JSON] = []
-            for (i, sh) in shards.enumerated() {
-                var members: [(String, JSON)] = [("name", .string(sh.name))]
-                if let m = sh.metadata { members.append(("metadata", .object(m.map { ($0, .string($1)) }))) }
-                if sh.header != nil { members.append(("header", entryJSON(sh.name + ".header", [], s[i]))) }
-                shardList.append(.object(members))
-            }
-            let json = JSON.object([
-                ("format", .string("vffn")), ("version", .int(Int(version))),
-                ("config", config), ("versatile_ffn", config["versatile_ffn"] ?? .null),
-                ("tensors", .array(tensors.enumerated().map { i, w in
-                    entryJSON(w.record.name, [("dtype", .string(w.record.dtype.rawValue)), ("shape", .array(w.record.shape.map { .int($0) })),
-                                              ("shard", .string(w.shard))], t[i])
-                })),
-                ("files", .array(files.enumerated().map { i, b in entryJSON(b.name, [], f[i]) })),
-                ("shards", .array(shardList)),
-            ])
-            return Array(json.compact.utf8)
-        }
-        let reserved = header(tensors.map { _ in nil }, files.map { _ in nil }, shards.map { _ in nil }).count
-        let dataStart = align(preambleSize + reserved)
-
-        let out = try OutputFile(path: path)
-        var offset = dataStart
-        try out.seek(to: offset)
-        func place(_ bytes: UnsafeRawBufferPointer) throws(VFFNError) -> Placement {
-            let start = offset
-            if compress {
-                let packed = try Deflate.deflate(bytes, path: path)
-                let crc = packed.withUnsafeBytes { CRC32.checksum($0) }
-                try out.write(packed)
-                offset += packed.count
-                let p: Placement = (start, packed.count, bytes.count, Int(crc), .deflate)
-                try pad()
-                return p
-            }
-            try out.write(bytes)
-            offset += bytes.count
-            let p: Placement = (start, bytes.count, bytes.count, Int(CRC32.checksum(bytes)), .raw)
-            try pad()
-            return p
-        }
-        func pad() throws(VFFNError) {
-            let n = align(offset) - offset
-            if n > 0 { try out.write([UInt8](repeating: 0, count: n)); offset += n }
-        }
-        func place(_ b: TensorBytes) throws(VFFNError) -> Placement {
-            try b.withBytes { (p) throws(VFFNError) in try place(p) }
-        }
-        var tp: [Placement?] = [], fp: [Placement?] = [], sp: [Placement?] = []
-        for (i, t) in tensors.enumerated() {
-            tp.append(try place(t.record.bytes))
-            progress(i + 1, tensors.count)
-        }
-        for f in files { fp.append(try place(f.bytes)) }
-        for s in shards { sp.append(try s.header.map { (h) throws(VFFNError) in try place(.owned(h)) }) }
-
-        var text = header(tp, fp, sp)
-        precondition(text.count <= reserved, "header grew past its reservation")
-        text.append(contentsOf: repeatElement(0x20, count: dataStart - preambleSize - text.count))
-        var preamble = magic
-        preamble += littleEndianBytes(version)
-        preamble += littleEndianBytes(UInt32(0))
-        preamble += littleEndianBytes(UInt64(text.count))
-        try out.seek(to: 0)
-        try out.write(preamble + text)
-        try out.finish()
-    }
-
-    static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
-}
-
-// MARK: - zlib
-
-enum CRC32 {
-    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 { update(0, bytes) }
-
-    /// The CRC32 of bytes that continue those `crc` was computed over.
-    static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
-        guard let base = bytes.baseAddress else { return crc }
-        return UInt32(crc32_z(uLong(crc), base.assumingMemoryBound(to: UInt8.self), bytes.count))
-    }
-}
-
-enum Deflate {
-    static func deflate(_ bytes: UnsafeRawBufferPointer, path: String) throws(VFFNError) -> [UInt8] {
-        var bound = compressBound(uLong(bytes.count))
-        var out = [UInt8](repeating: 0, count: Int(bound))
-        let status = out.withUnsafeMutableBytes { o in
-            compress2(o.baseAddress!.assumingMemoryBound(to: Bytef.self), &bound,
-                      bytes.baseAddress?.assumingMemoryBound(to: Bytef.self) ?? UnsafePointer(bitPattern: 1), uLong(bytes.count), 1)
-        }
-        guard status == Z_OK else { throw .io(path, "zlib compress failed (status \(status))") }
-        out.removeLast(out.count - Int(bound))
-        return out
-    }
-
-    /// Inflates a zlib stream (`raw: false`, .vffn entries) or a raw deflate stream (`raw: true`,
-    /// zip entries) into exactly `length` bytes; anything else (a corrupt, short or longer
-    /// stream) is an error naming `what`. Output grows only as it is produced, so a stream that
-    /// lies about its size costs what it really expands to, never what it claims.
-    static func inflate(_ stored: UnsafeRawBufferPointer, length: Int, raw: Bool = false, path: String, what: String) throws(VFFNError) -> [UInt8] {
-        var stream = z_stream()
-        guard inflateInit2_(&stream, raw ? -MAX_WBITS : MAX_WBITS, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
-            throw .io(path, "zlib inflateInit failed")
-        }
-        defer { inflateEnd(&stream) }
-        let chunk = 1 << 20
-        var out: [UInt8] = []
-        out.reserveCapacity(min(length, chunk))
-        var buffer = [UInt8](repeating: 0, count: chunk)
-        var fed = 0
-        var status: Int32 = Z_OK
-        while status == Z_OK {
-            if stream.avail_in == 0 && fed < stored.count {
-                let n = min(stored.count - fed, Int(UInt32.max))
-                stream.next_in = UnsafeMutablePointer(mutating: (stored.baseAddress! + fed).assumingMemoryBound(to: Bytef.self))
-                stream.avail_in = uInt(n)
-                fed += n
-            }
-            let produced: Int = buffer.withUnsafeMutableBytes { b in
-                stream.next_out = b.baseAddress!.assumingMemoryBound(to: Bytef.self)
-                stream.avail_out = uInt(chunk)
-                status = CZlib.inflate(&stream, Z_NO_FLUSH)
-                return chunk - Int(stream.avail_out)
-            }
-            guard out.count + produced <= length else { throw .badInput(path, "\(what) inflates to more than the \(length) bytes it declares") }
-            out.append(contentsOf: buffer[0..<produced])
-            if status == Z_BUF_ERROR && stream.avail_in == 0 && fed == stored.count {
-                throw .badInput(path, "\(what): deflate stream ends after \(out.count) of \(length) bytes (truncated)")
-            }
-        }
-        guard status == Z_STREAM_END else { throw .badInput(path, "\(what) is not a valid deflate stream (zlib status \(status))") }
-        guard out.count == length else { throw .badInput(path, "\(what) inflates to \(out.count) bytes, expected \(length)") }
-        return out
-    }
-}
-
-// MARK: - json-c
-
-/// A json-c value, read-only, kept alive by its root. json-c parses the container header; the
-/// config inside it is re-read by our own strict parser, which keeps key order and number text.
-final class JSONC: @unchecked Sendable {
-    private let object: OpaquePointer?
-    private let root: JSONC?
-
-    init(parsing bytes: UnsafeRawBufferPointer, path: String) throws(VFFNError) {
-        guard let tok = json_tokener_new() else { throw .io(path, "json-c: cannot allocate a tokener") }
-        defer { json_tokener_free(tok) }
-        json_tokener_set_flags(tok, Int32(JSON_TOKENER_STRICT) | Int32(JSON_TOKENER_VALIDATE_UTF8))
-        let obj = json_tokener_parse_ex(tok, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
-        let err = json_tokener_get_error(tok)
-        // The header is padded with spaces after the object; json-c stops at the object's end.
-        let rest = bytes[Int(json_tokener_get_parse_end(tok))...]
-        guard let obj, err == json_tokener_success, rest.allSatisfy({ $0 == 0x20 }) else {
-            if let obj { json_object_put(obj) }
-            let reason = err == json_tokener_success ? "bytes after the JSON object"
-                : err == json_tokener_continue ? "the header ends inside the JSON object" : String(cString: json_tokener_error_desc(err))
-            throw .badInput(path, ".vffn header is not valid JSON: \(reason) at header byte \(json_tokener_get_parse_end(tok))")
-        }
-        guard json_object_get_type(obj) == json_type_object else {
-            json_object_put(obj)
-            throw .badInput(path, ".vffn header is not a JSON object")
-        }
-        object = obj
-        root = nil
-    }
-
-    private init(_ object: OpaquePointer?, root: JSONC) {
-        self.object = object
-        self.root = root
-    }
-
-    deinit { if root == nil, let object { json_object_put(object) } }
-
-    private var type: json_type { json_object_get_type(object) }
-    var isObject: Bool { type == json_type_object }
-
-    subscript(key: String) -> JSONC? {
-        guard isObject else { return nil }
-        var child: OpaquePointer?
-        guard json_object_object_get_ex(object, key, &child) != 0 else { return nil }
-        return JSONC(child, root: root ?? self)
-    }
-
-    var members: [(String, JSONC)] {
-        guard isObject else { return [] }
-        var out: [(String, JSONC)] = []
-        var it = json_object_iter_begin(object)
-        var end = json_object_iter_end(object)
-        while json_object_iter_equal(&it, &end) == 0 {
-            out.append((String(cString: json_object_iter_peek_name(&it)), JSONC(json_object_iter_peek_value(&it), root: root ?? self)))
-            json_object_iter_next(&it)
-        }
-        return out
-    }
-
-    var array: [JSONC]? {
-        guard type == json_type_array else { return nil }
-        return (0..<json_object_array_length(object)).map { JSONC(json_object_array_get_idx(object, $0), root: root ?? self) }
-    }
-
-    var string: String? { type == json_type_string ? String(cString: json_object_get_string(object)) : nil }
-
-    /// An integer in 0...Int.max; anything else (negative, fractional, out of range) is nil.
-    var nonNegativeInt: Int? {
-        guard type == json_type_int else { return nil }
-        // Values past Int64.max saturate here; no real offset or length is anywhere near that,
-        // and every one is checked against the file size afterwards.
-        let v = json_object_get_int64(object)
-        return v >= 0 ? Int(v) : nil
-    }
-
-    var serialized: String { String(cString: json_object_to_json_string_ext(object, JSON_C_TO_STRING_PLAIN)) }
 }

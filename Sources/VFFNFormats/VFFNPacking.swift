@@ -28,9 +28,8 @@ extension VFFNContainer {
         for shard in source.shards {
             let name = source.safetensorsName(of: shard)
             for t in shard.tensors {
-                let b = try shard.bytes(t)
-                tensors.append(TensorToWrite(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .mapped(b)), shard: name))
-                tensorBytes += b.count
+                tensors.append(TensorToWrite(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .source(shard, t)), shard: name))
+                tensorBytes += t.byteCount
             }
             let header = (shard as? SafeTensorsFile).map { Array($0.rawHeader) }
             shards.append(ShardToWrite(name: name, metadata: shard.metadata, header: header))
@@ -40,7 +39,7 @@ extension VFFNContainer {
         // Everything in the directory goes in, weights in other formats included: unpack must
         // give back exactly what was packed.
         for name in (["config.json"] + present + source.auxiliaryFiles() + source.otherWeightFiles()).sorted() {
-            files.append(Blob(name: name, bytes: .owned(try source.auxiliaryFileContents(name))))
+            files.append(Blob(name: name, bytes: try source.auxiliaryFileBytes(name)))
         }
         let output = try AtomicOutput(destination: destination, kind: .file, force: force, inputs: [source.path])
         try write(config: source.config, tensors: tensors, files: files, shards: shards, compress: compress,
@@ -63,8 +62,8 @@ extension VFFNContainer {
             let target = dir + "/" + shard.name
             if let header = shard.header {
                 let out = try OutputFile(path: target)
-                try out.write(try contents(of: header, what: "shard header"))
-                for m in members { try out.write(try bytes(tensors[m])) }
+                try read(header, what: "shard header", chunkBytes: tensorPieceBytes) { (piece) throws(VFFNError) in try out.write(piece) }
+                for m in members { try read(tensors[m], chunkBytes: tensorPieceBytes) { (piece) throws(VFFNError) in try out.write(piece) } }
                 try out.finish()
                 // The packed header must describe exactly these tensors, or the rebuilt file
                 // would be valid safetensors holding the wrong data.
@@ -76,7 +75,7 @@ extension VFFNContainer {
                 var records: [TensorRecord] = []
                 for m in members {
                     let t = tensors[m]
-                    records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .mapped(try bytes(t))))
+                    records.append(TensorRecord(name: t.name, dtype: t.dtype, shape: t.shape, bytes: .tensor(self, t)))
                 }
                 try SafeTensorsWriter.write(records, metadata: shard.metadata ?? [("format", "pt")], to: target)
             }
@@ -92,7 +91,7 @@ extension VFFNContainer {
                 throw .io(target, "cannot create its folder: \(error.localizedDescription)")
             }
             let out = try OutputFile(path: target)
-            try out.write(try contents(of: f, what: "file"))
+            try read(f, what: "file", chunkBytes: tensorPieceBytes) { (piece) throws(VFFNError) in try out.write(piece) }
             try out.finish()
         }
         if !files.contains(where: { $0.name == "config.json" }) {

@@ -4,10 +4,16 @@ import Foundation
 /// records when large) and as other tools rewrite them (deflated entries). Every size and offset
 /// is checked against the file before use; encrypted and multi-disk archives are refused.
 final class ZipArchive: @unchecked Sendable {
+    /// The compression methods torch.save archives use (zip's numbers).
+    enum Method: UInt16, Sendable {
+        case stored = 0
+        case deflated = 8
+    }
+
     struct Entry: Sendable {
         let name: String
         /// 0 stored, 8 deflated.
-        let method: UInt16
+        let method: Method
         let crc32: UInt32
         let compressedSize: Int
         let size: Int
@@ -22,7 +28,6 @@ final class ZipArchive: @unchecked Sendable {
     var path: String { file.path }
     let entries: [Entry]
     private let index: [String: Int]
-    private let inflated = DecodedCache()
     private let verified = VerifiedSet<String>()
 
     init(_ file: MappedFile) throws(VFFNError) {
@@ -78,7 +83,7 @@ final class ZipArchive: @unchecked Sendable {
                 throw .badInput(path, "zip central directory entry at byte \(c.offset - 4) has a bad signature")
             }
             _ = try c.u16("version made by"); _ = try c.u16("version needed")
-            let flags = try c.u16("flags"), method = try c.u16("method")
+            let flags = try c.u16("flags"), rawMethod = try c.u16("method")
             _ = try c.u32("time and date")
             let crc = try c.u32("crc32")
             var compressed = UInt64(try c.u32("compressed size")), size = UInt64(try c.u32("size"))
@@ -100,9 +105,11 @@ final class ZipArchive: @unchecked Sendable {
                 }
             }
             guard flags & 1 == 0 else { throw .badInput(path, "zip entry \"\(name)\" is encrypted") }
-            guard method == 0 || method == 8 else { throw .badInput(path, "zip entry \"\(name)\" uses compression method \(method) (only stored and deflated are supported)") }
+            guard let method = Method(rawValue: rawMethod) else {
+                throw .badInput(path, "zip entry \"\(name)\" uses compression method \(rawMethod) (only stored and deflated are supported)")
+            }
             guard index[name] == nil else { throw .badInput(path, "zip entry \"\(name)\" appears twice") }
-            if method == 0, compressed != size { throw .badInput(path, "stored zip entry \"\(name)\" has compressed size \(compressed) != size \(size)") }
+            if method == .stored, compressed != size { throw .badInput(path, "stored zip entry \"\(name)\" has compressed size \(compressed) != size \(size)") }
             // The local header repeats the name and has its own extra field (torch pads with
             // one to align data to 64 bytes); the data follows it.
             guard localOffset <= UInt64(bytes.count) else { throw .badInput(path, "zip entry \"\(name)\" local header offset \(localOffset) is outside the file") }
@@ -125,25 +132,43 @@ final class ZipArchive: @unchecked Sendable {
 
     func entry(_ name: String) -> Entry? { index[name].map { entries[$0] } }
 
-    /// An entry's bytes after checking its CRC32 (once): mapped when stored, inflated (to
-    /// exactly its declared size, never more) when deflated.
-    func contents(_ e: Entry) throws(VFFNError) -> UnsafeRawBufferPointer {
-        let stored = UnsafeRawBufferPointer(rebasing: file.bytes[e.dataOffset..<e.dataOffset + e.compressedSize])
-        let data: UnsafeRawBufferPointer
-        if e.method == 0 {
-            data = stored
-        } else {
-            data = try inflated.bytes(e.name) { () throws(VFFNError) in
-                try Deflate.inflate(stored, length: e.size, raw: true, path: path, what: "zip entry \"\(e.name)\"")
+    /// An entry's bytes after checking its CRC32: mapped when stored (checked once), inflated
+    /// for this call (to exactly its declared size, never more) when deflated.
+    func contents(_ e: Entry) throws(VFFNError) -> TensorData {
+        let stored = storedBytes(e)
+        if e.method == .stored {
+            if !verified.contains(e.name) {
+                try check(e, CRC32.checksum(stored))
+                verified.insert(e.name)
             }
+            return TensorData(mapped: stored, owner: file)
         }
-        if !verified.contains(e.name) {
-            let crc = CRC32.checksum(data)
-            guard crc == e.crc32 else {
-                throw .badInput(path, "zip entry \"\(e.name)\" is corrupt: CRC32 \(String(crc, radix: 16)), expected \(String(e.crc32, radix: 16))")
-            }
-            verified.insert(e.name)
-        }
+        let data = TensorData(try Deflate.inflate(stored, length: e.size, raw: true, path: path, what: "zip entry \"\(e.name)\""))
+        try check(e, CRC32.checksum(data.raw))
         return data
+    }
+
+    /// Bytes `range` of a deflated entry's contents, in pieces, inflating the entry once through
+    /// to its end, where its CRC32 (which covers all of it) is checked.
+    func read(_ e: Entry, range: Range<Int>, chunkBytes: Int, _ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        let inflater = try Inflater(storedBytes(e), length: e.size, raw: true, path: path, what: "zip entry \"\(e.name)\"")
+        var crc: UInt32 = 0, at = 0
+        try inflater.forEachPiece(chunk: chunkBytes) { (piece) throws(VFFNError) in
+            crc = CRC32.update(crc, piece)
+            let lo = max(range.lowerBound, at), hi = min(range.upperBound, at + piece.count)
+            if lo < hi { try body(UnsafeRawBufferPointer(rebasing: piece[(lo - at)..<(hi - at)])) }
+            at += piece.count
+        }
+        try check(e, crc)
+    }
+
+    private func storedBytes(_ e: Entry) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: file.bytes[e.dataOffset..<e.dataOffset + e.compressedSize])
+    }
+
+    private func check(_ e: Entry, _ crc: UInt32) throws(VFFNError) {
+        guard crc == e.crc32 else {
+            throw .badInput(path, "zip entry \"\(e.name)\" is corrupt: CRC32 \(String(crc, radix: 16)), expected \(String(e.crc32, radix: 16))")
+        }
     }
 }

@@ -91,6 +91,9 @@ public enum WeightStorage: @unchecked Sendable {
     case floats([Float])
     /// Little-endian `dtype` values, row-major; `owner` keeps the mapping alive.
     case mapped(UnsafeRawBufferPointer, DType, owner: AnyObject)
+    /// ggml Q8_0 rows (per 32 values an f16 scale and 32 int8), dequantized a block of rows at a
+    /// time like F16 and BF16: a Q8_0 GGUF runs at its own size, never widened whole to f32.
+    case q8_0(UnsafeRawBufferPointer, owner: AnyObject)
 }
 
 /// A weight as Hugging Face stores it: `[out, in]` for `nn.Linear`, or `[in, out]` for GPT-2's
@@ -106,6 +109,9 @@ public struct Linear: Sendable {
     public let inputs: Range<Int>
     /// Bias over the selected outputs (already sliced).
     public let bias: [Float]?
+    /// The stored row of each output row, where the file keeps them in another order (a llama
+    /// GGUF's rotary permutation of q and k); nil: the same order.
+    let rowOrder: [Int]?
 
     /// Decoded rows held at once by one product, in floats (16 MiB, split among its threads):
     /// each block is one sgemm, which packs the activations again, so blocks of a few hundred rows
@@ -130,32 +136,51 @@ public struct Linear: Sendable {
                   outputs: 0..<outFeatures, inputs: 0..<inFeatures, bias: bias)
     }
 
-    private init(storage: WeightStorage, transposed: Bool, storedColumns: Int, outputs: Range<Int>, inputs: Range<Int>, bias: [Float]?) {
+    /// A `[out, in]` matrix as its file stores it (`TensorFile.storedMatrix`), read in place.
+    public init(stored: StoredMatrix, outFeatures: Int, inFeatures: Int, bias: [Float]? = nil) {
+        let storage: WeightStorage
+        switch stored.encoding {
+        case let .float(dtype):
+            precondition(stored.data.raw.count == outFeatures * inFeatures * dtype.bitSize / 8)
+            storage = .mapped(stored.data.raw, dtype, owner: stored.data)
+        case .q8_0:
+            precondition(inFeatures % 32 == 0 && stored.data.raw.count == outFeatures * inFeatures / 32 * 34)
+            storage = .q8_0(stored.data.raw, owner: stored.data)
+        }
+        precondition(stored.rowOrder == nil || stored.rowOrder!.count == outFeatures)
+        self.init(storage: storage, transposed: false, storedColumns: inFeatures, outputs: 0..<outFeatures, inputs: 0..<inFeatures,
+                  bias: bias, rowOrder: stored.rowOrder)
+    }
+
+    private init(storage: WeightStorage, transposed: Bool, storedColumns: Int, outputs: Range<Int>, inputs: Range<Int>, bias: [Float]?,
+                 rowOrder: [Int]? = nil) {
         precondition(bias == nil || bias!.count == outputs.count)
+        precondition(rowOrder == nil || !transposed)
         self.storage = storage
         self.transposed = transposed
         self.storedColumns = storedColumns
         self.outputs = outputs
         self.inputs = inputs
         self.bias = bias
+        self.rowOrder = rowOrder
     }
 
     /// The same weights with `bias` added after them (a tied head with a bias of its own).
     public func adding(bias: [Float]) -> Linear {
-        Linear(storage: storage, transposed: transposed, storedColumns: storedColumns, outputs: outputs, inputs: inputs, bias: bias)
+        Linear(storage: storage, transposed: transposed, storedColumns: storedColumns, outputs: outputs, inputs: inputs, bias: bias, rowOrder: rowOrder)
     }
 
     /// Output features `r` (relative to this view), with their bias entries.
     public func rows(_ r: Range<Int>) -> Linear {
         Linear(storage: storage, transposed: transposed, storedColumns: storedColumns,
                outputs: outputs.lowerBound + r.lowerBound..<outputs.lowerBound + r.upperBound,
-               inputs: inputs, bias: bias.map { Array($0[r]) })
+               inputs: inputs, bias: bias.map { Array($0[r]) }, rowOrder: rowOrder)
     }
 
     /// Input features `c` (relative to this view); the bias stays whole.
     public func columns(_ c: Range<Int>) -> Linear {
         Linear(storage: storage, transposed: transposed, storedColumns: storedColumns, outputs: outputs,
-               inputs: inputs.lowerBound + c.lowerBound..<inputs.lowerBound + c.upperBound, bias: bias)
+               inputs: inputs.lowerBound + c.lowerBound..<inputs.lowerBound + c.upperBound, bias: bias, rowOrder: rowOrder)
     }
 
     /// The view's stored rows and columns: outputs x inputs, or inputs x outputs when transposed.
@@ -170,25 +195,46 @@ public struct Linear: Sendable {
         let rows = storedRows, cols = storedColumnRange
         guard rows.count > 0, cols.count > 0 else { return }
         switch storage {
-        case let .floats(w):
+        case let .floats(w) where rowOrder == nil:
             w.withUnsafeBufferPointer { body($0.baseAddress! + rows.lowerBound * storedColumns + cols.lowerBound, storedColumns, 0, rows.count) }
-        case let .mapped(bytes, .F32, _) where Int(bitPattern: bytes.baseAddress) % MemoryLayout<Float>.alignment == 0:
+        case let .mapped(bytes, .F32, _) where rowOrder == nil && Int(bitPattern: bytes.baseAddress) % MemoryLayout<Float>.alignment == 0:
             let p = bytes.baseAddress!.assumingMemoryBound(to: Float.self)
             body(p + rows.lowerBound * storedColumns + cols.lowerBound, storedColumns, 0, rows.count)
-        case let .mapped(bytes, dtype, _):
-            let size = dtype.bitSize / 8, width = cols.count
+        default:
+            let width = cols.count
             let blockRows = max(1, min(rows.count, fixedRows ?? Self.decodeBlock / width))
-            let stored = storedColumns
             DecodeWorkspace.shared.with(count: blockRows * width) { buf in
                 for first in stride(from: 0, to: rows.count, by: blockRows) {
                     let count = min(blockRows, rows.count - first)
                     for r in 0..<count {
-                        let start = ((rows.lowerBound + first + r) * stored + cols.lowerBound) * size
-                        FloatCodec.decode(UnsafeRawBufferPointer(rebasing: bytes[start..<start + width * size]), as: dtype,
-                                          into: UnsafeMutableBufferPointer(start: buf + r * width, count: width))
+                        let row = rows.lowerBound + first + r
+                        decodeStoredRow(rowOrder?[row] ?? row, columns: cols, into: UnsafeMutableBufferPointer(start: buf + r * width, count: width))
                     }
                     body(UnsafePointer(buf), width, first, count)
                 }
+            }
+        }
+    }
+
+    /// Columns `cols` of stored row `row`, as f32.
+    private func decodeStoredRow(_ row: Int, columns cols: Range<Int>, into out: UnsafeMutableBufferPointer<Float>) {
+        switch storage {
+        case let .floats(w):
+            _ = out.initialize(from: w[row * storedColumns + cols.lowerBound..<row * storedColumns + cols.upperBound])
+        case let .mapped(bytes, dtype, _):
+            let size = dtype.bitSize / 8, start = (row * storedColumns + cols.lowerBound) * size
+            FloatCodec.decode(UnsafeRawBufferPointer(rebasing: bytes[start..<start + cols.count * size]), as: dtype, into: out)
+        case let .q8_0(bytes, _):
+            // The 34-byte blocks that cover the columns; a view that starts or ends inside a
+            // block (a sub-expert's slice) takes its part of it.
+            let rowBase = row * (storedColumns / 32) * 34
+            var c = cols.lowerBound
+            while c < cols.upperBound {
+                let block = c / 32, base = rowBase + block * 34
+                let d = Float(Float16(bitPattern: UInt16(bytes[base]) | UInt16(bytes[base + 1]) << 8))
+                let end = min(cols.upperBound, (block + 1) * 32)
+                for j in c..<end { out[j - cols.lowerBound] = Float(Int8(bitPattern: bytes[base + 2 + j - block * 32])) * d }
+                c = end
             }
         }
     }
@@ -230,7 +276,7 @@ public struct Linear: Sendable {
     /// Output features `r` without the bias: a part of a product one thread computes.
     private func outputPart(_ r: Range<Int>) -> Linear {
         Linear(storage: storage, transposed: transposed, storedColumns: storedColumns,
-               outputs: outputs.lowerBound + r.lowerBound..<outputs.lowerBound + r.upperBound, inputs: inputs, bias: nil)
+               outputs: outputs.lowerBound + r.lowerBound..<outputs.lowerBound + r.upperBound, inputs: inputs, bias: nil, rowOrder: rowOrder)
     }
 
     /// `y = x W^T + b` for all rows of x at once. The output features are split among the
@@ -248,7 +294,7 @@ public struct Linear: Sendable {
             x.data.withUnsafeBufferPointer { xp in
                 y.withUnsafeMutableBufferPointer { yp in
                     nonisolated(unsafe) let (xBase, yBase) = (xp.baseAddress!, yp.baseAddress!)
-                    if case let .mapped(bytes, .BF16, _) = storage, !transposed, Self.bf16Kernel {
+                    if case let .mapped(bytes, .BF16, _) = storage, !transposed, rowOrder == nil, Self.bf16Kernel {
                         // bf16 weights straight from the mapping, widened in registers: no decode
                         // pass and no sgemm packing pass over W (CKernels).
                         nonisolated(unsafe) let w = bytes.baseAddress!

@@ -16,14 +16,20 @@ public final class WeightStore: @unchecked Sendable {
     /// Decodes a float tensor to f32 after checking its shape.
     public func floats(_ name: String, shape: [Int]) throws(VFFNError) -> [Float] {
         let (shard, info) = try floatTensor(name, shape: shape)
-        return FloatCodec.decode(try shard.bytes(info), as: info.dtype)
+        let data = try shard.bytes(info)
+        return withExtendedLifetime(data) { FloatCodec.decode(data.raw, as: info.dtype) }
     }
 
-    /// A `[out, in]` float tensor as a weight read in place from the mapped file.
+    /// A `[out, in]` float tensor as a weight read in place from the mapped file (a GGUF's Q8_0
+    /// blocks and permuted rows included), or decoded for it where the file must decode it.
     /// With `transposed`, the tensor is `[in, out]` (GPT-2's Conv1D).
     public func matrix(_ name: String, out: Int, in inFeatures: Int, bias: [Float]? = nil, transposed: Bool = false) throws(VFFNError) -> Linear {
         let (shard, info) = try floatTensor(name, shape: transposed ? [inFeatures, out] : [out, inFeatures])
-        return Linear(mapped: try shard.bytes(info), dtype: info.dtype, owner: shard, outFeatures: out, inFeatures: inFeatures,
+        if !transposed, let stored = try shard.storedMatrix(info) {
+            return Linear(stored: stored, outFeatures: out, inFeatures: inFeatures, bias: bias)
+        }
+        let data = try shard.bytes(info)
+        return Linear(mapped: data.raw, dtype: info.dtype, owner: data, outFeatures: out, inFeatures: inFeatures,
                       bias: bias, transposed: transposed)
     }
 

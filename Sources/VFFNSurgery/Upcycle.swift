@@ -259,7 +259,7 @@ public struct UpcyclePlan: @unchecked Sendable {
         case .vffn:
             var files = [VFFNContainer.Blob(name: "config.json", bytes: .owned(Array(configText.utf8)))]
             if let indexText { files.append(.init(name: Checkpoint.indexName, bytes: .owned(Array(indexText.utf8)))) }
-            for name in auxiliary { files.append(.init(name: name, bytes: .owned(try source.auxiliaryFileContents(name)))) }
+            for name in auxiliary { files.append(.init(name: name, bytes: try source.auxiliaryFileBytes(name))) }
             if emitModeling { files.append(.init(name: RemoteCode.fileName, bytes: .owned(RemoteCode.source))) }
             let containerTensors = shardRecords.flatMap { s in s.records.map { VFFNContainer.TensorToWrite($0, shard: s.name) } }
             let containerShards = shardRecords.map { VFFNContainer.ShardToWrite(name: $0.name, metadata: $0.metadata, header: nil) }
@@ -314,14 +314,16 @@ public struct UpcyclePlan: @unchecked Sendable {
     /// (made one tensor at a time, when written).
     func outputBytes(_ t: TensorInfo, in shard: any TensorFile, permuted: [String: (FFNTensor, [Int])]) throws(VFFNError) -> TensorBytes {
         if let (f, order) = permuted[t.name] {
-            let source = MappedBytes(bytes: try shard.bytes(t)), size = t.dtype.bitSize / 8
-            return .deferred(count: source.bytes.count) {
-                permuteNeurons(source.bytes, shape: f.shape, axis: f.neuronAxis!, elementSize: size, permutation: order)
+            let source = SendableFile(file: shard), size = t.dtype.bitSize / 8
+            return .deferred(count: t.byteCount) { () throws(VFFNError) in
+                let data = try source.file.bytes(t)
+                return withExtendedLifetime(data) {
+                    permuteNeurons(data.raw, shape: f.shape, axis: f.neuronAxis!, elementSize: size, permutation: order)
+                }
             }
         }
-        // Bytes stored exactly as presented are copied file to file by the kernel.
-        let mapped = try shard.bytes(t)
-        return shard.storedRegion(t).map { .region($0, mapped: mapped) } ?? .mapped(mapped)
+        // Bytes stored exactly as presented are copied file to file by the kernel, untouched.
+        return .source(shard, t)
     }
 
     static func skippedNote(_ files: [String]) -> [String] {
@@ -337,9 +339,9 @@ public struct UpcyclePlan: @unchecked Sendable {
     }
 }
 
-/// Bytes of a source file that the checkpoint keeps mapped for as long as the plan lives.
-struct MappedBytes: @unchecked Sendable {
-    let bytes: UnsafeRawBufferPointer
+/// A source file captured by a deferred write.
+struct SendableFile: @unchecked Sendable {
+    let file: any TensorFile
 }
 
 /// How far a conversion is, for a progress display.

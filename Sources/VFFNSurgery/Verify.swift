@@ -172,7 +172,12 @@ public enum Verifier {
         for (index, name) in names.enumerated() {
             // Ask for the next tensor's source bytes now: the disk reads them while this one is
             // compared, instead of page fault by page fault.
-            if index + 1 < names.count, let next = try source.bytes(names[index + 1]) { advise(next, willNeed: true) }
+            // Only where the bytes are mapped as stored: a tensor that must be decoded is not read twice.
+            if index + 1 < names.count, let file = source.shard(of: names[index + 1]), let info = file.info(names[index + 1]),
+               file.storedRegion(info) != nil {
+                let next = try file.bytes(info)
+                advise(next.raw, willNeed: true)
+            }
             if reordered.contains(name) {
                 // Reordered on purpose: dtype and shape must match; the dense forward pass below
                 // checks the values.
@@ -187,13 +192,22 @@ public enum Verifier {
             guard a.dtype == b.dtype, a.shape == b.shape else {
                 mismatches.append("\(name): \(a.dtype)\(a.shape) became \(b.dtype)\(b.shape)"); continue
             }
-            let x = try source.bytes(name)!, y = try destination.bytes(name)!
-            if x.count > 0, memcmp(x.baseAddress!, y.baseAddress!, x.count) != 0 { mismatches.append("\(name): bytes differ") }
-            // The source is read once here; the forward passes read the destination three
-            // times. Marking the source's pages cold lets the page cache keep the destination
-            // when both do not fit (an 8B pair is 32 GB): without it verify re-read 29 GB from disk.
-            advise(x, willNeed: false)
-            bytes += x.count
+            // The source a piece at a time (a Q8_0 embedding dequantized whole would be 1 GB).
+            let file = source.shard(of: name)!, y = try destination.bytes(name)!
+            let mapped = file.storedRegion(a) != nil
+            var at = 0, same = true
+            try withExtendedLifetime(y) { () throws(VFFNError) in
+                try file.read(a, chunkBytes: tensorPieceBytes) { piece in
+                    if same, piece.count > 0 { same = memcmp(piece.baseAddress!, y.raw.baseAddress! + at, piece.count) == 0 }
+                    // The source is read once here; the forward passes read the destination three
+                    // times. Marking the source's pages cold lets the page cache keep the destination
+                    // when both do not fit (an 8B pair is 32 GB): without it verify re-read 29 GB from disk.
+                    if mapped { advise(piece, willNeed: false) }
+                    at += piece.count
+                }
+            }
+            if !same { mismatches.append("\(name): bytes differ") }
+            bytes += a.byteCount
         }
         let gateNames = Set(settings.gateTensors.flatMap { [$0.expertGate, $0.depthPredictor] })
         for name in destination.tensorNames where !source.contains(name) && !gateNames.contains(name) {

@@ -288,7 +288,7 @@ import VFFNSurgery
         let extra = makeTemporaryDirectory() + "/m"
         try copyDirectory(Fixtures.path("mistral-f16"), to: extra)
         let original = try SafeTensorsFile(path: Fixtures.path("mistral-f16/model.safetensors"))
-        let records = original.tensors.map { TensorRecord(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: .mapped(original.bytes($0))) }
+        let records = original.tensors.map { TensorRecord(name: $0.name, dtype: $0.dtype, shape: $0.shape, bytes: .tensor(original, $0)) }
         let squatter = TensorRecord(name: "model.layers.1.mlp.depth_predictor.weight", dtype: .F16, shape: [4, 32], bytes: .owned([UInt8](repeating: 0, count: 256)))
         try SafeTensorsWriter.write(records + [squatter], metadata: nil, to: extra + "/model.safetensors")
         #expect { try UpcyclePlan(source: Checkpoint(path: extra), experts: 8, topK: 2, maxDepth: 4) } throws: {
