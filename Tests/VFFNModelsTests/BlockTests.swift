@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import VFFNFormats
 @testable import VFFNModels
 
@@ -13,6 +14,28 @@ import VFFNFormats
         #expect(s.map(\.expert) == [0, 2])
         #expect(abs(s[0].weight - 0.7310586) < 1e-6 && abs(s[1].weight - 0.2689414) < 1e-6)
         #expect(VersatileFFNLayer.route([1, 2, 3], k: 1).map(\.weight) == [1])
+    }
+
+    /// A GGUF's Q8_0 matrices and permuted q/k rows run in place: every view of them (a
+    /// sub-expert's columns, which start and end inside Q8_0 blocks; rows; products) gives what
+    /// the dequantized, un-permuted bytes give.
+    @Test(arguments: ["gguf/llama-gqa-q8_0.gguf", "gguf/llama-gqa-f32.gguf"])
+    func storedMatricesReadAsTheirDecodedBytes(file path: String) throws {
+        let file = try TensorFileFormat.open(path: Fixtures.path(path))
+        var inPlace = 0
+        for info in file.tensors where info.shape.count == 2 {
+            guard let stored = try file.storedMatrix(info) else { continue }
+            inPlace += 1
+            let (out, inputs) = (info.shape[0], info.shape[1])
+            let a = Linear(stored: stored, outFeatures: out, inFeatures: inputs)
+            let decoded = FloatCodec.decode(try file.bytes(info), as: info.dtype)
+            let b = Linear(weight: decoded, outFeatures: out, inFeatures: inputs)
+            #expect(a.values == decoded, "\(info.name)")
+            #expect(a.rows(3..<out - 2).columns(5..<inputs - 7).values == b.rows(3..<out - 2).columns(5..<inputs - 7).values, "\(info.name)")
+            let x = Matrix(rows: 3, cols: inputs, data: (0..<3 * inputs).map { Float(($0 * 37) % 11) - 5 })
+            #expect(a(x).data == b(x).data, "\(info.name)")
+        }
+        #expect(inPlace >= 2 * 2, "\(path): \(inPlace) matrices read in place")
     }
 
     @Test func depthIsArgmaxPlusOneWithinTheLimit() {

@@ -1,0 +1,83 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import VFFNFormats
+
+/// Writers read a tensor that must be decoded a piece at a time (`TensorFile.read`); the pieces
+/// must be exactly the bytes `bytes` gives, for every reader that decodes, at any piece size.
+@Suite struct StreamingTests {
+    static func pieces(_ file: any TensorFile, _ info: TensorInfo, chunk: Int) throws -> (bytes: [UInt8], count: Int) {
+        var out: [UInt8] = [], n = 0
+        try file.read(info, chunkBytes: chunk) { piece in
+            #expect(piece.count > 0)
+            out += piece
+            n += 1
+        }
+        return (out, n)
+    }
+
+    /// Q8_0 dequantized a few rows at a time, llama's permuted q/k a head at a time, deflated and
+    /// strided torch tensors, deflated .vffn entries: at 1 KiB pieces, 100 bytes (less than a
+    /// row) and the writers' size, the concatenation is the tensor.
+    @Test(arguments: ["gguf/llama-gqa-q8_0.gguf", "gguf/llama-gqa-f32.gguf", "llama-bin-deflated/pytorch_model.bin", "bert-tiny-bin/pytorch_model.bin",
+                      "vffn/qwen2-bf16-e8k2d4-deflate.vffn"])
+    func piecesAreTheTensor(file path: String) throws {
+        let file = try TensorFileFormat.open(path: Fixtures.path(path))
+        var decodedSomewhere = false
+        for info in file.tensors {
+            let whole = Array(try file.bytes(info))
+            #expect(whole.count == info.byteCount, "\(info.name)")
+            for chunk in [100, 1024, tensorPieceBytes] {
+                let (bytes, count) = try Self.pieces(file, info, chunk: chunk)
+                #expect(bytes == whole, "\(info.name) at \(chunk)-byte pieces")
+                if count > 1 { decodedSomewhere = true }
+            }
+        }
+        // The file has tensors that are decoded, in several pieces at the smaller sizes.
+        #expect(decodedSomewhere || path.hasSuffix("bert-tiny-bin/pytorch_model.bin"), "\(path): every tensor came as one piece")
+    }
+
+    /// A deflated zip entry whose bytes were altered after its CRC32 was recorded: the pieces are
+    /// produced, and the read fails at the end, naming the entry.
+    @Test func corruptDeflatedZipEntryFailsTheRead() throws {
+        let floats = (0..<64).flatMap { i in withUnsafeBytes(of: Float(i).bitPattern.littleEndian, Array.init) }
+        let dict = PickleOps.stateDict([PickleOps.tensor("w", key: "0", numel: 64, shape: [8, 8], stride: [8, 1])])
+        var archive = PickleOps.torchArchive(pickle: dict, storages: [("0", floats)], deflated: true)
+        // The CRC32 of data/0 in its local header and central directory entry, changed.
+        for at in (0..<archive.count - 4) where Array(archive[at..<at + 4]) == littleEndianBytes(CRC32.checksum(floats.withUnsafeBytes { $0 })) {
+            archive[at] ^= 0xFF
+        }
+        let path = makeTemporaryDirectory() + "/m.bin"
+        writeFile(path, archive)
+        let file = try TorchCheckpointFile(path: path)
+        let info = try #require(file.info("w"))
+        var seen = 0
+        do {
+            try file.read(info, chunkBytes: 64) { seen += $0.count }
+            Issue.record("read a corrupt entry")
+        } catch {
+            #expect(error.description.contains("zip entry \"archive/data/0\" is corrupt: CRC32"), "\(error)")
+        }
+        #expect(seen == info.byteCount)
+        #expect(throws: VFFNError.self) { _ = try file.bytes(info) }
+    }
+
+    @Test func inflaterRefusesStreamsThatDoNotHoldTheirLength() throws {
+        let data = [UInt8](repeating: 7, count: 10_000)
+        let packed = try data.withUnsafeBytes { try Deflate.deflate($0, path: "t") }
+        func inflate(_ stored: [UInt8], length: Int, chunk: Int) throws -> [UInt8] {
+            try stored.withUnsafeBytes { s in
+                var out: [UInt8] = []
+                try Inflater(s, length: length, raw: false, path: "t", what: "entry").forEachPiece(chunk: chunk) { out += $0 }
+                return out
+            }
+        }
+        #expect(try inflate(packed, length: 10_000, chunk: 333) == data)
+        #expect { try inflate(packed, length: 9_999, chunk: 333) } throws: { ($0 as? VFFNError)?.message == "entry inflates to more than the 9999 bytes it declares" }
+        #expect { try inflate(packed, length: 10_001, chunk: 333) } throws: { ($0 as? VFFNError)?.message == "entry inflates to 10000 bytes, expected 10001" }
+        #expect { try inflate(Array(packed.dropLast(6)), length: 10_000, chunk: 333) } throws: {
+            ($0 as? VFFNError)?.message.contains("deflate stream ends after") == true
+        }
+        #expect(packed.count < 100)
+    }
+}
