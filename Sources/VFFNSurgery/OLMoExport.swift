@@ -21,6 +21,27 @@ import VFFNModels
 extension UpcyclePlan {
     func writeOLMo(to destination: String, force: Bool, dryRun: Bool,
                    progress: @escaping @Sendable (ConversionProgress) -> Void) throws(VFFNError) -> ConversionSummary {
+        let olmo = try olmoLayout()
+        let output = try AtomicOutput(destination: destination, kind: .directory, force: force, inputs: [source.path], dryRun: dryRun)
+        let totalSize = olmo.tensors.reduce(0) { $0 + $1.parts.reduce(0) { $0 + $1.count } }
+        let auxiliary = source.auxiliaryFiles().filter { $0 != "config.yaml" && $0 != "model.pt" }
+        let summary = ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: 1,
+                                        copiedTensors: olmo.copied, copiedBytes: totalSize,
+                                        changedTensors: Self.counted(tensorChanges(permuted: permutedTensors)), gateTensors: 2 * layers.count,
+                                        totalSize: totalSize, auxiliaryFiles: auxiliary,
+                                        sourceNotes: source.notes + olmo.notes + Self.skippedNote(source.otherWeightFiles()))
+        if dryRun { return summary }
+        let meter = ProgressMeter(ConversionProgress(tensorsTotal: olmo.tensors.count, bytesTotal: totalSize), report: progress)
+        try OLMoDirectoryWriter().write(tensors: olmo.tensors, yaml: olmo.yaml(output.absoluteDestination ?? destination), auxiliary: auxiliary,
+                                        from: source, to: output.temporary, meter: meter)
+        try output.commit()
+        return summary
+    }
+
+    /// The OLMo layout of this conversion: its model.pt tensors (read from the source only when
+    /// written), config.yaml for a given load_path, and what the summary says; every source
+    /// tensor must find its place, or the export is refused.
+    func olmoLayout() throws(VFFNError) -> (tensors: [TorchCheckpointWriter.Tensor], yaml: (String) -> String, copied: Int, notes: [String]) {
         let configPath = source.configPath
         let modelType = source.config["model_type"]?.stringValue ?? "?"
         let olmoTypes = Architectures.families.filter(\.olmoLayout).map(\.modelType).joined(separator: ", ")
@@ -135,26 +156,10 @@ extension UpcyclePlan {
             throw .badInput(source.path, "tensor \"\(left[0])\" has no place in an OLMo checkpoint\(left.count > 1 ? " (and \(left.count - 1) more)" : "")")
         }
 
-        let output = try AtomicOutput(destination: destination, kind: .directory, force: force, inputs: [source.path], dryRun: dryRun)
-        let dir = output.temporary
-        let totalSize = tensors.reduce(0) { $0 + $1.parts.reduce(0) { $0 + $1.count } }
-        let auxiliary = source.auxiliaryFiles().filter { $0 != "config.yaml" && $0 != "model.pt" }
-        let summary = ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: 1,
-                                        copiedTensors: used.count, copiedBytes: totalSize,
-                                        changedTensors: Self.counted(tensorChanges(permuted: permuted)), gateTensors: 2 * layers.count,
-                                        totalSize: totalSize, auxiliaryFiles: auxiliary,
-                                        sourceNotes: source.notes + notes + Self.skippedNote(source.otherWeightFiles()))
-        if dryRun { return summary }
-        let meter = ProgressMeter(ConversionProgress(tensorsTotal: tensors.count, bytesTotal: totalSize), report: progress)
-        try TorchCheckpointWriter.write(tensors, top: "model", to: dir + "/model.pt") { meter.add(tensors: 1, bytes: $0) }
-        let finalPath = output.absoluteDestination ?? destination
-        let yaml = olmoConfigYAML(c, modelType: modelType, includeBias: includeBias, maxSequence: maxSequence, loadPath: finalPath)
-        let f = try OutputFile(path: dir + "/config.yaml")
-        try f.write(yaml)
-        try f.finish()
-        for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
-        try output.commit()
-        return summary
+        let yaml = { (loadPath: String) in
+            self.olmoConfigYAML(c, modelType: modelType, includeBias: includeBias, maxSequence: maxSequence, loadPath: loadPath)
+        }
+        return (tensors, yaml, used.count, notes)
     }
 
     /// The `model` section OLMo's trainer needs to rebuild this network, and `load_path`.

@@ -171,17 +171,31 @@ public struct UpcyclePlan: @unchecked Sendable {
                 throw .usage("layer \(g.site.layer): gate sizes \(g.expertGate.count), \(g.depthPredictor.count) do not match [\(numExperts), \(d)] and [\(maxDepth), \(d)]")
             }
         }
-        if format == .olmo {
+        let writer: any CheckpointWriter
+        switch format {
+        case .olmo:
             guard !emitModeling else { throw .usage("transformers remote code (--emit-modeling) belongs with a Hugging Face output, not --output-format olmo") }
             guard !compress else { throw .usage("--compress applies only to --output-format vffn") }
             return try writeOLMo(to: destination, force: force, dryRun: dryRun, progress: progress)
+        case .safetensors: writer = SafeTensorsDirectoryWriter()
+        case .vffn: writer = VFFNFileWriter(compress: compress)
         }
+        let (checkpoint, summary) = try convertedCheckpoint(emitModeling: emitModeling)
+        let output = try AtomicOutput(destination: destination, kind: writer.kind, force: force, inputs: [source.path], dryRun: dryRun)
+        if dryRun { return summary }
+        let meter = ProgressMeter(ConversionProgress(tensorsTotal: checkpoint.tensorCount, bytesTotal: checkpoint.totalSize), report: progress)
+        try writer.write(checkpoint, from: source, to: output.temporary, meter: meter)
+        try output.commit()
+        return summary
+    }
+
+    /// What the Hugging Face outputs hold, and its summary: every source tensor as stored (or
+    /// neuron-permuted) in its shard with the gates of that shard's layers, config.json with the
+    /// `versatile_ffn` section, the index, the files carried through. No tensor byte is read.
+    func convertedCheckpoint(emitModeling: Bool) throws(VFFNError) -> (ConvertedCheckpoint, ConversionSummary) {
+        let d = layout.hiddenSize
         let config = emitModeling ? try RemoteCode.addingAutoMap(to: convertedConfig, path: source.configPath) : convertedConfig
-        let output = try AtomicOutput(destination: destination, kind: format == .safetensors ? .directory : .file, force: force,
-                                      inputs: [source.path], dryRun: dryRun)
-        let dir = output.temporary
-        // Every shard's records first (no tensor byte is read for this), then the writing.
-        var shardRecords: [(name: String, metadata: [(String, String)], records: [TensorRecord])] = []
+        var shards: [ConvertedCheckpoint.Shard] = []
         var weightMap: [(String, String)] = []
         var totalSize = 0, totalParameters = 0, copied = 0, copiedBytes = 0
         let permuted = permutedTensors
@@ -202,35 +216,12 @@ public struct UpcyclePlan: @unchecked Sendable {
             }
             // transformers refuses safetensors without a "format" entry, so sources that have no
             // safetensors metadata get the one torch-made files carry.
-            shardRecords.append((fileName, shard.metadata ?? [("format", "pt")], records))
+            shards.append(.init(name: fileName, metadata: shard.metadata ?? [("format", "pt")], records: records))
             for r in records {
                 weightMap.append((r.name, fileName))
                 totalSize += r.bytes.count
                 totalParameters += r.shape.reduce(1, *)
             }
-        }
-        let auxiliary = source.auxiliaryFiles().filter { !emitModeling || $0 != RemoteCode.fileName }
-        let summary = ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
-                                        copiedTensors: copied, copiedBytes: copiedBytes, changedTensors: Self.counted(changes),
-                                        gateTensors: 2 * layers.count, totalSize: totalSize, auxiliaryFiles: auxiliary,
-                                        sourceNotes: source.notes + Self.skippedNote(source.otherWeightFiles()))
-        if dryRun { return summary }
-        let shardsToWrite = shardRecords
-        let meter = ProgressMeter(ConversionProgress(tensorsTotal: shardRecords.reduce(0) { $0 + $1.records.count }, bytesTotal: totalSize), report: progress)
-        if format == .safetensors {
-            // Shards are independent files: write them side by side, as many at once as there
-            // are cores, so a checkpoint converts at the disk's speed rather than one core's.
-            let failure = FirstError()
-            DispatchQueue.concurrentPerform(iterations: shardRecords.count) { i in
-                guard !failure.isSet else { return }
-                let s = shardsToWrite[i]
-                do {
-                    try SafeTensorsWriter.write(s.records, metadata: s.metadata, to: dir + "/" + s.name) { meter.add(tensors: 1, bytes: $0) }
-                } catch {
-                    failure.record(error)
-                }
-            }
-            if let error = failure.error { throw error }
         }
         var indexText: String?
         if let index = source.index {
@@ -238,42 +229,17 @@ public struct UpcyclePlan: @unchecked Sendable {
             metadata = metadata.filter { $0.0 != "total_size" && $0.0 != "total_parameters" }
             if index["metadata"]?["total_parameters"] != nil { metadata.append(("total_parameters", .int(totalParameters))) }
             metadata.append(("total_size", .int(totalSize)))
-            let newIndex = JSON.object([
+            indexText = JSON.object([
                 ("metadata", .object(metadata.sorted { $0.0 < $1.0 })),
                 ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 }.map { ($0.0, .string($0.1)) })),
-            ])
-            indexText = newIndex.pretty
+            ]).pretty
         }
-        let configText = config.pretty
-        // Our remote code replaces a source file of the same name (`auxiliary` leaves it out).
-        switch format {
-        case .safetensors:
-            if let indexText { try writeText(indexText, to: dir + "/" + Checkpoint.indexName) }
-            try writeText(configText, to: dir + "/config.json")
-            for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
-            if emitModeling {
-                let f = try OutputFile(path: dir + "/" + RemoteCode.fileName)
-                try f.write(RemoteCode.source)
-                try f.finish()
-            }
-        case .vffn:
-            var files = [VFFNContainer.Blob(name: "config.json", bytes: .owned(Array(configText.utf8)))]
-            if let indexText { files.append(.init(name: Checkpoint.indexName, bytes: .owned(Array(indexText.utf8)))) }
-            for name in auxiliary { files.append(.init(name: name, bytes: try source.auxiliaryFileBytes(name))) }
-            if emitModeling { files.append(.init(name: RemoteCode.fileName, bytes: .owned(RemoteCode.source))) }
-            let containerTensors = shardRecords.flatMap { s in s.records.map { VFFNContainer.TensorToWrite($0, shard: s.name) } }
-            let containerShards = shardRecords.map { VFFNContainer.ShardToWrite(name: $0.name, metadata: $0.metadata, header: nil) }
-            var last = 0
-            try VFFNContainer.write(config: config, tensors: containerTensors, files: files, shards: containerShards,
-                                    compress: compress, to: dir) { done, _ in
-                meter.add(tensors: done - last, bytes: containerTensors[last..<done].reduce(0) { $0 + $1.record.bytes.count })
-                last = done
-            }
-        case .olmo:
-            preconditionFailure("--output-format olmo is written by writeOLMo")
-        }
-        try output.commit()
-        return summary
+        let auxiliary = source.auxiliaryFiles().filter { !emitModeling || $0 != RemoteCode.fileName }
+        let summary = ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
+                                        copiedTensors: copied, copiedBytes: copiedBytes, changedTensors: Self.counted(changes),
+                                        gateTensors: 2 * layers.count, totalSize: totalSize, auxiliaryFiles: auxiliary,
+                                        sourceNotes: source.notes + Self.skippedNote(source.otherWeightFiles()))
+        return (ConvertedCheckpoint(shards: shards, config: config, indexText: indexText, auxiliary: auxiliary, emitModeling: emitModeling), summary)
     }
 
     /// Source tensors whose written values are not their stored ones, and why: the reader
@@ -332,11 +298,6 @@ public struct UpcyclePlan: @unchecked Sendable {
         return ["\(files.count) weight file(s) in other formats not copied (stale dense copies without gates): \(list)"]
     }
 
-    private func writeText(_ text: String, to path: String) throws(VFFNError) {
-        let f = try OutputFile(path: path)
-        try f.write(text)
-        try f.finish()
-    }
 }
 
 /// A source file captured by a deferred write.
