@@ -46,9 +46,11 @@ test-interop: build
 	PYTHONPATH=$(INTEROP_TF4) HF_HOME=$(CURDIR)/.build/interop/hf4 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 \
 	  VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert $(INTEROP_VENV)/bin/python -m unittest -v interop.test_interop.RemoteCodeTests
 
-# Speed and memory against named peers in the same run (bench/run.sh); needs PyPI once.
+# Speed and memory against named peers in the same run (bench/run.sh), then the peak memory of
+# the inputs that must be decoded (bench/memory.sh); needs PyPI once.
 bench: build
 	bench/run.sh
+	bench/memory.sh
 
 # The whole test suite, and the executable it drives, built with AddressSanitizer.
 test-asan: deps
