@@ -35,7 +35,7 @@ anon() {
     [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
     sleep 0.02
   done
-  wait "$pid" || { cat "$WORK/stderr.txt" >&2; echo "failed 0"; return; }
+  wait "$pid" || { cat "$WORK/stderr.txt" >&2; echo "FAILED -1"; return; }
   end=$(date +%s.%N)
   echo "$(awk "BEGIN {printf \"%.1f\", $end - $start}") $peak"
 }
@@ -68,6 +68,7 @@ echo "|---|---|---|---|${BASELINE:+---|---|}"
 for job in "${jobs[@]}"; do
   IFS='|' read -r name cmd target <<< "$job"
   read -r t a < <(measure_job "$TOOL" "$cmd")
+  [ "$a" -ge 0 ] || { echo "bench/memory.sh: $name failed" >&2; exit 1; }
   row="| $name | $t s | $((a / 1024)) MiB | ≤ $target MiB |"
   if [ -n "${BASELINE:-}" ]; then
     read -r bt ba < <(measure_job "$BASELINE" "$cmd")

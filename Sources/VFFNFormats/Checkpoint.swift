@@ -244,7 +244,7 @@ public final class Checkpoint: @unchecked Sendable {
             guard let container = shards[0] as? VFFNContainer, let e = container.files.first(where: { $0.name == name }) else {
                 throw .badInput(path, "has no file \"\(name)\"")
             }
-            return Array(try container.contents(of: e, what: "file"))
+            return try container.contents(of: e, what: "file").withUnsafeBytes { Array($0) }
         }
         guard let data = FileManager.default.contents(atPath: path + "/" + name) else { throw .io(path + "/" + name, "cannot read") }
         return Array(data)
@@ -254,7 +254,12 @@ public final class Checkpoint: @unchecked Sendable {
     /// at a time when written (a packed checkpoint may carry multi-GB weights in other formats),
     /// a container's embedded file decoded.
     public func auxiliaryFileBytes(_ name: String) throws(VFFNError) -> TensorBytes {
-        guard isDirectory else { return .owned(try auxiliaryFileContents(name)) }
+        guard isDirectory else {
+            guard let container = shards[0] as? VFFNContainer, let e = container.files.first(where: { $0.name == name }) else {
+                throw .badInput(path, "has no file \"\(name)\"")
+            }
+            return .embedded(container, e)
+        }
         let file = path + "/" + name
         var st = stat()
         guard stat(file, &st) == 0 else { throw .io(file, "cannot read: \(String(cString: strerror(errno)))") }   // follows symlinks

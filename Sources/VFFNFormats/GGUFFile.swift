@@ -443,8 +443,19 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         let raw = UnsafeRawBufferPointer(rebasing: file.bytes[t.range])
         let heads = try permutedHeads(info)
         guard t.type == .Q8_0 || heads != nil else { return try body(raw) }
-        // Rows of a matrix; a vector is one row, unless its elements are permuted rows (a bias).
-        let rows = info.shape.count >= 2 || heads != nil ? max(info.shape[0], 1) : 1, rowValues = info.elementCount / rows
+        guard info.elementCount > 0 else { return }
+        if let heads, info.shape.count == 1 {
+            // A permuted bias: small, decoded whole, then its elements moved as rows.
+            let values = t.type == .Q8_0 ? [Float](unsafeUninitializedCapacity: raw.count / 34 * 32) { b, n in
+                Self.dequantizeQ8_0(raw, into: b)
+                n = raw.count / 34 * 32
+            } : FloatCodec.decode(raw, as: info.dtype)
+            let perHead = values.count / heads
+            let moved = (0..<values.count).map { r in values[r / perHead * perHead + Self.storedRow(r % perHead, rowsPerHead: perHead)] }
+            return try FloatCodec.encode(moved, as: info.dtype).withUnsafeBytes { b in Result { () throws(VFFNError) in try body(b) } }.get()
+        }
+        // Rows of a matrix (a vector is one row).
+        let rows = info.shape.count >= 2 ? info.shape[0] : 1, rowValues = info.elementCount / rows
         guard t.type != .Q8_0 || rowValues % 32 == 0 else {
             throw .badInput(path, "GGUF tensor \"\(t.ggufName)\": Q8_0 rows of \(rowValues) values are not whole blocks")
         }

@@ -38,7 +38,7 @@ public enum SafeTensorsWriter {
             if case let .region(r) = t.bytes {
                 try file.copy(r)
             } else {
-                try t.bytes.forEachPiece { (piece) throws(VFFNError) in try file.write(piece) }
+                try t.bytes.forEachCheckedPiece(what: t.name) { (piece) throws(VFFNError) in try file.write(piece) }
             }
             written(t.bytes.count)
         }

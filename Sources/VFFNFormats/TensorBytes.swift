@@ -49,6 +49,8 @@ public enum TensorBytes: @unchecked Sendable {
     case region(FileRegion)
     /// `count` bytes made only when written (a permuted tensor), so a writer holds one at a time.
     case deferred(count: Int, make: @Sendable () throws(VFFNError) -> [UInt8])
+    /// A container's embedded file, read in pieces when written.
+    case embedded(VFFNContainer, VFFNContainer.Entry)
 
     /// A source tensor as a writer should take it: its file region when the file stores it as
     /// presented (copied in the kernel), otherwise read from the file a piece at a time.
@@ -62,6 +64,7 @@ public enum TensorBytes: @unchecked Sendable {
         case let .tensor(_, info): return info.byteCount
         case let .region(r): return r.count
         case let .deferred(n, _): return n
+        case let .embedded(_, e): return e.length
         }
     }
 
@@ -76,7 +79,22 @@ public enum TensorBytes: @unchecked Sendable {
             try r.forEachPiece(body)
         case let .deferred(_, make):
             try TensorBytes.owned(make()).forEachPiece(body)
+        case let .embedded(container, e):
+            try container.read(e, what: "file", chunkBytes: tensorPieceBytes, body)
         }
+    }
+
+    /// `forEachPiece`, checked to hand over exactly `count` bytes: a reader that came short or
+    /// long (a file changed since it was sized) fails the write instead of shifting every later
+    /// tensor in the output.
+    public func forEachCheckedPiece(what: String, _ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        var n = 0
+        try forEachPiece { (piece) throws(VFFNError) in
+            n += piece.count
+            guard n <= count else { throw .io(what, "gave more than its \(count) bytes while being written") }
+            try body(piece)
+        }
+        guard n == count else { throw .io(what, "gave \(n) of its \(count) bytes while being written") }
     }
 }
 

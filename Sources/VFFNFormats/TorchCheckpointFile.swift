@@ -111,6 +111,7 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
         defer { piece.deallocate() }
         var coordinate = [Int](repeating: 0, count: t.shape.count)
         var done = 0
+        defer { withExtendedLifetime(storage) {} }   // its bytes are read below, through raw pointers
         while done < info.elementCount {
             let n = min(perPiece, info.elementCount - done)
             for i in 0..<n {

@@ -161,7 +161,7 @@ final class ZipWriter {
                 try file.copyThroughBuffer(region) { crc = CRC32.update(crc, $0) }
                 continue
             }
-            try part.forEachPiece { (b) throws(VFFNError) in
+            try part.forEachCheckedPiece(what: name) { (b) throws(VFFNError) in
                 crc = CRC32.update(crc, b)
                 try file.write(b)
             }

@@ -222,7 +222,7 @@ public final class VFFNContainer: SingleFileCheckpoint, @unchecked Sendable {
         let stored = try checkedStoredBytes(e, what: what)
         switch e.encoding {
         case .raw: return TensorData(mapped: stored, owner: file)
-        case .deflate: return TensorData(try Deflate.inflate(stored, length: e.length, path: path, what: "\(what) \"\(e.name)\""))
+        case .deflate: return try Deflate.inflate(stored, length: e.length, path: path, what: "\(what) \"\(e.name)\"")
         }
     }
 

@@ -90,12 +90,11 @@ extension VFFNContainer {
             }
             if compress {
                 let deflater = try Deflater(path: path)
-                try b.forEachPiece { (piece) throws(VFFNError) in try deflater.add(piece, emit) }
+                try b.forEachCheckedPiece(what: path) { (piece) throws(VFFNError) in try deflater.add(piece, emit) }
                 try deflater.finish(emit)
             } else {
-                try b.forEachPiece(emit)
+                try b.forEachCheckedPiece(what: path, emit)
             }
-            precondition(compress || offset - start == b.count, "entry of \(b.count) bytes wrote \(offset - start)")
             let p: Placement = (start, offset - start, b.count, Int(crc), compress ? .deflate : .raw)
             try pad()
             return p

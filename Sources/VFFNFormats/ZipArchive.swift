@@ -143,7 +143,7 @@ final class ZipArchive: @unchecked Sendable {
             }
             return TensorData(mapped: stored, owner: file)
         }
-        let data = TensorData(try Deflate.inflate(stored, length: e.size, raw: true, path: path, what: "zip entry \"\(e.name)\""))
+        let data = try Deflate.inflate(stored, length: e.size, raw: true, path: path, what: "zip entry \"\(e.name)\"")
         try check(e, CRC32.checksum(data.raw))
         return data
     }

@@ -138,10 +138,22 @@ enum Deflate {
         return out
     }
 
-    /// The whole of an entry (small ones: a pickle, a config), inflated to exactly `length`.
-    static func inflate(_ stored: UnsafeRawBufferPointer, length: Int, raw: Bool = false, path: String, what: String) throws(VFFNError) -> [UInt8] {
-        var out: [UInt8] = []
-        try Inflater(stored, length: length, raw: raw, path: path, what: what).forEachPiece(chunk: 1 << 20) { out.append(contentsOf: $0) }
-        return out
+    /// The whole of an entry inflated to exactly `length`, straight into memory of its own.
+    static func inflate(_ stored: UnsafeRawBufferPointer, length: Int, raw: Bool = false, path: String, what: String) throws(VFFNError) -> TensorData {
+        let inflater = try Inflater(stored, length: length, raw: raw, path: path, what: what)
+        return try TensorData(count: length) { (out) throws(VFFNError) in
+            var filled = 0
+            while true {
+                let n = try inflater.read(into: UnsafeMutableRawBufferPointer(rebasing: out[filled...]))
+                if n == 0 { break }
+                filled += n
+            }
+            // A stream shorter than its length ends with an error in `read`; one that fills the
+            // buffer must also end there (a longer one is refused by the probe).
+            var probe: UInt8 = 0
+            guard try withUnsafeMutableBytes(of: &probe, { (b) throws(VFFNError) in try inflater.read(into: b) }) == 0 else {
+                throw .badInput(path, "\(what) inflates to more than the \(length) bytes it declares")
+            }
+        }
     }
 }

@@ -175,8 +175,7 @@ public enum Verifier {
             // Only where the bytes are mapped as stored: a tensor that must be decoded is not read twice.
             if index + 1 < names.count, let file = source.shard(of: names[index + 1]), let info = file.info(names[index + 1]),
                file.storedRegion(info) != nil {
-                let next = try file.bytes(info)
-                advise(next.raw, willNeed: true)
+                try file.bytes(info).withUnsafeBytes { advise($0, willNeed: true) }
             }
             if reordered.contains(name) {
                 // Reordered on purpose: dtype and shape must match; the dense forward pass below

@@ -62,6 +62,59 @@ import TestSupport
         #expect(throws: VFFNError.self) { _ = try file.bytes(info) }
     }
 
+    /// llama's q/k biases are permuted like their rows, in F16 and in Q8_0; an empty q is no
+    /// rows at all. Stored row 2i + j of each head is presented at j * half + i.
+    @Test func permutedBiasesAndEmptyTensors() throws {
+        var tensors: [GGUF.Tensor] = [], data: [UInt8] = []
+        func add(_ name: String, _ dims: [Int64], type: Int32, _ bytes: [UInt8]) {
+            tensors.append(.init(name, dims, type: type, offset: UInt64(data.count)))
+            data += bytes
+            data += [UInt8](repeating: 0, count: (32 - data.count % 32) % 32)
+        }
+        let stored = (0..<64).map { Float($0) }
+        add("token_embd.weight", [8, 16], type: 0, FloatCodec.encode((0..<128).map(Float.init), as: .F32))
+        add("blk.0.attn_q.bias", [64], type: 1, FloatCodec.encode(stored, as: .F16))
+        // Q8_0: two blocks, scale 1, the values as int8.
+        var q8: [UInt8] = []
+        for b in 0..<2 {
+            q8 += [0x00, 0x3C]   // f16 1.0
+            for v in 0..<32 { q8.append(UInt8(b * 32 + v)) }
+        }
+        add("blk.0.attn_k.bias", [64], type: 8, q8)
+        add("blk.0.attn_v.weight", [8, 0], type: 0, [])
+        add("blk.0.attn_q.weight", [8, 0], type: 0, [])
+        let path = makeTemporaryDirectory() + "/m.gguf"
+        writeFile(path, GGUF.file(kvs: GGUF.llamaMetadata(), tensors: tensors, data: data))
+        let f = try GGUFFile(path: path)
+        // Two heads of 32: presented j * 16 + i comes from stored 2i + j.
+        let expected: [Float] = (0..<64).map { (r: Int) -> Float in
+            let head = r / 32, i = r % 16, j = (r % 32) / 16
+            return Float(head * 32 + 2 * i + j)
+        }
+        for name in ["model.layers.0.self_attn.q_proj.bias", "model.layers.0.self_attn.k_proj.bias"] {
+            let info = try #require(f.info(name))
+            #expect(FloatCodec.decode(try f.bytes(info), as: info.dtype) == expected, "\(name)")
+            #expect(try Self.pieces(f, info, chunk: 16).bytes == Array(try f.bytes(info)))
+        }
+        let empty = try #require(f.info("model.layers.0.self_attn.q_proj.weight"))
+        #expect(try Self.pieces(f, empty, chunk: 16).count == 0)
+        #expect(try f.bytes(empty).count == 0)
+    }
+
+    /// A source that gives other than its byte count (a file that changed since it was sized)
+    /// fails the write instead of shifting every later tensor in the output.
+    @Test func writersCountTheBytesTheyAreGiven() throws {
+        let short = TensorRecord(name: "t", dtype: .U8, shape: [10], bytes: .deferred(count: 10) { [UInt8](repeating: 1, count: 9) })
+        let dir = makeTemporaryDirectory()
+        #expect { try SafeTensorsWriter.write([short], metadata: nil, to: dir + "/a.safetensors") } throws: {
+            ($0 as? VFFNError)?.message == "gave 9 of its 10 bytes while being written"
+        }
+        writeFile(dir + "/f", [UInt8](repeating: 2, count: 5))
+        let shrunk = TensorRecord(name: "t", dtype: .U8, shape: [10], bytes: .region(FileRegion(path: dir + "/f", offset: 0, count: 10)))
+        #expect { try VFFNContainer.write(config: .object([]), tensors: [.init(shrunk, shard: "s")], files: [], shards: [], compress: true,
+                                          to: dir + "/b.vffn") } throws: { ($0 as? VFFNError)?.message.contains("before the 10 bytes at 0 were read") == true }
+    }
+
     @Test func inflaterRefusesStreamsThatDoNotHoldTheirLength() throws {
         let data = [UInt8](repeating: 7, count: 10_000)
         let packed = try data.withUnsafeBytes { try Deflate.deflate($0, path: "t") }
