@@ -82,13 +82,13 @@ import TestSupport
         // that give the same divisors are as good: the factor found is the largest divisor).
         for (theta, dim, low, high) in [(10000.0, 16, 1.0, 8.0), (500000.0, 128, 1.0, 4.0), (10000.0, 8, 1.0, 4.0)] {
             let f = factors(theta: theta, dim: dim, factor: 8, low: low, high: high, original: 8192)
-            let s = try #require(GGUFFile.llama3Scaling(f, theta: theta, dim: dim, original: 8192) ?? nil, "\(theta) \(dim)")
+            let s = try #require(GGUFToHuggingFace.llama3Scaling(f, theta: theta, dim: dim, original: 8192) ?? nil, "\(theta) \(dim)")
             #expect(s.factor == Double(f.max()!))
             #expect(factors(theta: theta, dim: dim, factor: s.factor, low: s.low, high: s.high, original: 8192).elementsEqual(f) { abs($0 - $1) <= 1e-4 * $1 })
         }
-        #expect(GGUFFile.llama3Scaling([1, 1, 1, 1], theta: 10000, dim: 8, original: 8192)! == nil)
-        #expect(GGUFFile.llama3Scaling([1, 3, 2, 8], theta: 10000, dim: 8, original: 8192) == nil)
-        #expect(GGUFFile.llama3Scaling([0, 0, 0, 0], theta: 10000, dim: 8, original: 8192) == nil)
+        #expect(GGUFToHuggingFace.llama3Scaling([1, 1, 1, 1], theta: 10000, dim: 8, original: 8192)! == nil)
+        #expect(GGUFToHuggingFace.llama3Scaling([1, 3, 2, 8], theta: 10000, dim: 8, original: 8192) == nil)
+        #expect(GGUFToHuggingFace.llama3Scaling([0, 0, 0, 0], theta: 10000, dim: 8, original: 8192) == nil)
     }
 
     @Test func handMadeGGUFWithF16AndBF16() throws {
