@@ -4,7 +4,7 @@ APT_PACKAGES := libopenblas-dev zlib1g-dev libjson-c-dev
 DEMO_SRC := fixtures/llama-gqa-sharded
 DEMO_DST := out/demo-llama-vffn
 
-.PHONY: all deps build test test-interop test-asan test-real bench demo fixtures fuzz clean
+.PHONY: all deps build test interop-venv test-interop test-distributed test-asan test-real bench demo fixtures fuzz clean
 
 all: build
 
@@ -29,15 +29,17 @@ test: deps
 # from PyPI once, into a virtual environment under .build (CPU use only; about 6 GB with torch's
 # CUDA wheels, 1-2 minutes). pip is retried once: a registry hiccup is not a test failure.
 INTEROP_VENV := .build/interop/venv
-INTEROP_PACKAGES := torch==2.15.0 transformers==5.23.0 numpy safetensors pyyaml
+INTEROP_PACKAGES := torch==2.15.0 transformers==5.23.0 accelerate==1.15.0 numpy safetensors pyyaml
 INTEROP_TF4 := .build/interop/transformers4
 
-test-interop: build
-	@if ! $(INTEROP_VENV)/bin/python -c "import torch, transformers, yaml" 2>/dev/null; then \
-	  echo "installing torch and transformers into $(INTEROP_VENV)"; \
+interop-venv:
+	@if ! $(INTEROP_VENV)/bin/python -c "import torch, transformers, yaml, accelerate" 2>/dev/null; then \
+	  echo "installing torch, transformers and accelerate into $(INTEROP_VENV)"; \
 	  python3 -m venv $(INTEROP_VENV) && \
 	  { $(INTEROP_VENV)/bin/pip install --quiet $(INTEROP_PACKAGES) || $(INTEROP_VENV)/bin/pip install --quiet $(INTEROP_PACKAGES); }; \
 	fi
+
+test-interop: build interop-venv
 	HF_HOME=$(CURDIR)/.build/interop/hf HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert \
 	  $(INTEROP_VENV)/bin/python -m unittest -v interop/test_interop.py
 	@# The remote code again under transformers 4, which reads configs differently (rope_theta).
@@ -45,6 +47,13 @@ test-interop: build
 	  || $(INTEROP_VENV)/bin/pip install --quiet --target $(INTEROP_TF4) transformers==4.46.3
 	PYTHONPATH=$(INTEROP_TF4) HF_HOME=$(CURDIR)/.build/interop/hf4 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 \
 	  VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert $(INTEROP_VENV)/bin/python -m unittest -v interop.test_interop.RemoteCodeTests
+
+# Training where users scale (interop/test_distributed.py): torchrun with DDP and with FSDP2 and
+# gradient checkpointing, and the Hugging Face Trainer under accelerate launch, 2 processes each
+# on CPU (gloo), in the same venv (about 1 minute).
+test-distributed: build interop-venv
+	HF_HOME=$(CURDIR)/.build/interop/hf HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert \
+	  $(INTEROP_VENV)/bin/python -m unittest -v interop/test_distributed.py
 
 # Speed and memory against named peers in the same run (bench/run.sh), then the peak memory of
 # the inputs that must be decoded (bench/memory.sh); needs PyPI once.

@@ -269,6 +269,9 @@ class RemoteCodeTests(unittest.TestCase):
                 transformers.AutoModelForCausalLM.from_pretrained(dst, trust_remote_code=True)
 
     def test_depth_temperature_schedule(self):
+        """The temperature step is the model's: one per optimizer step that updates it, whatever
+        the forwards (accumulated, recomputed, in eval); set by set_depth_temperature_step; saved
+        in config.json and read back."""
         with tempfile.TemporaryDirectory() as tmp:
             dst = self.convert("llama-gqa-sharded", [], tmp)
             model = self.load(dst, "AutoModelForCausalLM").train()
@@ -276,16 +279,73 @@ class RemoteCodeTests(unittest.TestCase):
             self.assertEqual(module.depth_temperature(0), 5.0)
             self.assertAlmostEqual(module.depth_temperature(1000), 5.0 * 0.99984**1000, places=12)
             self.assertEqual(module.depth_temperature(10**6), 0.1)
-            blocks = [m for m in model.modules() if hasattr(m, "depth_step")]
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+            for _ in range(2):   # two accumulated forwards, one optimizer step
+                model(torch.tensor([TOKENS])).logits.sum().backward()
+            self.assertEqual(model.versatile_depth_step, 0)
+            optimizer.step()
+            self.assertEqual(model.versatile_depth_step, 1)
+            blocks = [m for m in model.modules() if hasattr(m, "depth_temperature")]
             self.assertEqual(len(blocks), 2)
             model(torch.tensor([TOKENS]))
-            self.assertEqual([b.depth_step for b in blocks], [1, 1])
+            self.assertEqual([b.depth_temperature for b in blocks], [module.depth_temperature(1)] * 2)
+            # An optimizer over other parameters leaves this model's schedule alone.
+            torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1).step()
+            self.assertEqual(model.versatile_depth_step, 1)
             model.set_depth_temperature_step(5000)
-            self.assertEqual([b.depth_step for b in blocks], [5000, 5000])
             model.eval()
-            with torch.no_grad():
-                model(torch.tensor([TOKENS]))
-            self.assertEqual([b.depth_step for b in blocks], [5000, 5000], "eval forwards must not advance the schedule")
+            optimizer.step()
+            self.assertEqual(model.versatile_depth_step, 5000, "an eval model's schedule does not move")
+            model.save_pretrained(Path(tmp) / "saved")
+            self.assertEqual(json.loads((Path(tmp) / "saved" / "config.json").read_text())["versatile_ffn"]["depth_temperature_step"], 5000)
+            self.assertEqual(self.load(Path(tmp) / "saved", "AutoModelForCausalLM").versatile_depth_step, 5000)
+            tool("verify", Path(tmp) / "saved")
+
+    def test_gradient_checkpointing_gives_the_same_gradients(self):
+        """A checkpointed layer recomputes its forward at the same temperature and Gumbel noise,
+        so the gradients are those of the run without checkpointing."""
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = self.convert("llama-gqa-sharded", [], tmp)
+            grads = []
+            for checkpointing in (False, True):
+                model = self.load(dst, "AutoModelForCausalLM").train()
+                if checkpointing:
+                    model.gradient_checkpointing_enable()
+                torch.manual_seed(7)
+                tokens = torch.tensor([TOKENS])
+                F.cross_entropy(model(tokens).logits[0, :-1], tokens[0, 1:]).backward()
+                grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            self.assertEqual(sorted(grads[0]), sorted(grads[1]))
+            for name in grads[0]:
+                self.assertLess(float((grads[0][name] - grads[1][name]).abs().max()), 1e-6 * max(1.0, float(grads[0][name].abs().max())), name)
+
+    def test_router_aux_loss(self):
+        """With router_aux_loss_coef, a training forward returns the Switch load-balance loss
+        (N * sum_e f_e P_e per layer: 1 per layer when routing is balanced) and adds it to the loss."""
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = self.convert("llama-gqa-sharded", [], tmp)
+            config = json.loads((dst / "config.json").read_text())
+            config["versatile_ffn"]["router_aux_loss_coef"] = 0.01
+            (dst / "config.json").write_text(json.dumps(config))
+            model = self.load(dst, "AutoModelForCausalLM").train()
+            torch.manual_seed(0)
+            tokens = torch.tensor([TOKENS])
+            out = model(tokens, labels=tokens)
+            aux = out["aux_loss"]
+            self.assertGreater(float(aux), 0.0)
+            # By hand from the gates: f_e from the top-k choices, P_e the mean softmax.
+            expected = 0.0
+            for block in [m for m in model.modules() if hasattr(m, "expert_gate") and hasattr(m, "top_k")]:
+                self.assertIsNotNone(block.aux_loss)
+                expected += float(block.aux_loss)
+            self.assertAlmostEqual(float(aux), expected, places=5)
+            torch.manual_seed(0)
+            model.versatile_aux_loss_coef = 0.0
+            plain = model(tokens, labels=tokens)
+            self.assertAlmostEqual(float(out.loss), float(plain.loss) + 0.01 * float(aux), places=4)
+            out.loss.backward()
+            gate = next(p for n, p in model.named_parameters() if n.endswith("expert_gate.weight"))
+            self.assertGreater(float(gate.grad.abs().max()), 0.0)
 
 
 def rms_norm(x, weight, eps):

@@ -19,8 +19,17 @@
 # temperature that decays per training step from 5.0 to 0.1 (x0.99984 per step); every loop
 # 1..D is computed and kept, so each gets gradient through the straight-through weights; the mix
 # weight uses the expected loop count E[L] = sum_l l * p_l under the relaxed sample p. The step
-# counter advances once per training forward; trainers that accumulate gradients over several
-# forwards per optimizer step call `model.set_depth_temperature_step(step)` instead.
+# counter is the model's (`versatile_depth_step`): it advances once per optimizer step that
+# updates the model's parameters (a global optimizer post-step hook), so gradient accumulation,
+# gradient checkpointing's recomputed forwards and every rank of a distributed run see one
+# temperature per step; `model.set_depth_temperature_step(step)` sets it. save_pretrained records
+# it in config.json (`versatile_ffn.depth_temperature_step`), from which a resumed model starts.
+#
+# With `versatile_ffn.router_aux_loss_coef` > 0 in config.json, training forwards also compute
+# a Switch-Transformer load-balance loss, N * sum_e f_e * P_e per layer (f_e: the share of the
+# top-k assignments that went to sub-expert e, P_e: its mean router probability), summed over
+# layers, returned as `aux_loss` and added, times the coefficient, to `loss` when labels are
+# given. The paper turns on a balance loss without releasing its formula; this is the standard one.
 #
 # S is the dense sub-layer: x + f(norm(x)) for pre-norm models (x + r f(norm(x)) for Granite,
 # whose layer scales the FFN branch by residual_multiplier r), x + norm(f(x)) for OLMo 2 and 3 (its norm
@@ -35,10 +44,14 @@
 # branch (post_mlp_dropout, resid_dropout) then applies to V(h) - h, once, where the sequential
 # families' FFN dropout applies inside f on every loop.
 
+import functools
+import weakref
+
 import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import (BertModel, CohereForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM, GraniteForCausalLM,
                           LlamaForCausalLM, MistralForCausalLM, OlmoForCausalLM, Phi3ForCausalLM, PhiForCausalLM, Qwen2ForCausalLM,
                           Starcoder2ForCausalLM)
@@ -94,13 +107,21 @@ class _VersatileFFNMixin:
         self.slice_width = intermediate_size // self.num_experts
         self.expert_gate = nn.Linear(hidden_size, self.num_experts, bias=False)
         self.depth_predictor = nn.Linear(hidden_size, self.max_depth, bias=False)
-        self.depth_step = 0
+        # Set by the model's forward from its step counter (one value for a whole training step).
+        self.depth_temperature = TEMPERATURE_START
+        self.aux_loss_enabled = float(settings.get("router_aux_loss_coef", 0) or 0) > 0
+        self.aux_loss = None
 
     def _route(self, x):
         logits = self.expert_gate(x)
         # A stable descending sort breaks ties by the lower index, as SPEC section 1 requires.
         chosen = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., : self.top_k]
         weights = torch.softmax(logits.gather(-1, chosen), dim=-1)
+        if self.training and self.aux_loss_enabled:
+            probs = torch.softmax(logits.float(), dim=-1).reshape(-1, self.num_experts)
+            assigned = F.one_hot(chosen.reshape(-1, self.top_k), self.num_experts).sum(dim=1).float()
+            share = assigned.mean(dim=0) / self.top_k
+            self.aux_loss = self.num_experts * (share * probs.mean(dim=0)).sum()
         return chosen, weights
 
     def _expert_mask(self, chosen, weights):
@@ -124,8 +145,7 @@ class _VersatileFFNMixin:
             one_hot = F.one_hot(loops, depth).to(x.dtype)
             m = (depth - (loops + 1)).to(x.dtype).unsqueeze(-1) / depth
             return one_hot, m
-        tau = depth_temperature(self.depth_step)
-        self.depth_step += 1
+        tau = self.depth_temperature
         gumbels = -torch.empty_like(logits).exponential_().log()
         soft = torch.softmax((logits + gumbels) / tau, dim=-1)
         index = soft.argmax(dim=-1)
@@ -331,6 +351,15 @@ def _ffn_norm_name(family):
 def install_versatile_ffn(model, config, family, layers=None):
     """Turns the freshly built dense `model` into its VersatileFFN form, in place (`layers`: the
     decoder layers, where they are not at the family's usual place)."""
+    _install_blocks(model, config, family, layers)
+    settings = config.versatile_ffn
+    model.versatile_depth_step = int(settings.get("depth_temperature_step", 0) or 0)
+    model.versatile_aux_loss_coef = float(settings.get("router_aux_loss_coef", 0) or 0)
+    model.__dict__["_versatile_blocks"] = [m for m in model.modules() if isinstance(m, _VersatileFFNMixin)]
+    _trained_models.add(model)
+
+
+def _install_blocks(model, config, family, layers):
     if not hasattr(config, "versatile_ffn"):
         raise ValueError("config.json has no \"versatile_ffn\" section: this is not a converted checkpoint")
     if family == "bert":
@@ -419,12 +448,89 @@ def _embedding_scale_as_recorded(model, config):
         embed.register_forward_hook(rescale)
 
 
+# Every VersatileFFN model built here, for the optimizer hook below (weakly: a model that is
+# dropped is forgotten).
+_trained_models = weakref.WeakSet()
+
+
+def _advance_depth_steps(optimizer, args, kwargs):
+    """After any optimizer step: the models whose parameters it updated move to the next
+    temperature step, once, however many forwards (accumulated, recomputed) the step took."""
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for model in list(_trained_models):
+        if model.training and any(id(p) in stepped for p in model.parameters()):
+            model.versatile_depth_step += 1
+
+
+register_optimizer_step_post_hook(_advance_depth_steps)
+
+
+def _fsdp2_wrapped(model):
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return None
+    return FSDPModule if isinstance(model, FSDPModule) else None
+
+
 class _VersatileModelMixin:
     def set_depth_temperature_step(self, step):
-        """Sets the training step the Gumbel temperature is computed from, in every layer."""
-        for module in self.modules():
-            if isinstance(module, _VersatileFFNMixin):
-                module.depth_step = int(step)
+        """Sets the training step the Gumbel temperature is computed from."""
+        self.versatile_depth_step = int(step)
+
+    def __init_subclass__(cls, **kwargs):
+        # The stock forward with this mixin's work around it, under the stock signature (the
+        # Trainer keeps only the dataset columns the model's forward names).
+        super().__init_subclass__(**kwargs)
+        stock = next(vars(c)["forward"] for c in cls.__mro__ if c not in (cls, _VersatileModelMixin) and "forward" in vars(c))
+
+        @functools.wraps(stock)
+        def forward(self, *args, **kwargs):
+            return _VersatileModelMixin._forward(self, stock, *args, **kwargs)
+        cls.forward = forward
+
+    def _forward(self, stock, *args, **kwargs):
+        if self.training:
+            # One temperature for the whole step, read by every layer, also when gradient
+            # checkpointing runs a layer's forward again during backward.
+            tau = depth_temperature(self.versatile_depth_step)
+            for block in self._versatile_blocks:
+                block.depth_temperature = tau
+                block.aux_loss = None
+        out = stock(self, *args, **kwargs)
+        if self.training and self.versatile_aux_loss_coef > 0 and hasattr(out, "keys"):
+            losses = [b.aux_loss for b in self._versatile_blocks if b.aux_loss is not None]
+            if losses:
+                aux = torch.stack(losses).sum()
+                out["aux_loss"] = aux
+                if getattr(out, "loss", None) is not None:
+                    out["loss"] = out["loss"] + self.versatile_aux_loss_coef * aux.to(out["loss"].dtype)
+        return out
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """save_pretrained, recording the temperature step in config.json. On a model sharded
+        with FSDP2 (`fully_shard`), every rank calls it: the full state dict is gathered, the
+        tied duplicate of the embedding dropped, and rank 0 writes the directory as the
+        unwrapped class would (auto_map names ours, not FSDP's wrapper)."""
+        self.config.versatile_ffn = dict(self.config.versatile_ffn, depth_temperature_step=int(self.versatile_depth_step))
+        fsdp = _fsdp2_wrapped(self)
+        if fsdp is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state = get_model_state_dict(self, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return None
+        if getattr(self.config, "tie_word_embeddings", False):
+            tied = getattr(self, "_tied_weights_keys", None) or []
+            for key in (tied.keys() if isinstance(tied, dict) else tied):
+                state.pop(key, None)
+        wrapper = type(self)
+        self.__class__ = next(c for c in wrapper.__mro__ if not issubclass(c, fsdp))
+        try:
+            return super(_VersatileModelMixin, self).save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+        finally:
+            self.__class__ = wrapper
 
 
 class VersatileLlamaForCausalLM(_VersatileModelMixin, LlamaForCausalLM):
