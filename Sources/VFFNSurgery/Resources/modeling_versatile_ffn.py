@@ -45,6 +45,8 @@
 # families' FFN dropout applies inside f on every loop.
 
 import functools
+import os
+import shutil
 import weakref
 
 import torch
@@ -465,6 +467,14 @@ def _advance_depth_steps(optimizer, args, kwargs):
 register_optimizer_step_post_hook(_advance_depth_steps)
 
 
+def _keep_remote_code(save_directory):
+    """transformers 4 copies a remote-code model's module into what it saves only for models
+    loaded from the Hub: this file goes beside config.json's auto_map in every case."""
+    target = os.path.join(save_directory, os.path.basename(__file__))
+    if os.path.isdir(save_directory) and not os.path.exists(target):
+        shutil.copyfile(__file__, target)
+
+
 def _fsdp2_wrapped(model):
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -515,7 +525,9 @@ class _VersatileModelMixin:
         self.config.versatile_ffn = dict(self.config.versatile_ffn, depth_temperature_step=int(self.versatile_depth_step))
         fsdp = _fsdp2_wrapped(self)
         if fsdp is None:
-            return super().save_pretrained(save_directory, *args, **kwargs)
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+            _keep_remote_code(save_directory)
+            return result
         import torch.distributed as dist
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(self, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -528,9 +540,11 @@ class _VersatileModelMixin:
         wrapper = type(self)
         self.__class__ = next(c for c in wrapper.__mro__ if not issubclass(c, fsdp))
         try:
-            return super(_VersatileModelMixin, self).save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+            result = super(_VersatileModelMixin, self).save_pretrained(save_directory, *args, state_dict=state, **kwargs)
         finally:
             self.__class__ = wrapper
+        _keep_remote_code(save_directory)
+        return result
 
 
 class VersatileLlamaForCausalLM(_VersatileModelMixin, LlamaForCausalLM):
