@@ -12,7 +12,6 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import transformers
 
 
@@ -56,11 +55,13 @@ def main():
     # The same Gumbel noise on both runs' ranks.
     torch.manual_seed(1000 + rank)
 
-    losses, identical, gated = [], True, True
+    losses, identical, gated, aux = [], True, True, []
     for step in range(a.steps):
         optimizer.zero_grad()
-        logits = model(tokens).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+        # transformers' own loss, with the load-balance term when the config turns it on.
+        out = model(input_ids=tokens, labels=tokens)
+        loss = out.loss
+        aux.append(float(out.aux_loss) if getattr(out, "aux_loss", None) is not None else None)
         loss.backward()
         named = dict(base.named_parameters())
         for n in gates:
@@ -81,7 +82,7 @@ def main():
     if a.save:
         base.save_pretrained(a.save)
     if rank == 0:
-        json.dump({"losses": losses, "identical": identical, "gated": gated, "gates": len(gates),
+        json.dump({"losses": losses, "aux": aux, "identical": identical, "gated": gated, "gates": len(gates),
                    "depth_steps": [int(s) for s in steps]}, open(a.out, "w"))
     dist.barrier()
     dist.destroy_process_group()

@@ -7,6 +7,7 @@ Needs the interop venv (torch, transformers, accelerate) and the release vffn-co
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,12 @@ def tool(*args):
     subprocess.run([TOOL, *map(str, args)], check=True, capture_output=True)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(command, port):
     result = subprocess.run([*command], capture_output=True, text=True, cwd=ROOT,
                             env=dict(os.environ, MASTER_PORT=str(port), OMP_NUM_THREADS="1"))
@@ -40,21 +47,25 @@ class DistributedTrainingTests(unittest.TestCase):
         cls.dir = Path(cls.tmp.name)
         cls.converted = cls.dir / "converted"
         tool("convert", FIXTURE, cls.converted, "--emit-modeling", "--seed", "3", "--no-fsync", "--quiet")
+        # The same with the load-balance loss on: its term is part of every loss compared below.
+        config = json.loads((cls.converted / "config.json").read_text())
+        config["versatile_ffn"]["router_aux_loss_coef"] = 0.01
+        (cls.converted / "config.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def torchrun(self, name, port, *options):
-        out = self.dir / f"{name}.json"
+    def torchrun(self, name, *options):
+        out, port = self.dir / f"{name}.json", free_port()
         launch([BIN / "torchrun", "--nproc_per_node", "2", "--master_port", str(port), ROOT / "interop" / "distributed_train.py",
                 self.converted, "--out", out, *options], port)
         return json.loads(out.read_text())
 
     def test_ddp_and_fsdp2_train_alike_and_save_what_vffn_convert_reads(self):
-        ddp = self.torchrun("ddp", 29611, "--mode", "ddp", "--steps", "20")
+        ddp = self.torchrun("ddp", "--mode", "ddp", "--steps", "20")
         saved = self.dir / "fsdp-saved"
-        fsdp = self.torchrun("fsdp", 29612, "--mode", "fsdp", "--steps", "20", "--checkpointing", "--save", saved)
+        fsdp = self.torchrun("fsdp", "--mode", "fsdp", "--steps", "20", "--checkpointing", "--save", saved)
         print(f"  DDP loss {ddp['losses'][0]:.3f} -> {ddp['losses'][-1]:.3f}; FSDP2 + checkpointing the same to "
               f"{max(abs(a - b) / abs(a) for a, b in zip(ddp['losses'], fsdp['losses'])):.1e} relative")
         for run in (ddp, fsdp):
@@ -64,6 +75,8 @@ class DistributedTrainingTests(unittest.TestCase):
             # One temperature step per optimizer step, the same on every rank.
             self.assertEqual(run["depth_steps"], [20, 20])
         self.assertLess(ddp["losses"][-1], 0.8 * ddp["losses"][0])
+        # The load-balance term is in every loss (at least k = 2 when balanced), the same on both.
+        self.assertTrue(all(a is not None and a >= 2 * 0.999 for a in ddp["aux"] + fsdp["aux"]))
         for a, b in zip(ddp["losses"], fsdp["losses"]):
             self.assertLess(abs(a - b), 1e-4 * abs(a))
 
@@ -80,14 +93,16 @@ class DistributedTrainingTests(unittest.TestCase):
         self.assertEqual(model.versatile_depth_step, 20, "the temperature step did not survive save and resume")
 
     def test_trainer_under_accelerate(self):
-        out, result = self.dir / "trainer-saved", self.dir / "trainer.json"
+        out, result, port = self.dir / "trainer-saved", self.dir / "trainer.json", free_port()
         launch([BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no", "--main_process_port", "29613", ROOT / "interop" / "trainer_train.py", self.converted, out, result], 29613)
+                "--dynamo_backend", "no", "--main_process_port", str(port), ROOT / "interop" / "trainer_train.py", self.converted, out, result], port)
         r = json.loads(result.read_text())
         print(f"  Trainer, 2 processes, 4 optimizer steps of 2 accumulated batches: losses {[round(x, 3) for x in r['losses']]}")
         self.assertEqual((r["world"], r["global_step"]), (2, 4))
-        # Gradient accumulation: one temperature step per optimizer step, not per forward.
-        self.assertEqual(r["depth_step"], 4)
+        # Gradient accumulation: one temperature step per optimizer step, not per forward, on
+        # every rank.
+        self.assertEqual(r["depth_steps"], [4, 4])
+        self.assertTrue(all(x == x and x < 1e4 for x in r["losses"]))
         tool("verify", out)
         model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
         self.assertEqual(model.versatile_depth_step, 4)

@@ -289,9 +289,16 @@ class RemoteCodeTests(unittest.TestCase):
             self.assertEqual(len(blocks), 2)
             model(torch.tensor([TOKENS]))
             self.assertEqual([b.depth_temperature for b in blocks], [module.depth_temperature(1)] * 2)
-            # An optimizer over other parameters leaves this model's schedule alone.
+            # An optimizer over other parameters leaves this model's schedule alone; a second
+            # optimizer stepping after the same forwards (ZeroRedundancyOptimizer's nested step,
+            # two optimizers) does not count twice.
             torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1).step()
             self.assertEqual(model.versatile_depth_step, 1)
+            model(torch.tensor([TOKENS])).logits.sum().backward()
+            optimizer.step()
+            torch.optim.SGD(model.parameters(), lr=1e-3).step()
+            self.assertEqual(model.versatile_depth_step, 2)
+            model.set_depth_temperature_step(1)
             model.set_depth_temperature_step(5000)
             model.eval()
             optimizer.step()
@@ -320,31 +327,41 @@ class RemoteCodeTests(unittest.TestCase):
                 self.assertLess(float((grads[0][name] - grads[1][name]).abs().max()), 1e-6 * max(1.0, float(grads[0][name].abs().max())), name)
 
     def test_router_aux_loss(self):
-        """With router_aux_loss_coef, a training forward returns the Switch load-balance loss
-        (N * sum_e f_e P_e per layer: 1 per layer when routing is balanced) and adds it to the loss."""
+        """With router_aux_loss_coef, a training forward returns Mixtral's load-balance loss over
+        every layer's routing (recomputed here from the gates and the blocks' inputs) as
+        `aux_loss` and adds it, times the coefficient, to the loss; the router gets its gradient."""
         with tempfile.TemporaryDirectory() as tmp:
             dst = self.convert("llama-gqa-sharded", [], tmp)
             config = json.loads((dst / "config.json").read_text())
             config["versatile_ffn"]["router_aux_loss_coef"] = 0.01
             (dst / "config.json").write_text(json.dumps(config))
             model = self.load(dst, "AutoModelForCausalLM").train()
+            n, k = config["versatile_ffn"]["num_experts"], config["versatile_ffn"]["top_k"]
+            inputs = []
+            blocks = [m for m in model.modules() if hasattr(m, "expert_gate") and hasattr(m, "top_k")]
+            hooks = [b.register_forward_pre_hook(lambda m, a: inputs.append((m, a[0].detach()))) for b in blocks]
             torch.manual_seed(0)
             tokens = torch.tensor([TOKENS])
             out = model(tokens, labels=tokens)
-            aux = out["aux_loss"]
-            self.assertGreater(float(aux), 0.0)
-            # By hand from the gates: f_e from the top-k choices, P_e the mean softmax.
-            expected = 0.0
-            for block in [m for m in model.modules() if hasattr(m, "expert_gate") and hasattr(m, "top_k")]:
-                self.assertIsNotNone(block.aux_loss)
-                expected += float(block.aux_loss)
-            self.assertAlmostEqual(float(aux), expected, places=5)
+            for h in hooks:
+                h.remove()
+            choices, probs = [], []
+            for block, x in inputs:
+                logits = (x @ block.expert_gate.weight.T).reshape(-1, n)
+                top = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]
+                choices.append(F.one_hot(top, n).sum(dim=1).float())
+                probs.append(torch.softmax(logits, dim=-1))
+            expected = n * (torch.cat(choices).mean(dim=0) * torch.cat(probs).mean(dim=0)).sum()
+            self.assertEqual(len(inputs), 2)
+            self.assertAlmostEqual(float(out.aux_loss), float(expected), places=5)
+            self.assertGreaterEqual(float(out.aux_loss), k * 0.999, "the loss is at least k, reached when balanced")
             torch.manual_seed(0)
             model.versatile_aux_loss_coef = 0.0
             plain = model(tokens, labels=tokens)
-            self.assertAlmostEqual(float(out.loss), float(plain.loss) + 0.01 * float(aux), places=4)
+            self.assertFalse(hasattr(plain, "aux_loss") and plain.aux_loss is not None)
+            self.assertAlmostEqual(float(out.loss), float(plain.loss) + 0.01 * float(expected), places=4)
             out.loss.backward()
-            gate = next(p for n, p in model.named_parameters() if n.endswith("expert_gate.weight"))
+            gate = next(p for n_, p in model.named_parameters() if n_.endswith("expert_gate.weight"))
             self.assertGreater(float(gate.grad.abs().max()), 0.0)
 
 

@@ -26,10 +26,12 @@
 # it in config.json (`versatile_ffn.depth_temperature_step`), from which a resumed model starts.
 #
 # With `versatile_ffn.router_aux_loss_coef` > 0 in config.json, training forwards also compute
-# a Switch-Transformer load-balance loss, N * sum_e f_e * P_e per layer (f_e: the share of the
-# top-k assignments that went to sub-expert e, P_e: its mean router probability), summed over
-# layers, returned as `aux_loss` and added, times the coefficient, to `loss` when labels are
-# given. The paper turns on a balance loss without releasing its formula; this is the standard one.
+# the Switch/Mixtral load-balance loss N * sum_e f_e * P_e over every layer's routing, pooled
+# (f_e: top-k choices of sub-expert e per token, P_e: its mean router probability; k when
+# balanced), as transformers' load_balancing_loss_func computes it without an attention mask. It
+# is returned as `aux_loss` and added, times the coefficient, to `loss` when labels are given.
+# The paper turns on a balance loss without releasing its formula; this is the standard one.
+# Padding tokens count like any other.
 #
 # S is the dense sub-layer: x + f(norm(x)) for pre-norm models (x + r f(norm(x)) for Granite,
 # whose layer scales the FFN branch by residual_multiplier r), x + norm(f(x)) for OLMo 2 and 3 (its norm
@@ -120,10 +122,11 @@ class _VersatileFFNMixin:
         chosen = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., : self.top_k]
         weights = torch.softmax(logits.gather(-1, chosen), dim=-1)
         if self.training and self.aux_loss_enabled:
+            # This layer's share of the statistics the model pools over layers: per sub-expert,
+            # the mean number of top-k choices per token and the mean router probability.
             probs = torch.softmax(logits.float(), dim=-1).reshape(-1, self.num_experts)
             assigned = F.one_hot(chosen.reshape(-1, self.top_k), self.num_experts).sum(dim=1).float()
-            share = assigned.mean(dim=0) / self.top_k
-            self.aux_loss = self.num_experts * (share * probs.mean(dim=0)).sum()
+            self.aux_loss = (assigned.mean(dim=0), probs.mean(dim=0))
         return chosen, weights
 
     def _expert_mask(self, chosen, weights):
@@ -357,6 +360,7 @@ def install_versatile_ffn(model, config, family, layers=None):
     settings = config.versatile_ffn
     model.versatile_depth_step = int(settings.get("depth_temperature_step", 0) or 0)
     model.versatile_aux_loss_coef = float(settings.get("router_aux_loss_coef", 0) or 0)
+    model._versatile_forwards = 0
     model.__dict__["_versatile_blocks"] = [m for m in model.modules() if isinstance(m, _VersatileFFNMixin)]
     _trained_models.add(model)
 
@@ -452,19 +456,56 @@ def _embedding_scale_as_recorded(model, config):
 
 # Every VersatileFFN model built here, for the optimizer hook below (weakly: a model that is
 # dropped is forgotten).
-_trained_models = weakref.WeakSet()
+_trained_models = globals().get("_trained_models") or weakref.WeakSet()
 
 
 def _advance_depth_steps(optimizer, args, kwargs):
     """After any optimizer step: the models whose parameters it updated move to the next
-    temperature step, once, however many forwards (accumulated, recomputed) the step took."""
+    temperature step, once, however many forwards (accumulated, recomputed) the step took, and
+    once however many optimizers step after them (two optimizers, ZeroRedundancyOptimizer's
+    nested step)."""
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for model in list(_trained_models):
-        if model.training and any(id(p) in stepped for p in model.parameters()):
+        if model.training and model._versatile_forwards and any(id(p) in stepped for p in model.parameters()):
             model.versatile_depth_step += 1
+            model._versatile_forwards = 0
 
 
-register_optimizer_step_post_hook(_advance_depth_steps)
+# Once per process: transformers may execute this module again into the same module object.
+if "_step_hook" not in globals():
+    _step_hook = register_optimizer_step_post_hook(lambda *a: _advance_depth_steps(*a))
+
+# Training forwards without an optimizer step that updates the model, before saying so: an
+# optimizer over master copies (DeepSpeed ZeRO, offloading optimizers) never matches.
+_FORWARDS_WITHOUT_STEP = 256
+
+
+class DepthTemperatureCallback(transformers.TrainerCallback):
+    """For the Trainer where the optimizer hook cannot see the model's parameters (DeepSpeed) or
+    where training resumes from a Trainer checkpoint: the temperature step follows the Trainer's
+    global step. `trainer.add_callback(DepthTemperatureCallback())`."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        target = model
+        while target is not None and not hasattr(target, "set_depth_temperature_step"):
+            target = getattr(target, "module", None)
+        if target is not None:
+            target.set_depth_temperature_step(state.global_step)
+
+
+_outputs_with_aux_loss = {}
+
+
+def _with_aux_loss(out, aux):
+    """`out` as the same output class plus an `aux_loss` field (as transformers' MoE outputs
+    carry theirs): a declared field survives DDP's and FSDP's rebuilding of outputs."""
+    cls = type(out)
+    if cls not in _outputs_with_aux_loss:
+        import dataclasses
+        import typing
+        _outputs_with_aux_loss[cls] = dataclasses.dataclass(
+            type(cls.__name__ + "WithAuxLoss", (cls,), {"__annotations__": {"aux_loss": typing.Optional[torch.FloatTensor]}, "aux_loss": None}))
+    return _outputs_with_aux_loss[cls](**dict(out.items()), aux_loss=aux)
 
 
 def _keep_remote_code(save_directory):
@@ -490,13 +531,17 @@ class _VersatileModelMixin:
 
     def __init_subclass__(cls, **kwargs):
         # The stock forward with this mixin's work around it, under the stock signature (the
-        # Trainer keeps only the dataset columns the model's forward names).
+        # Trainer keeps only the dataset columns the model's forward names). A subclass of a
+        # class already wrapped (FSDP2's `FSDP<cls>`) keeps the one wrapper.
         super().__init_subclass__(**kwargs)
         stock = next(vars(c)["forward"] for c in cls.__mro__ if c not in (cls, _VersatileModelMixin) and "forward" in vars(c))
+        if getattr(stock, "_versatile_wrapper", False):
+            return
 
         @functools.wraps(stock)
         def forward(self, *args, **kwargs):
             return _VersatileModelMixin._forward(self, stock, *args, **kwargs)
+        forward._versatile_wrapper = True
         cls.forward = forward
 
     def _forward(self, stock, *args, **kwargs):
@@ -507,14 +552,25 @@ class _VersatileModelMixin:
             for block in self._versatile_blocks:
                 block.depth_temperature = tau
                 block.aux_loss = None
+            self._versatile_forwards += 1
+            if self._versatile_forwards == _FORWARDS_WITHOUT_STEP:
+                import warnings
+                warnings.warn(f"{_FORWARDS_WITHOUT_STEP} training forwards and no optimizer step over this model's parameters: the "
+                              "depth temperature stays at its step (an optimizer over master copies, such as DeepSpeed ZeRO?). "
+                              "Call model.set_depth_temperature_step(step) each step, or add DepthTemperatureCallback to the Trainer.")
         out = stock(self, *args, **kwargs)
         if self.training and self.versatile_aux_loss_coef > 0 and hasattr(out, "keys"):
-            losses = [b.aux_loss for b in self._versatile_blocks if b.aux_loss is not None]
-            if losses:
-                aux = torch.stack(losses).sum()
-                out["aux_loss"] = aux
+            stats = [b.aux_loss for b in self._versatile_blocks if b.aux_loss is not None]
+            if stats:
+                # Mixtral's load_balancing_loss_func over every layer's routing, pooled: N times
+                # the sum over sub-experts of (choices per token) x (mean router probability).
+                device = stats[0][0].device
+                assigned = torch.stack([a.to(device) for a, _ in stats]).mean(dim=0)
+                probs = torch.stack([p.to(device) for _, p in stats]).mean(dim=0)
+                aux = len(assigned) * (assigned * probs).sum()
+                out = _with_aux_loss(out, aux)
                 if getattr(out, "loss", None) is not None:
-                    out["loss"] = out["loss"] + self.versatile_aux_loss_coef * aux.to(out["loss"].dtype)
+                    out.loss = out.loss + (self.versatile_aux_loss_coef * aux).to(out.loss.device, out.loss.dtype)
         return out
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -523,16 +579,29 @@ class _VersatileModelMixin:
         tied duplicate of the embedding dropped, and rank 0 writes the directory as the
         unwrapped class would (auto_map names ours, not FSDP's wrapper)."""
         self.config.versatile_ffn = dict(self.config.versatile_ffn, depth_temperature_step=int(self.versatile_depth_step))
+        main = kwargs.get("is_main_process", True)
         fsdp = _fsdp2_wrapped(self)
         if fsdp is None:
             result = super().save_pretrained(save_directory, *args, **kwargs)
-            _keep_remote_code(save_directory)
+            if main:
+                _keep_remote_code(save_directory)
             return result
         import torch.distributed as dist
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        state = get_model_state_dict(self, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if dist.is_initialized() and dist.get_rank() != 0:
-            return None
+        gathered = "state_dict" not in kwargs
+        if gathered:
+            # Called on every rank: gather the full state dict, rank 0 writes, all wait for it.
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            kwargs["state_dict"] = get_model_state_dict(self, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            main = main and (not dist.is_initialized() or dist.get_rank() == 0)
+            kwargs["is_main_process"] = main
+        # The Trainer gathers itself and calls this on rank 0 only, with the state dict.
+        result = self._save_unwrapped(save_directory, fsdp, *args, **kwargs) if main else None
+        if gathered and dist.is_initialized():
+            dist.barrier()
+        return result
+
+    def _save_unwrapped(self, save_directory, fsdp, *args, **kwargs):
+        state = kwargs["state_dict"]
         if getattr(self.config, "tie_word_embeddings", False):
             tied = getattr(self, "_tied_weights_keys", None) or []
             for key in (tied.keys() if isinstance(tied, dict) else tied):
@@ -540,7 +609,7 @@ class _VersatileModelMixin:
         wrapper = type(self)
         self.__class__ = next(c for c in wrapper.__mro__ if not issubclass(c, fsdp))
         try:
-            result = super(_VersatileModelMixin, self).save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+            result = super(_VersatileModelMixin, self).save_pretrained(save_directory, *args, **kwargs)
         finally:
             self.__class__ = wrapper
         _keep_remote_code(save_directory)
