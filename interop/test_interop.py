@@ -299,6 +299,10 @@ class RemoteCodeTests(unittest.TestCase):
             torch.optim.SGD(model.parameters(), lr=1e-3).step()
             self.assertEqual(model.versatile_depth_step, 2)
             model.set_depth_temperature_step(1)
+            # The Trainer callback sets the step from the Trainer's global step, through wrappers.
+            callback = module.DepthTemperatureCallback()
+            callback.on_step_begin(None, transformers.TrainerState(global_step=7), None, model=type("Wrapped", (), {"module": model})())
+            self.assertEqual(model.versatile_depth_step, 7)
             model.set_depth_temperature_step(5000)
             model.eval()
             optimizer.step()
