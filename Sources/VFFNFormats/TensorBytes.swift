@@ -51,6 +51,8 @@ public enum TensorBytes: @unchecked Sendable {
     case deferred(count: Int, make: @Sendable () throws(VFFNError) -> [UInt8])
     /// A container's embedded file, read in pieces when written.
     case embedded(VFFNContainer, VFFNContainer.Entry)
+    /// `count` bytes a source above this module makes a piece at a time (a neuron-permuted tensor).
+    case pieces(count: Int, source: any PieceSource)
 
     /// A source tensor as a writer should take it: its file region when the file stores it as
     /// presented (copied in the kernel), otherwise read from the file a piece at a time.
@@ -65,6 +67,7 @@ public enum TensorBytes: @unchecked Sendable {
         case let .region(r): return r.count
         case let .deferred(n, _): return n
         case let .embedded(_, e): return e.length
+        case let .pieces(n, _): return n
         }
     }
 
@@ -81,6 +84,8 @@ public enum TensorBytes: @unchecked Sendable {
             try TensorBytes.owned(make()).forEachPiece(body)
         case let .embedded(container, e):
             try container.read(e, what: "file", chunkBytes: tensorPieceBytes, body)
+        case let .pieces(_, source):
+            try source.forEachPiece(body)
         }
     }
 
@@ -96,6 +101,11 @@ public enum TensorBytes: @unchecked Sendable {
         }
         guard n == count else { throw .io(what, "gave \(n) of its \(count) bytes while being written") }
     }
+}
+
+/// Bytes made a piece at a time when written, in order.
+public protocol PieceSource: Sendable {
+    func forEachPiece(_ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError)
 }
 
 public struct TensorRecord: Sendable {

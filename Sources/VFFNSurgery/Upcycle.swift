@@ -280,13 +280,7 @@ public struct UpcyclePlan: @unchecked Sendable {
     /// (made one tensor at a time, when written).
     func outputBytes(_ t: TensorInfo, in shard: any TensorFile, permuted: [String: (FFNTensor, [Int])]) throws(VFFNError) -> TensorBytes {
         if let (f, order) = permuted[t.name] {
-            let source = SendableFile(file: shard), size = t.dtype.bitSize / 8
-            return .deferred(count: t.byteCount) { () throws(VFFNError) in
-                let data = try source.file.bytes(t)
-                return withExtendedLifetime(data) {
-                    permuteNeurons(data.raw, shape: f.shape, axis: f.neuronAxis!, elementSize: size, permutation: order)
-                }
-            }
+            return .pieces(count: t.byteCount, source: PermutedTensor(file: shard, info: t, axis: f.neuronAxis!, order: order))
         }
         // Bytes stored exactly as presented are copied file to file by the kernel, untouched.
         return .source(shard, t)
@@ -300,9 +294,55 @@ public struct UpcyclePlan: @unchecked Sendable {
 
 }
 
-/// A source file captured by a deferred write.
-struct SendableFile: @unchecked Sendable {
+/// An FFN tensor with its neurons reordered, made a piece of rows at a time as it is written:
+/// neurons on axis 0 (input projections) reorder rows, on axis 1 (the output projection) each
+/// row's columns. Source rows come from the mapping, decoded one at a time where the file keeps
+/// the matrix in another encoding (a Q8_0 GGUF), or from one decoded copy otherwise.
+struct PermutedTensor: PieceSource, @unchecked Sendable {
     let file: any TensorFile
+    let info: TensorInfo
+    let axis: Int
+    let order: [Int]
+
+    func forEachPiece(_ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        let size = info.dtype.bitSize / 8
+        guard info.shape.count == 2 else {
+            // A bias: small, permuted whole.
+            let data = try file.bytes(info)
+            let out = data.withUnsafeBytes { permuteNeurons($0, shape: info.shape, axis: axis, elementSize: size, permutation: order) }
+            return try out.withUnsafeBytes { b in Result { () throws(VFFNError) in try body(b) } }.get()
+        }
+        let (rows, columns) = (info.shape[0], info.shape[1])
+        let rowBytes = columns * size
+        let stored = try file.storedMatrix(info).map { Linear(stored: $0, outFeatures: rows, inFeatures: columns) }
+        let data = stored == nil ? try file.bytes(info) : nil
+        let perPiece = max(1, tensorPieceBytes / max(rowBytes, 1))
+        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, min(perPiece, rows) * rowBytes), alignment: 64)
+        defer { piece.deallocate() }
+        var filled = 0
+        for r in 0..<rows {
+            let source = axis == 0 ? order[r] : r
+            let to = piece.baseAddress! + filled * rowBytes
+            if let stored {
+                let values = stored.row(source)
+                let encoded = FloatCodec.encode(axis == 0 ? values : order.map { values[$0] }, as: info.dtype)
+                encoded.withUnsafeBytes { to.copyMemory(from: $0.baseAddress!, byteCount: rowBytes) }
+            } else {
+                let from = data!.raw.baseAddress! + source * rowBytes
+                if axis == 0 {
+                    to.copyMemory(from: from, byteCount: rowBytes)
+                } else {
+                    for (p, c) in order.enumerated() { (to + p * size).copyMemory(from: from + c * size, byteCount: size) }
+                }
+            }
+            filled += 1
+            if filled == perPiece || r == rows - 1 {
+                try body(UnsafeRawBufferPointer(rebasing: piece[0..<filled * rowBytes]))
+                filled = 0
+            }
+        }
+        withExtendedLifetime(data) {}
+    }
 }
 
 /// How far a conversion is, for a progress display.

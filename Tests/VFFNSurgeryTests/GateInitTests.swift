@@ -22,7 +22,8 @@ import VFFNModels
     /// columns of the output projection; Conv1D the other way round): the dense model computes
     /// the same function up to float rounding, and every moved tensor is exactly a permutation.
     @Test(arguments: ["llama-gqa-sharded", "qwen3-tiny", "smollm3-bf16-4x", "granite-bf16-4x", "olmo-clip-bf16-4x", "starcoder2-tiny", "phi3-longrope", "phi3-bf16-4x", "olmo2-bf16-4x", "gemma-tiny", "gemma2-bf16-4x", "gemma3-bf16-4x", "olmo3-bf16-4x",
-                      "gpt-neox-tiny", "gpt-neox-bf16-4x", "phi-tiny", "cohere-bf16-4x", "cohere2-tiny", "gpt2-tiny", "bert-tiny"])
+                      "gpt-neox-tiny", "gpt-neox-bf16-4x", "phi-tiny", "cohere-bf16-4x", "cohere2-tiny", "gpt2-tiny", "bert-tiny",
+                      "gguf/llama-gqa-q8_0.gguf", "llama-bin-deflated", "bert-tiny-bin"])
     func neuronPermutationKeepsTheDenseFunction(fixture: String) throws {
         let (plan, dst) = try convert(fixture, GateOptions(split: .cluster))
         let a = try denseOutput(dst), b = try denseOutput(Fixtures.path(fixture))
