@@ -301,13 +301,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         let t = try storedTensor(info)
         let raw = UnsafeRawBufferPointer(rebasing: file.bytes[t.range])
         if t.type != .Q8_0, try permutedHeads(info) == nil { return TensorData(mapped: raw, owner: file) }
-        return try TensorData(count: info.byteCount) { (out) throws(VFFNError) in
-            var at = 0
-            try read(info, chunkBytes: tensorPieceBytes) { piece in
-                out.baseAddress!.advanced(by: at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
-                at += piece.count
-            }
-        }
+        return try assembled(info)
     }
 
     /// Q8_0 dequantized a run of blocks at a time; permuted Q/K a head at a time (its rows back

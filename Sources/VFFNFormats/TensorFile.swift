@@ -104,6 +104,19 @@ extension TensorFile {
         let data = try bytes(info)
         try withExtendedLifetime(data) { () throws(VFFNError) in try body(data.raw) }
     }
+
+    /// The tensor decoded whole from its pieces, for readers whose `read` does the decoding.
+    func assembled(_ info: TensorInfo) throws(VFFNError) -> TensorData {
+        try TensorData(count: info.byteCount) { (out) throws(VFFNError) in
+            var at = 0
+            try read(info, chunkBytes: tensorPieceBytes) { (piece) throws(VFFNError) in
+                guard at + piece.count <= out.count else { throw .io(path, "tensor \"\(info.name)\" decoded to more than its \(out.count) bytes") }
+                out.baseAddress!.advanced(by: at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+                at += piece.count
+            }
+            guard at == out.count else { throw .io(path, "tensor \"\(info.name)\" decoded to \(at) of its \(out.count) bytes") }
+        }
+    }
 }
 
 /// How writers size the pieces they read and decode (`TensorFile.read`).

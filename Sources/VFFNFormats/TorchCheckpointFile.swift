@@ -80,13 +80,7 @@ public final class TorchCheckpointFile: TensorFile, @unchecked Sendable {
             let item = t.storage.dtype.bitSize / 8
             return TensorData(mapped: UnsafeRawBufferPointer(rebasing: storage.raw[t.offset * item..<t.offset * item + info.byteCount]), owner: storage)
         }
-        return try TensorData(count: info.byteCount) { (out) throws(VFFNError) in
-            var at = 0
-            try read(info, chunkBytes: tensorPieceBytes) { piece in
-                out.baseAddress!.advanced(by: at).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
-                at += piece.count
-            }
-        }
+        return try assembled(info)
     }
 
     /// Stored contiguous tensors as one mapped piece; deflated ones inflated through their
