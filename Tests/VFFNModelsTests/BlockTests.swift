@@ -92,6 +92,25 @@ import VFFNFormats
         }
     }
 
+    /// Each token's output does not depend on which others share its product, to the bit: the
+    /// bf16 kernel's 4 x 6 tiles, the 4 x 4 tiles and the edges after them, and the per-token
+    /// edge tiles all sum an output the same way (so a depth loop over a few tokens gives what
+    /// the whole sequence would).
+    @Test func bf16ProductsDoNotDependOnTheTokensBesideThem() {
+        final class Owner { let bytes: [UInt8]; init(_ b: [UInt8]) { bytes = b } }
+        let rows = 23, cols = 53
+        let values = (0..<rows * cols).map { Float(($0 * 7919) % 1000) / 500 - 1 }
+        let owner = Owner(FloatCodec.encode(values, as: .BF16))
+        let bytes = owner.bytes.withUnsafeBytes { $0 }
+        let w = Linear(mapped: bytes, dtype: .BF16, owner: owner, outFeatures: rows, inFeatures: cols)
+        let all = Matrix(rows: 13, cols: cols, data: (0..<13 * cols).map { Float(($0 * 31) % 17) / 8 - 1 })
+        let alone = (0..<13).map { t in w(all.gather([t])).data }
+        for tokens in 1...13 {
+            let y = w(all.gather(Array(0..<tokens)))
+            for t in 0..<tokens { #expect(Array(y.row(t)) == alone[t], "token \(t) of \(tokens)") }
+        }
+    }
+
     /// A product's result does not depend on how many threads split it, to the bit (the bf16
     /// kernel's edge tiles sum as its full tiles do): --threads never changes a number.
     @Test func productsDoNotDependOnTheThreadCount() {
