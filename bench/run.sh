@@ -92,7 +92,7 @@ read -r t_run m_run < <(measure "$TOOL" run "$SMALL" --tokens "$TOKENS" --out "$
 read -r t_py m_py < <(measure "$PY" bench/peers.py forward "$SMALL" --tokens 256)
 inner=$("$PY" bench/peers.py forward "$SMALL" --tokens 256 2>/dev/null)
 
-cat "$BF16"/*.safetensors > /dev/null
+cat "$BF16"/*.safetensors "$BF16V"/*.safetensors > /dev/null   # both runs start with warm page caches, as the peers do
 read -r t_bd m_bd < <(measure "$TOOL" run "$BF16" --tokens "$TOKENS" --out "$WORK/out.npy" --dense)
 read -r t_bv m_bv < <(measure "$TOOL" run "$BF16V" --tokens "$TOKENS" --out "$WORK/out.npy")
 # The peers' forward alone, warm: the best of two more forwards after the first in one process.
