@@ -58,7 +58,7 @@ int vffn_f16_to_f32(const void *src, float *dst, size_t n) {
 // For the forward pass's products on bf16 checkpoints: OpenBLAS needs f32 operands, so each
 // product decoded W to f32 and sgemm packed it again, a pass over W per call that costs more
 // than the multiply when few tokens take a depth loop. This kernel widens W in registers.
-// Tiles of 4 weight rows x 4 tokens keep 16 accumulators of 16 lanes over the whole K; 64-row
+// Tiles of 4 weight rows x 6 tokens keep 24 accumulators of 16 lanes over the whole K; 64-row
 // chunks of W stay in L2 while every token block passes over them.
 
 #define TILE 4
@@ -86,20 +86,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static inline __m128 re
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-// A full tile of 4 weight rows x 6 tokens: 24 accumulators, each widened weight vector used by 6
-// tokens (4 x 4 used it 4 times, and spent a third of its issue slots widening and loading).
+// A full tile of 4 weight rows x `tokens` tokens (a constant wherever it is inlined, so the loops
+// unroll and the accumulators stay in registers). The wide tile is 4 x 6: 24 accumulators, each
+// widened weight vector used by 6 tokens (4 x 4 used it 4 times, and spent a third of its issue
+// slots widening and loading); 4 x 4 takes 4 or 5 leftover tokens.
 #define TOKENS 6
 
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile4x6(const float *x, size_t ldx, const uint16_t *w, size_t ldw,
-                                                                               float *y, size_t ldy, size_t K) {
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"), always_inline)) static inline void tile4xn(
+    const float *x, size_t ldx, const uint16_t *w, size_t ldw, float *y, size_t ldy, size_t K, const int tokens) {
     __m512 acc[TOKENS][TILE];
-    for (int i = 0; i < TOKENS; i++)
+    for (int i = 0; i < tokens; i++)
         for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_setzero_ps();
     size_t k = 0;
     for (; k + 16 <= K; k += 16) {
         __m512 wv[TILE];
         for (int j = 0; j < TILE; j++) wv[j] = bf16_load(w + j * ldw + k);
-        for (int i = 0; i < TOKENS; i++) {
+        for (int i = 0; i < tokens; i++) {
             __m512 xv = _mm512_loadu_ps(x + i * ldx + k);
             for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
         }
@@ -108,37 +110,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile4x6(con
         __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
         __m512 wv[TILE];
         for (int j = 0; j < TILE; j++) wv[j] = bf16_load_masked(w + j * ldw + k, m);
-        for (int i = 0; i < TOKENS; i++) {
+        for (int i = 0; i < tokens; i++) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + i * ldx + k);
             for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
         }
     }
-    for (int i = 0; i < TOKENS; i++) _mm_storeu_ps(y + i * ldy, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+    for (int i = 0; i < tokens; i++) _mm_storeu_ps(y + i * ldy, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
 }
 
-// A full 4 x 4 tile.
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile4x6(const float *x, size_t ldx, const uint16_t *w, size_t ldw,
+                                                                               float *y, size_t ldy, size_t K) {
+    tile4xn(x, ldx, w, ldw, y, ldy, K, TOKENS);
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) static void tile4x4(const float *x, size_t ldx, const uint16_t *w, size_t ldw,
                                                                                float *y, size_t ldy, size_t K) {
-    __m512 acc[TILE][TILE];
-    for (int i = 0; i < TILE; i++)
-        for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_setzero_ps();
-    size_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-        __m512 wv[TILE], xv[TILE];
-        for (int j = 0; j < TILE; j++) wv[j] = bf16_load(w + j * ldw + k);
-        for (int i = 0; i < TILE; i++) xv[i] = _mm512_loadu_ps(x + i * ldx + k);
-        for (int i = 0; i < TILE; i++)
-            for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_fmadd_ps(xv[i], wv[j], acc[i][j]);
-    }
-    if (k < K) {
-        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-        __m512 wv[TILE], xv[TILE];
-        for (int j = 0; j < TILE; j++) wv[j] = bf16_load_masked(w + j * ldw + k, m);
-        for (int i = 0; i < TILE; i++) xv[i] = _mm512_maskz_loadu_ps(m, x + i * ldx + k);
-        for (int i = 0; i < TILE; i++)
-            for (int j = 0; j < TILE; j++) acc[i][j] = _mm512_fmadd_ps(xv[i], wv[j], acc[i][j]);
-    }
-    for (int i = 0; i < TILE; i++) _mm_storeu_ps(y + i * ldy, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+    tile4xn(x, ldx, w, ldw, y, ldy, K, TILE);
 }
 
 // An edge tile of tr tokens x nr rows (at most 6 and 4): the same arithmetic for each output it has.
