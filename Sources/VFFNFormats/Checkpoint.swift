@@ -258,7 +258,7 @@ public final class Checkpoint: @unchecked Sendable {
             guard let container = shards[0] as? VFFNContainer, let e = container.files.first(where: { $0.name == name }) else {
                 throw .badInput(path, "has no file \"\(name)\"")
             }
-            return .embedded(container, e)
+            return .pieces(count: e.length, source: EmbeddedFile(container: container, entry: e))
         }
         let file = path + "/" + name
         var st = stat()

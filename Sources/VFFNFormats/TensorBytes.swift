@@ -47,11 +47,8 @@ public enum TensorBytes: @unchecked Sendable {
     /// A file region that holds exactly the bytes: copied in the kernel where the writer need not
     /// look at them, read from the file in pieces where it must.
     case region(FileRegion)
-    /// `count` bytes made only when written (a permuted tensor), so a writer holds one at a time.
-    case deferred(count: Int, make: @Sendable () throws(VFFNError) -> [UInt8])
-    /// A container's embedded file, read in pieces when written.
-    case embedded(VFFNContainer, VFFNContainer.Entry)
-    /// `count` bytes a source above this module makes a piece at a time (a neuron-permuted tensor).
+    /// `count` bytes made a piece at a time when written (a container's embedded file, a
+    /// neuron-permuted tensor).
     case pieces(count: Int, source: any PieceSource)
 
     /// A source tensor as a writer should take it: its file region when the file stores it as
@@ -65,8 +62,6 @@ public enum TensorBytes: @unchecked Sendable {
         case let .owned(a): return a.count
         case let .tensor(_, info): return info.byteCount
         case let .region(r): return r.count
-        case let .deferred(n, _): return n
-        case let .embedded(_, e): return e.length
         case let .pieces(n, _): return n
         }
     }
@@ -80,10 +75,6 @@ public enum TensorBytes: @unchecked Sendable {
             try file.read(info, chunkBytes: tensorPieceBytes, body)
         case let .region(r):
             try r.forEachPiece(body)
-        case let .deferred(_, make):
-            try TensorBytes.owned(make()).forEachPiece(body)
-        case let .embedded(container, e):
-            try container.read(e, what: "file", chunkBytes: tensorPieceBytes, body)
         case let .pieces(_, source):
             try source.forEachPiece(body)
         }

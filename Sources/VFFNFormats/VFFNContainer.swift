@@ -282,3 +282,13 @@ final class VerifiedSet<Key: Hashable>: @unchecked Sendable {
     func contains(_ v: Key) -> Bool { lock.lock(); defer { lock.unlock() }; return set.contains(v) }
     func insert(_ v: Key) { lock.lock(); set.insert(v); lock.unlock() }
 }
+
+/// A container's embedded file, read in pieces when written (its reads are thread-safe).
+struct EmbeddedFile: PieceSource, @unchecked Sendable {
+    let container: VFFNContainer
+    let entry: VFFNContainer.Entry
+
+    func forEachPiece(_ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+        try container.read(entry, what: "file", chunkBytes: tensorPieceBytes, body)
+    }
+}

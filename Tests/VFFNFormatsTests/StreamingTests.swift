@@ -104,7 +104,12 @@ import TestSupport
     /// A source that gives other than its byte count (a file that changed since it was sized)
     /// fails the write instead of shifting every later tensor in the output.
     @Test func writersCountTheBytesTheyAreGiven() throws {
-        let short = TensorRecord(name: "t", dtype: .U8, shape: [10], bytes: .deferred(count: 10) { [UInt8](repeating: 1, count: 9) })
+        struct NinePieces: PieceSource {
+            func forEachPiece(_ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError) {
+                try [UInt8](repeating: 1, count: 9).withUnsafeBytes { b in Result { () throws(VFFNError) in try body(b) } }.get()
+            }
+        }
+        let short = TensorRecord(name: "t", dtype: .U8, shape: [10], bytes: .pieces(count: 10, source: NinePieces()))
         let dir = makeTemporaryDirectory()
         #expect { try SafeTensorsWriter.write([short], metadata: nil, to: dir + "/a.safetensors") } throws: {
             ($0 as? VFFNError)?.message == "gave 9 of its 10 bytes while being written"
