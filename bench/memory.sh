@@ -22,22 +22,14 @@ BIN=$WORK/llama-1b-bin
 [ -f "$BIN/pytorch_model.bin" ] || $PY bench/peers.py make-bin "$BF16" "$BIN" >&2
 TOKENS=$(python3 -c 'print(",".join(str((i * 7919) % 32000) for i in range(64)))')
 
-# "seconds peak_anon_kb" of a command, sampled every 20 ms.
-anon() {
-  local start end peak=0 pid v
+# shellcheck source=bench/anon.sh
+. bench/anon.sh
+
+# anon from a clean slate: no earlier output, no writeback pending.
+fresh() {
   rm -rf "$WORK/mem-out" "$WORK/mem-out.vffn" "$WORK/mem-out.npy"
   sync
-  start=$(date +%s.%N)
-  "$@" > /dev/null 2> "$WORK/stderr.txt" &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    v=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-    [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
-    sleep 0.02
-  done
-  wait "$pid" || { cat "$WORK/stderr.txt" >&2; echo "FAILED -1"; return; }
-  end=$(date +%s.%N)
-  echo "$(awk "BEGIN {printf \"%.1f\", $end - $start}") $peak"
+  anon "$@"
 }
 
 jobs=(
@@ -55,11 +47,11 @@ measure_job() {   # tool, command -> "seconds anon_kb"
     rm -rf "$WORK/mem-verify"
     "$tool" convert "$GGUF" "$WORK/mem-verify" --quiet --no-fsync > /dev/null
     # shellcheck disable=SC2086
-    anon "$tool" verify "$WORK/mem-verify" --source "$GGUF" --quiet
+    fresh "$tool" verify "$WORK/mem-verify" --source "$GGUF" --quiet
     rm -rf "$WORK/mem-verify"
   else
     # shellcheck disable=SC2086
-    anon "$tool" $cmd
+    fresh "$tool" $cmd
   fi
 }
 
@@ -67,12 +59,14 @@ echo "| task | time | peak anonymous memory | target |${BASELINE:+ before: time 
 echo "|---|---|---|---|${BASELINE:+---|---|}"
 for job in "${jobs[@]}"; do
   IFS='|' read -r name cmd target <<< "$job"
-  read -r t a < <(measure_job "$TOOL" "$cmd")
-  [ "$a" -ge 0 ] || { echo "bench/memory.sh: $name failed" >&2; exit 1; }
-  row="| $name | $t s | $((a / 1024)) MiB | ≤ $target MiB |"
+  read -r t a < <(measure_job "$TOOL" "$cmd") || { echo "bench/memory.sh: $name failed" >&2; exit 1; }
+  row="| $name | $(printf %.1f "$t") s | $((a / 1024)) MiB | ≤ $target MiB |"
   if [ -n "${BASELINE:-}" ]; then
-    read -r bt ba < <(measure_job "$BASELINE" "$cmd")
-    row="$row $bt s | $((ba / 1024)) MiB |"
+    if read -r bt ba < <(measure_job "$BASELINE" "$cmd"); then
+      row="$row $(printf %.1f "$bt") s | $((ba / 1024)) MiB |"
+    else
+      row="$row failed | |"
+    fi
   fi
   echo "$row"
 done

@@ -62,22 +62,8 @@ measure() {
   printf '%s\n' "${times[@]}" | sort -g | awk -v r="$rss" '{a[NR]=$1} END {print a[int((NR+1)/2)], r}'
 }
 
-# Peak anonymous memory (RssAnon: the process's own pages, not the mapped checkpoint) of a
-# command, sampled from /proc every 20 ms while it runs; prints "seconds peak_anon_kb".
-anon() {
-  local start end peak=0 pid v
-  start=$(date +%s.%N)
-  "$@" > /dev/null 2> "$WORK/stderr.txt" &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    v=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-    [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
-    sleep 0.02
-  done
-  wait "$pid" || { cat "$WORK/stderr.txt" >&2; exit 1; }
-  end=$(date +%s.%N)
-  echo "$(awk "BEGIN {print $end - $start}") $peak"
-}
+# shellcheck source=bench/anon.sh
+. bench/anon.sh
 
 cat "$BIG"/*.safetensors > /dev/null; cat "$SMALL"/*.safetensors > /dev/null   # warm the page cache
 
