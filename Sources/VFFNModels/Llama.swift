@@ -128,8 +128,8 @@ public enum Llama: Architecture {
                          ("num_hidden_layers", .int(26)), ("num_attention_heads", .int(8)), ("num_key_value_heads", .int(4)),
                          ("max_position_embeddings", .int(131_072))])
 
-    static func traits(_ modelType: String) -> DecoderTraits? {
-        declarations.first { $0.family.modelType == modelType }?.traits
+    static func declaration(_ modelType: String) -> (family: ModelFamily, traits: DecoderTraits)? {
+        declarations.first { $0.family.modelType == modelType }
     }
 
     /// How a family of this file differs from Llama: which config keys it reads, with its own
@@ -331,7 +331,7 @@ public enum Llama: Architecture {
         public var fusedQKVPerHead: Bool
         /// SPEC 5's parallel block (`y = h + A(N_1 h) + F(N_2 h)`), and whether N_1 = N_2 (Phi,
         /// Cohere: input_layernorm serves both).
-        public var parallel: Bool
+        public var parallel: Bool { topology == .parallel }
         public var sharedNorm: Bool
         /// The block topology, from the family and (GPT-NeoX) the config.
         public var topology: ModelFamily.Topology
@@ -397,7 +397,7 @@ public enum Llama: Architecture {
 
         public init(_ top: JSON, path: String) throws(VFFNError) {
             modelType = top["model_type"]?.stringValue ?? "llama"
-            guard let traits = Llama.traits(modelType) else {
+            guard let (family, traits) = Llama.declaration(modelType) else {
                 throw .badInput(path, "model_type \"\(modelType)\" is not one of \(Llama.families.map(\.modelType).joined(separator: ", "))")
             }
             var json = top
@@ -464,14 +464,12 @@ public enum Llama: Architecture {
             }
             fusedQKV = traits.fusedQKV
             fusedQKVPerHead = traits.fusedQKVPerHead
+            // GPT-NeoX's use_parallel_residual false is a pre-norm block.
             switch traits.parallel {
-            case .sharedNorm: (parallel, sharedNorm) = (true, true)
-            case let .separateNorms(key): (parallel, sharedNorm) = (try r.bool(key, default: true), false)
-            case nil: (parallel, sharedNorm) = (false, false)
+            case .sharedNorm: (topology, sharedNorm) = (.parallel, true)
+            case let .separateNorms(key): (topology, sharedNorm) = (try r.bool(key, default: true) ? .parallel : .preNorm, false)
+            case nil: (topology, sharedNorm) = (family.topology, false)
             }
-            let type = modelType
-            let familyTopology = Llama.families.first { $0.modelType == type }!.topology
-            topology = parallel ? .parallel : familyTopology == .parallel ? .preNorm : familyTopology
             norm = traits.norm
             normEps = try traits.norm.eps(r)
             if traits.clipQKV, let clip = json["clip_qkv"], !clip.isNull {
