@@ -241,9 +241,7 @@ public final class AtomicOutput {
                 return .object([("path", .string(name)), ("bytes", .int(s?.bytes ?? -1)), ("mtime_ns", .int(s?.mtime ?? -1))])
             })),
         ])
-        let f = try OutputFile(path: temporary + "/" + Self.markerName)
-        try f.write(marker.pretty)
-        try f.finish()
+        try OutputFile.write(marker.pretty, to: temporary + "/" + Self.markerName)
     }
 
     /// Why an existing directory may not be replaced, or nothing if it may.

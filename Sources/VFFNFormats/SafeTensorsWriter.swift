@@ -157,6 +157,17 @@ public final class OutputFile {
     /// rename still happens only after every byte is written.
     nonisolated(unsafe) public static var durable = true
 
+    /// A whole small file (config text, an index, the remote code) written and finished.
+    public static func write(_ bytes: [UInt8], to path: String) throws(VFFNError) {
+        let f = try OutputFile(path: path)
+        try f.write(bytes)
+        try f.finish()
+    }
+
+    public static func write(_ text: String, to path: String) throws(VFFNError) {
+        try write(Array(text.utf8), to: path)
+    }
+
     public func finish() throws(VFFNError) {
         if Self.durable {
             guard fsync(fd) == 0 else { throw .io(path, "fsync failed: \(String(cString: strerror(errno)))") }

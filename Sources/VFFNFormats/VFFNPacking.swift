@@ -95,21 +95,15 @@ extension VFFNContainer {
             try out.finish()
         }
         if !files.contains(where: { $0.name == "config.json" }) {
-            try writeText(config.pretty, to: dir + "/config.json")
+            try OutputFile.write(config.pretty, to: dir + "/config.json")
         }
         if shards.count > 1, !files.contains(where: { $0.name == Checkpoint.indexName }) {
             let index = JSON.object([
                 ("metadata", .object([("total_size", .int(totalSize))])),
                 ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 }.map { ($0.0, .string($0.1)) })),
             ])
-            try writeText(index.pretty, to: dir + "/" + Checkpoint.indexName)
+            try OutputFile.write(index.pretty, to: dir + "/" + Checkpoint.indexName)
         }
         try output.commit()
-    }
-
-    private func writeText(_ text: String, to path: String) throws(VFFNError) {
-        let f = try OutputFile(path: path)
-        try f.write(text)
-        try f.finish()
     }
 }

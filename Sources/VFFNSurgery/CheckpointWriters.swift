@@ -47,14 +47,10 @@ struct SafeTensorsDirectoryWriter: CheckpointWriter {
             }
         }
         if let error = failure.error { throw error }
-        if let index = checkpoint.indexText { try writeText(index, to: dir + "/" + Checkpoint.indexName) }
-        try writeText(checkpoint.config.pretty, to: dir + "/config.json")
+        if let index = checkpoint.indexText { try OutputFile.write(index, to: dir + "/" + Checkpoint.indexName) }
+        try OutputFile.write(checkpoint.config.pretty, to: dir + "/config.json")
         for name in checkpoint.auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
-        if checkpoint.emitModeling {
-            let f = try OutputFile(path: dir + "/" + RemoteCode.fileName)
-            try f.write(RemoteCode.source)
-            try f.finish()
-        }
+        if checkpoint.emitModeling { try OutputFile.write(RemoteCode.source, to: dir + "/" + RemoteCode.fileName) }
     }
 }
 
@@ -85,13 +81,7 @@ struct OLMoDirectoryWriter {
     func write(tensors: [TorchCheckpointWriter.Tensor], yaml: String, auxiliary: [String], from source: Checkpoint, to dir: String,
                meter: ProgressMeter) throws(VFFNError) {
         try TorchCheckpointWriter.write(tensors, top: "model", to: dir + "/model.pt") { meter.add(tensors: 1, bytes: $0) }
-        try writeText(yaml, to: dir + "/config.yaml")
+        try OutputFile.write(yaml, to: dir + "/config.yaml")
         for name in auxiliary { try source.copyAuxiliaryFile(name, to: dir + "/" + name) }
     }
-}
-
-func writeText(_ text: String, to path: String) throws(VFFNError) {
-    let f = try OutputFile(path: path)
-    try f.write(text)
-    try f.finish()
 }
