@@ -130,14 +130,6 @@ final class Deflater {
 }
 
 enum Deflate {
-    static func deflate(_ bytes: UnsafeRawBufferPointer, path: String) throws(VFFNError) -> [UInt8] {
-        var out: [UInt8] = []
-        let d = try Deflater(path: path)
-        try d.add(bytes) { out.append(contentsOf: $0) }
-        try d.finish { out.append(contentsOf: $0) }
-        return out
-    }
-
     /// The whole of an entry inflated to exactly `length`, straight into memory of its own.
     static func inflate(_ stored: UnsafeRawBufferPointer, length: Int, raw: Bool = false, path: String, what: String) throws(VFFNError) -> TensorData {
         let inflater = try Inflater(stored, length: length, raw: raw, path: path, what: what)

@@ -122,7 +122,10 @@ import TestSupport
 
     @Test func inflaterRefusesStreamsThatDoNotHoldTheirLength() throws {
         let data = [UInt8](repeating: 7, count: 10_000)
-        let packed = try data.withUnsafeBytes { try Deflate.deflate($0, path: "t") }
+        var packed: [UInt8] = []
+        let deflater = try Deflater(path: "t")
+        try data.withUnsafeBytes { try deflater.add($0) { packed += $0 } }
+        try deflater.finish { packed += $0 }
         func inflate(_ stored: [UInt8], length: Int, chunk: Int) throws -> [UInt8] {
             try stored.withUnsafeBytes { s in
                 var out: [UInt8] = []
