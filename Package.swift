@@ -6,7 +6,7 @@ let package = Package(
     name: "vffn-convert",
     products: [
         .executable(name: "vffn-convert", targets: ["vffn-convert"]),
-        .library(name: "VFFN", targets: ["VFFNFormats", "VFFNModels", "VFFNSurgery"]),
+        .library(name: "VFFN", targets: ["VFFNFormats", "VFFNModels", "VFFNSurgery", "VFFNText"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
@@ -26,13 +26,15 @@ let package = Package(
         .target(name: "CKernels"),
         .target(name: "VFFNFormats", dependencies: ["CZlib", "CJSONC", "CSystem", "CKernels"]),
         .target(name: "VFFNModels", dependencies: ["VFFNFormats", "COpenBLAS", "CKernels"]),
+        // Checkpoints' own tokenizers (tokenizer.json, GGUF metadata), for text input.
+        .target(name: "VFFNText", dependencies: ["VFFNFormats"]),
         // The transformers remote code that `convert --emit-modeling` writes, embedded in the binary.
         .target(name: "VFFNSurgery", dependencies: ["VFFNFormats", "VFFNModels"],
                 resources: [.embedInCode("Resources/modeling_versatile_ffn.py")]),
         .executableTarget(
             name: "vffn-convert",
             dependencies: [
-                "VFFNFormats", "VFFNModels", "VFFNSurgery", "CSystem",
+                "VFFNFormats", "VFFNModels", "VFFNSurgery", "VFFNText", "CSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Fixture paths and comparison helpers shared by the test targets.
@@ -40,6 +42,7 @@ let package = Package(
         .testTarget(name: "VFFNFormatsTests", dependencies: ["VFFNFormats", "TestSupport"]),
         .testTarget(name: "VFFNModelsTests", dependencies: ["VFFNModels", "TestSupport"]),
         .testTarget(name: "VFFNSurgeryTests", dependencies: ["VFFNSurgery", "VFFNModels", "TestSupport"]),
+        .testTarget(name: "VFFNTextTests", dependencies: ["VFFNText", "TestSupport"]),
         .testTarget(name: "VFFNCLITests", dependencies: ["vffn-convert", "TestSupport"]),
     ]
 )

@@ -14,9 +14,10 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
         case bool(Bool)
         case string(String)
         case array([Value])
-        case skippedArray(count: Int)
+        /// An array too long to keep at open (a vocabulary): `GGUFFile.array(_:)` reads it.
+        case skippedArray(count: Int, elementType: Int32, offset: Int)
 
-        var asInt: Int? {
+        public var asInt: Int? {
             switch self {
             case let .int(v): return Int(exactly: v)
             case let .uint(v): return Int(exactly: v)
@@ -24,7 +25,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
             }
         }
 
-        var asDouble: Double? {
+        public var asDouble: Double? {
             switch self {
             case let .float(v): return v
             case let .int(v): return Double(v)
@@ -263,11 +264,12 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
                 throw .badInput(r.path, "GGUF array \"\(key)\" of \(count) elements exceeds the remaining \(r.remaining) bytes")
             }
             var items: [Value] = []
+            let start = r.offset
             for _ in 0..<count {
                 let v = try value(&r, type: elementType, key: key, allowArray: false)
                 if count <= UInt64(keptArrayLength) { items.append(v) }
             }
-            return count <= UInt64(keptArrayLength) ? .array(items) : .skippedArray(count: Int(count))
+            return count <= UInt64(keptArrayLength) ? .array(items) : .skippedArray(count: Int(count), elementType: elementType, offset: start)
         case 10: return .uint(try r.u64(key))
         case 11: return .int(try r.i64(key))
         case 12: return .float(Double(bitPattern: try r.u64(key)))
@@ -276,6 +278,20 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     }
 
     public func info(_ name: String) -> TensorInfo? { index[name].map { tensors[$0] } }
+
+    /// The elements of an array value, reading a long one (validated at open) from the file.
+    public func array(_ key: String) throws(VFFNError) -> [Value]? {
+        switch values[key] {
+        case let .array(items): return items
+        case let .skippedArray(count, elementType, offset):
+            var r = ByteReader(file.bytes, path: path, offset: offset, context: "GGUF metadata")
+            var items: [Value] = []
+            items.reserveCapacity(count)
+            for _ in 0..<count { items.append(try Self.value(&r, type: elementType, key: key, allowArray: false)) }
+            return items
+        default: return nil
+        }
+    }
 
     /// Q and K as llama.cpp stores them: within each head, row 2i+j holds what Hugging Face keeps
     /// at row j*(d/2)+i. Returns the head count to undo it with, or nil for other tensors.

@@ -147,7 +147,7 @@ private struct JSONParser {
         try enter()
         pos += 1
         var members: [(String, JSON)] = []
-        var seen = Set<String>()
+        var seen = Set<ExactString>()
         skipWhitespace()
         if pos < bytes.count, bytes[pos] == UInt8(ascii: "}") {
             pos += 1; depth -= 1
@@ -158,7 +158,7 @@ private struct JSONParser {
             guard pos < bytes.count, bytes[pos] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
             let keyStart = pos
             let key = try string()
-            if !seen.insert(key).inserted {
+            if !seen.insert(ExactString(key)).inserted {
                 throw JSONError(offset: keyStart, reason: "duplicate key \"\(key)\"")
             }
             skipWhitespace()

@@ -266,6 +266,14 @@ public final class VFFNContainer: SingleFileCheckpoint, @unchecked Sendable {
         try out.finish()
     }
 
+    /// An embedded file's bytes (a tokenizer.json), checked like every entry.
+    public func embeddedFile(_ name: String) throws(VFFNError) -> [UInt8]? {
+        guard let e = files.first(where: { $0.name == name }) else { return nil }
+        var bytes: [UInt8] = []
+        try read(e, what: "file", chunkBytes: tensorPieceBytes) { (piece) throws(VFFNError) in bytes.append(contentsOf: piece) }
+        return bytes
+    }
+
     public var readerNotes: [String] { [] }
 }
 
