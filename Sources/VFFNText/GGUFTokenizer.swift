@@ -50,6 +50,7 @@ enum GGUFTokenizer {
             let pre: String
             if case let .string(p)? = gguf.values["tokenizer.ggml.pre"] { pre = p } else { pre = "gpt-2" }
             let preTokenizer: PreTokenizer, ignoreMerges: Bool
+            var normalizer: Normalizer? = nil
             switch pre {
             case "gpt-2", "gpt2", "olmo", "default":
                 preTokenizer = .byteLevel(addPrefixSpace: false, useRegex: true); ignoreMerges = false
@@ -61,6 +62,7 @@ enum GGUFTokenizer {
                 preTokenizer = .sequence([.split(.scanner(RegexScanner(.cl100k(maxDigits: 1))), .isolated, invert: false),
                                           .byteLevel(addPrefixSpace: false, useRegex: false)])
                 ignoreMerges = false
+                normalizer = .nfc   // Qwen2's tokenizer.json normalizes to NFC; the GGUF keeps no normalizer
             case "starcoder", "smollm", "refact":
                 preTokenizer = .sequence([.digits(individual: true), .byteLevel(addPrefixSpace: false, useRegex: true)])
                 ignoreMerges = false
@@ -82,7 +84,7 @@ enum GGUFTokenizer {
             }
             let bpe = try BPE(vocabulary: vocabulary, merges: merges, unknown: nil, fuseUnknown: false, byteFallback: false,
                               ignoreMerges: ignoreMerges, continuingPrefix: nil, endOfWordSuffix: nil)
-            return Tokenizer(source: path, normalizer: nil, preTokenizer: preTokenizer, model: .bpe(bpe),
+            return Tokenizer(source: path, normalizer: normalizer, preTokenizer: preTokenizer, model: .bpe(bpe),
                              postProcessor: post(flag("add_bos_token", false), id("bos_token_id"), flag("add_eos_token", false), id("eos_token_id")),
                              decoder: .byteLevel, addedTokens: added)
         case "llama":

@@ -50,6 +50,10 @@ struct Convert: ParsableCommand {
                                valueName: "file"), completion: .file())
     var calibration: String?
 
+    @Option(name: .customLong("calibration-text"), help: ArgumentHelp("With --depth-init calibrated: a UTF-8 text file to calibrate on, tokenized as one text by the source's own tokenizer and cut to the model's positions.",
+                               valueName: "file"), completion: .file())
+    var calibrationText: String?
+
     @Option(name: .customLong("depth-target"), help: "With --depth-init calibrated: the fractions of calibration tokens at depths 1...D, e.g. 0.4,0.3,0.2,0.1 (default: uniform).")
     var depthTarget: String?
 
@@ -77,9 +81,10 @@ struct Convert: ParsableCommand {
     func validate() throws {
         if compress && outputFormat != .vffn { throw ValidationError("--compress applies only to --output-format vffn") }
         if emitModeling && outputFormat == .olmo { throw ValidationError("--emit-modeling writes transformers code, which an OLMo checkpoint (--output-format olmo) has no use for") }
-        if (calibration != nil || depthTarget != nil) && depthInit != .calibrated {
-            throw ValidationError("--calibration and --depth-target apply only to --depth-init calibrated")
+        if (calibration != nil || calibrationText != nil || depthTarget != nil) && depthInit != .calibrated {
+            throw ValidationError("--calibration, --calibration-text and --depth-target apply only to --depth-init calibrated")
         }
+        if calibration != nil && calibrationText != nil { throw ValidationError("give --calibration or --calibration-text, not both") }
         if outputFormat != .vffn && destination == "-" {
             throw ValidationError("- (stdout) takes one file: add --output-format vffn, or name a directory")
         }
@@ -92,6 +97,10 @@ struct Convert: ParsableCommand {
     func gateOptions() throws(VFFNError) -> GateOptions {
         var tokens: [Int]?
         if let calibration { tokens = try TokenIDs.read(calibration) }
+        if let calibrationText {
+            let positions = try Architectures.load(Checkpoint(path: source)).maxTokens
+            tokens = try TextInput.tokenize(TextInput.read(calibrationText), what: calibrationText, checkpoint: source, positions: positions, quiet: common.quiet)
+        }
         return GateOptions(split: split, routerInit: routerInit, depthInit: depthInit, calibrationTokens: tokens,
                     depthTarget: depthTarget.map { $0.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces))! } })
     }

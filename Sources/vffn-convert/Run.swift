@@ -4,7 +4,7 @@ import VFFNModels
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a forward pass over token ids and write the output as float32 .npy.",
+        abstract: "Run a forward pass over token ids or text and write the output as float32 .npy.",
         discussion: """
         One sequence, positions 0..T-1, no padding. Causal LMs \
         (\(Architectures.families.filter { $0.output == .logits }.map(\.modelType).joined(separator: ", "))) write \
@@ -29,15 +29,15 @@ struct Run: ParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
-        if tokens.tokens == nil && tokens.tokensFile == nil { throw ValidationError("give the token ids to run: --tokens 5,17,42 or --tokens-file FILE") }
+        if !tokens.given { throw ValidationError("give what to run: --tokens 5,17,42, --tokens-file FILE, --text S or --text-file FILE") }
     }
 
     func run() throws {
         compute.apply()
         removePartialOutputOnSignals()
         try reportingErrors {
-            let ids = try tokens.ids() ?? []
             let model = try Architectures.load(Checkpoint(path: checkpoint))
+            let ids = try tokens.ids(checkpoint: checkpoint, positions: model.maxTokens, quiet: common.quiet) ?? []
             let mode: FFNMode = dense || model.versatileLayers == nil ? .dense : .versatile()
             // Refused before the model runs: a run that cannot be written is not started.
             _ = try AtomicOutput(destination: out, kind: .file, force: write.force, inputs: [checkpoint], dryRun: true)

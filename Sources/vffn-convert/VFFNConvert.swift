@@ -2,6 +2,7 @@ import ArgumentParser
 import CSystem
 import Foundation
 import VFFNFormats
+import VFFNText
 import VFFNModels
 
 @main
@@ -30,7 +31,7 @@ struct VFFNConvert: ParsableCommand {
         Shell completion: vffn-convert --generate-completion-script bash|zsh|fish.
         """,
         version: version,
-        subcommands: [Convert.self, Verify.self, Run.self, Inspect.self, Stats.self, Pack.self, Unpack.self])
+        subcommands: [Convert.self, Verify.self, Run.self, Stats.self, Tokenize.self, Inspect.self, Pack.self, Unpack.self])
 
     /// One contract for every error, the argument parser's included: one line on stderr,
     /// `vffn-convert: error: ...`, and the exit code of its kind (64 for usage).
@@ -176,8 +177,9 @@ struct WriteOptions: ParsableArguments {
     var force = false
 }
 
-/// Token ids as every command takes them: `--tokens 5,17,42` (commas, spaces or newlines) or
-/// `--tokens-file FILE` with the same syntax.
+/// The tokens every command that runs the model takes: ids (`--tokens 5,17,42`, `--tokens-file
+/// FILE`) or text (`--text S`, `--text-file FILE`), which the checkpoint's own tokenizer turns into
+/// ids, special tokens added as transformers adds them by default.
 struct TokenOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: ArgumentHelp("Token ids, separated by commas, spaces or newlines, e.g. 5,17,42.", valueName: "ids"))
     var tokens: String?
@@ -186,16 +188,73 @@ struct TokenOptions: ParsableArguments {
             completion: .file())
     var tokensFile: String?
 
+    @Option(parsing: .unconditional, help: ArgumentHelp("Text, tokenized by the checkpoint's own tokenizer (its tokenizer.json, or a GGUF's tokenizer).", valueName: "text"))
+    var text: String?
+
+    @Option(name: .customLong("text-file"), help: ArgumentHelp("A UTF-8 text file, tokenized as one text by the checkpoint's own tokenizer.", valueName: "file"),
+            completion: .file())
+    var textFile: String?
+
+    var given: Bool { tokens != nil || tokensFile != nil || text != nil || textFile != nil }
+
     func validate() throws {
-        if tokens != nil && tokensFile != nil { throw ValidationError("give --tokens or --tokens-file, not both") }
+        let named = [("--tokens", tokens), ("--tokens-file", tokensFile), ("--text", text), ("--text-file", textFile)].filter { $0.1 != nil }.map(\.0)
+        if named.count > 1 { throw ValidationError("give one of --tokens, --tokens-file, --text and --text-file, not \(named.joined(separator: " and "))") }
         if let tokens, case .failure(let p) = TokenIDs.parse(tokens) { throw ValidationError("--tokens: \(p.text)") }
     }
 
-    /// The ids given, if any.
-    func ids() throws(VFFNError) -> [Int]? {
+    /// The ids given, if any. Text is tokenized with the tokenizer of `checkpoint` and cut to the
+    /// model's `positions`, with a note saying so.
+    func ids(checkpoint: String, positions: Int?, quiet: Bool = false) throws(VFFNError) -> [Int]? {
         if let tokens { return try TokenIDs.parse(tokens, what: "--tokens") }
         if let tokensFile { return try TokenIDs.read(tokensFile) }
-        return nil
+        let input: String
+        let what: String
+        if let text { input = text; what = "--text" } else if let textFile { input = try TextInput.read(textFile); what = textFile } else { return nil }
+        return try TextInput.tokenize(input, what: what, checkpoint: checkpoint, positions: positions, quiet: quiet)
+    }
+}
+
+/// Text in, for every command that takes it.
+enum TextInput {
+    /// More text than this is refused before it is read: 1 GB.
+    static let maxBytes = 1 << 30
+
+    /// A UTF-8 file's text; anything else is refused with the offset of the first bad byte.
+    static func read(_ path: String) throws(VFFNError) -> String {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw .badInput(path, "no such file") }
+        guard !isDir.boolValue else { throw .badInput(path, "is a directory; give a text file") }
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw .io(path, "cannot read") }
+        defer { try? handle.close() }
+        let data: Data
+        do { data = try handle.read(upToCount: maxBytes + 1) ?? Data() } catch { throw .io(path, "cannot read: \(error.localizedDescription)") }
+        guard data.count <= maxBytes else { throw .badInput(path, "is larger than \(maxBytes >> 20) MiB") }
+        guard let s = String(validating: data, as: UTF8.self) else {
+            var decoder = UTF8(), iterator = data.makeIterator(), offset = 0
+            loop: while true {
+                switch decoder.decode(&iterator) {
+                case let .scalarValue(c): offset += String(c).utf8.count
+                case .emptyInput: break loop
+                case .error: break loop
+                }
+            }
+            throw .badInput(path, "is not UTF-8 text (an invalid byte sequence at byte \(offset))")
+        }
+        return s
+    }
+
+    /// The ids of `text` by the tokenizer of `checkpoint`, cut to `positions` with a note.
+    static func tokenize(_ text: String, what: String, checkpoint: String, positions: Int?, addSpecialTokens: Bool = true,
+                         quiet: Bool = false) throws(VFFNError) -> [Int] {
+        let tokenizer = try Tokenizer.load(path: checkpoint)
+        var ids = tokenizer.encode(text, addSpecialTokens: addSpecialTokens)
+        if ids.isEmpty { throw .usage("\(what) gives no tokens") }
+        if let positions, ids.count > positions {
+            if !quiet { note("vffn-convert: note: \(what) is \(ids.count) tokens; the model covers \(positions) positions, so the first \(positions) are used") }
+            ids = Array(ids.prefix(positions))
+        }
+        return ids
     }
 }
 

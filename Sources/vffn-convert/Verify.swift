@@ -1,4 +1,6 @@
 import ArgumentParser
+import VFFNFormats
+import VFFNModels
 import VFFNSurgery
 
 struct Verify: ParsableCommand {
@@ -34,7 +36,10 @@ struct Verify: ParsableCommand {
         compute.apply()
         var passed = false
         try reportingErrors {
-            let report = try Verifier.verify(destination: checkpoint, source: source, probeTokens: tokens.ids(), seed: seed)
+            // Text is cut to the model's positions, which loading the model tells.
+            let positions = tokens.text != nil || tokens.textFile != nil ? try Architectures.load(Checkpoint(path: checkpoint)).maxTokens : nil
+            let probes = try tokens.ids(checkpoint: checkpoint, positions: positions, quiet: common.quiet || json)
+            let report = try Verifier.verify(destination: checkpoint, source: source, probeTokens: probes, seed: seed)
             if json { printJSON(report.json) } else if !common.quiet { print(report.table, terminator: "") }
             passed = report.passed
         }
