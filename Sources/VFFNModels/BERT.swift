@@ -71,6 +71,7 @@ public enum BERT: Architecture {
         public var vocabSize: Int { config.vocabSize }
         public var hiddenSize: Int { config.hiddenSize }
         public var maxTokens: Int? { config.maxPositions }
+        public var trainedPositions: Int? { config.maxPositions }
 
         public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
             try checkTokens(tokens)

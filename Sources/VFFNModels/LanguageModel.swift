@@ -28,6 +28,9 @@ public protocol LanguageModel: Sendable {
     var hiddenSize: Int { get }
     /// The longest sequence the model's positions cover (nil: no limit we enforce).
     var maxTokens: Int? { get }
+    /// The positions the model was trained on (max_position_embeddings): text is cut there. A
+    /// rotary model runs past them, so `maxTokens` does not enforce them.
+    var trainedPositions: Int? { get }
     /// The dense FFN sub-layer of every layer.
     var ffnSublayers: [FFNSublayer] { get }
     /// The VersatileFFN block of every layer, or nil for a dense checkpoint.

@@ -795,6 +795,7 @@ public enum Llama: Architecture {
         public var vocabSize: Int { config.vocabSize }
         public var hiddenSize: Int { config.hiddenSize }
         public var maxTokens: Int? { config.maxPositions }
+        public var trainedPositions: Int? { config.maxPositionEmbeddings }
 
         public func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult {
             try checkTokens(tokens)

@@ -98,7 +98,7 @@ struct Convert: ParsableCommand {
         var tokens: [Int]?
         if let calibration { tokens = try TokenIDs.read(calibration) }
         if let calibrationText {
-            let positions = try Architectures.load(Checkpoint(path: source)).maxTokens
+            let positions = try Architectures.load(Checkpoint(path: source)).trainedPositions
             tokens = try TextInput.tokenize(TextInput.read(calibrationText), what: calibrationText, checkpoint: source, positions: positions, quiet: common.quiet)
         }
         return GateOptions(split: split, routerInit: routerInit, depthInit: depthInit, calibrationTokens: tokens,

@@ -37,7 +37,7 @@ struct Run: ParsableCommand {
         removePartialOutputOnSignals()
         try reportingErrors {
             let model = try Architectures.load(Checkpoint(path: checkpoint))
-            let ids = try tokens.ids(checkpoint: checkpoint, positions: model.maxTokens, quiet: common.quiet) ?? []
+            let ids = try tokens.ids(checkpoint: checkpoint, positions: model.trainedPositions, quiet: common.quiet) ?? []
             let mode: FFNMode = dense || model.versatileLayers == nil ? .dense : .versatile()
             // Refused before the model runs: a run that cannot be written is not started.
             _ = try AtomicOutput(destination: out, kind: .file, force: write.force, inputs: [checkpoint], dryRun: true)

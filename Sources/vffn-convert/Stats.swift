@@ -30,7 +30,7 @@ struct Stats: ParsableCommand {
         try reportingErrors {
             let ckpt = try Checkpoint(path: checkpoint)
             let model = try Architectures.load(ckpt)
-            let ids = try tokens.ids(checkpoint: checkpoint, positions: model.maxTokens, quiet: common.quiet) ?? Verifier.defaultProbeTokens(vocabSize: model.vocabSize, seed: 0, count: min(32, model.maxTokens ?? 32))
+            let ids = try tokens.ids(checkpoint: checkpoint, positions: model.trainedPositions, quiet: common.quiet) ?? Verifier.defaultProbeTokens(vocabSize: model.vocabSize, seed: 0, count: min(32, model.maxTokens ?? 32))
             let stats = try Statistics.compute(model, tokens: ids, configPath: ckpt.configPath)
             if json {
                 let mean = stats.isEmpty ? 0 : stats.map(\.energyCaptured).reduce(0, +) / Double(stats.count)

@@ -37,7 +37,7 @@ struct Verify: ParsableCommand {
         var passed = false
         try reportingErrors {
             // Text is cut to the model's positions, which loading the model tells.
-            let positions = tokens.text != nil || tokens.textFile != nil ? try Architectures.load(Checkpoint(path: checkpoint)).maxTokens : nil
+            let positions = tokens.text != nil || tokens.textFile != nil ? try Architectures.load(Checkpoint(path: checkpoint)).trainedPositions : nil
             let probes = try tokens.ids(checkpoint: checkpoint, positions: positions, quiet: common.quiet || json)
             let report = try Verifier.verify(destination: checkpoint, source: source, probeTokens: probes, seed: seed)
             if json { printJSON(report.json) } else if !common.quiet { print(report.table, terminator: "") }
