@@ -117,6 +117,8 @@ public struct Linear: Sendable {
     /// each block is one sgemm, which packs the activations again, so blocks of a few hundred rows
     /// spent a tenth of the forward on that; 1, 4 and 16 Mi floats measured, 4 the fastest.
     static let decodeBlock = 1 << 22
+    /// The outputs one sgemm call computes (see `callAsFunction`).
+    static let sgemmOutputs = 256
 
     public var outFeatures: Int { outputs.count }
     public var inFeatures: Int { inputs.count }
@@ -305,23 +307,36 @@ public struct Linear: Sendable {
                         }
                         return
                     }
-                    // A transposed (Conv1D) product sums over blocks of input rows: sized by the
-                    // whole product's width, the same blocks whatever the split. Either way the
-                    // parts' blocks add up to one `decodeBlock`, however many threads there are.
-                    let blockRows = max(1, transposed ? Self.decodeBlock / n : Self.decodeBlock / parts / inFeatures)
-                    ComputeThreads.forEachPart(of: n, parts: parts) { part in
+                    // OpenBLAS computes a column at the edge of a call, or in a call small enough
+                    // for its small-matrix kernels, with other roundings (measured on AVX-512):
+                    // every sgemm covers one fixed, globally aligned chunk of outputs, so each
+                    // output is summed the same way whatever the threads. A transposed (Conv1D)
+                    // product also sums over blocks of input rows, sized by the product's width,
+                    // the same blocks whatever the split.
+                    let chunk = Self.sgemmOutputs
+                    let chunks = (n + chunk - 1) / chunk
+                    let blockRows = transposed ? max(1, Self.decodeBlock / n)
+                        : max(1, Self.decodeBlock / max(1, min(parts, chunks)) / max(1, inFeatures) / chunk) * chunk
+                    ComputeThreads.forEachPart(of: chunks, parts: min(parts, chunks)) { chunkRange in
+                        let part = chunkRange.lowerBound * chunk..<min(chunkRange.upperBound * chunk, n)
                         outputPart(part).withStoredBlocks(blockRows: blockRows) { w, ld, first, count in
                             if transposed {
                                 // A block of input rows: its share of this part's outputs, accumulated.
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
-                                            Int32(T), Int32(part.count), Int32(count),
-                                            1, xBase + first, Int32(x.cols), w, Int32(ld),
-                                            first == 0 ? 0 : 1, yBase + part.lowerBound, Int32(n))
+                                for c in stride(from: 0, to: part.count, by: chunk) {
+                                    let width = min(chunk, part.count - c)
+                                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+                                                Int32(T), Int32(width), Int32(count),
+                                                1, xBase + first, Int32(x.cols), w + c, Int32(ld),
+                                                first == 0 ? 0 : 1, yBase + part.lowerBound + c, Int32(n))
+                                }
                             } else {
-                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                                            Int32(T), Int32(count), Int32(inFeatures),
-                                            1, xBase, Int32(x.cols), w, Int32(ld),
-                                            0, yBase + part.lowerBound + first, Int32(n))
+                                for c in stride(from: 0, to: count, by: chunk) {
+                                    let rows = min(chunk, count - c)
+                                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
+                                                Int32(T), Int32(rows), Int32(inFeatures),
+                                                1, xBase, Int32(x.cols), w + c * ld, Int32(ld),
+                                                0, yBase + part.lowerBound + first + c, Int32(n))
+                                }
                             }
                         }
                     }

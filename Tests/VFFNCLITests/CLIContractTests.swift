@@ -168,8 +168,8 @@ import VFFNFormats
             (["run", llama, "--tokens", "1,256", "--out", "x.npy"], "token id 256 is outside the vocabulary [0, 256)"),
             (["run", llama, "--tokens", "-3", "--out", "x.npy"], "--tokens: token 1 is \"-3\""),
             (["run", llama, "--tokens", "", "--out", "x.npy"], "--tokens: no token ids"),
-            (["run", llama, "--out", "x.npy"], "give the token ids to run"),
-            (["verify", llama, "--tokens", "1,2", "--tokens-file", "t"], "give --tokens or --tokens-file, not both"),
+            (["run", llama, "--out", "x.npy"], "give what to run: --tokens 5,17,42, --tokens-file FILE, --text S or --text-file FILE"),
+            (["verify", llama, "--tokens", "1,2", "--tokens-file", "t"], "give one of --tokens, --tokens-file, --text and --text-file, not --tokens and --tokens-file"),
         ] as [([String], String)] {
             expectError(try cli(args, in: dir), 64, message)
         }
@@ -233,7 +233,7 @@ import VFFNFormats
 
     @Test func oneErrorContract() throws {
         expectError(try cli(["conver", llama, "x"]), 64, "unknown command 'conver'; did you mean 'convert'?")
-        expectError(try cli(["frobnicate"]), 64, "unknown command 'frobnicate'; the commands are convert, verify, run, inspect, stats, pack, unpack")
+        expectError(try cli(["frobnicate"]), 64, "unknown command 'frobnicate'; the commands are convert, verify, run, stats, tokenize, inspect, pack, unpack")
         expectError(try cli(["convert", llama]), 64, "missing expected argument '<destination>' (see: vffn-convert help convert)")
         expectError(try cli(["inspect", llama, "--bogus"]), 64, "unknown option '--bogus' (see: vffn-convert help inspect)")
         expectError(try cli(["convert", llama + "/config.json", "x"]), 65, "config.json: is a JSON file, not a checkpoint; pass the directory that holds it")

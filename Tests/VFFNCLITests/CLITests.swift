@@ -218,7 +218,7 @@ import VFFNFormats
         let table = try run(["stats", dir + "/dst"])
         #expect(table.stdout.contains("mean energy captured:"))
         let bad = try run(["convert", Fixtures.path("llama-gqa-sharded"), dir + "/bad", "--depth-target", "0.5,0.5"])
-        #expect(bad.status == 64 && bad.stderr.contains("--calibration and --depth-target apply only to --depth-init calibrated"))
+        #expect(bad.status == 64 && bad.stderr.contains("--calibration, --calibration-text and --depth-target apply only to --depth-init calibrated"))
         writeFile(dir + "/junk.txt", "1 2 three")
         let junk = try run(["convert", Fixtures.path("llama-gqa-sharded"), dir + "/bad", "--depth-init", "calibrated", "--calibration", dir + "/junk.txt"])
         #expect(junk.status == 65 && junk.stderr.contains("junk.txt: token 3 is \"three\"; token ids are non-negative integers"), "\(junk.stderr)")
