@@ -60,6 +60,7 @@ test-distributed: build interop-venv
 bench: build
 	bench/run.sh
 	bench/memory.sh
+	bench/tokenize.sh
 
 # The whole test suite, and the executable it drives, built with AddressSanitizer.
 test-asan: deps
