@@ -47,12 +47,15 @@ enum GGUFTokenizer {
 
         switch kind {
         case "gpt2":
-            let pre: String
-            if case let .string(p)? = gguf.values["tokenizer.ggml.pre"] { pre = p } else { pre = "gpt-2" }
+            // Without the key (GGUFs written before llama.cpp recorded it) or with "default", the
+            // split rule of the original tokenizer is unknown: refused, not guessed.
+            guard case let .string(pre)? = gguf.values["tokenizer.ggml.pre"], pre != "default" else {
+                throw .badInput(path, "its gpt2 tokenizer names no pre-tokenizer (tokenizer.ggml.pre is missing or \"default\"), so how it splits text is unknown; tokenize with the model's tokenizer.json instead")
+            }
             let preTokenizer: PreTokenizer, ignoreMerges: Bool
             var normalizer: Normalizer? = nil
             switch pre {
-            case "gpt-2", "gpt2", "olmo", "default":
+            case "gpt-2", "gpt2", "olmo":
                 preTokenizer = .byteLevel(addPrefixSpace: false, useRegex: true); ignoreMerges = false
             case "llama-bpe", "llama3", "dbrx", "smaug-bpe":
                 preTokenizer = .sequence([.split(.scanner(RegexScanner(.cl100k(maxDigits: 3))), .isolated, invert: false),

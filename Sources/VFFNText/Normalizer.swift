@@ -84,6 +84,7 @@ indirect enum Normalizer {
     case prepend(Scalars)
     case replace(TextPattern, Scalars)
     case strip(left: Bool, right: Bool)
+    case byteLevel
     case sequence([Normalizer])
 
     static func parse(_ json: JSON) throws(VFFNError) -> Normalizer? {
@@ -109,12 +110,13 @@ indirect enum Normalizer {
                             Array((json["content"]?.stringValue ?? "").unicodeScalars))
         case "Strip":
             return .strip(left: json["strip_left"]?.boolValue ?? false, right: json["strip_right"]?.boolValue ?? false)
+        case "ByteLevel": return .byteLevel
         case "Sequence":
             var parts: [Normalizer] = []
             for n in json["normalizers"]?.arrayValue ?? [] { if let p = try parse(n) { parts.append(p) } }
             return .sequence(parts)
         default:
-            throw .badInput(nil, "normalizer \(type) is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, BertNormalizer, Prepend, Replace, Strip, Sequence)")
+            throw .badInput(nil, "normalizer \(type) is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, BertNormalizer, Prepend, Replace, Strip, ByteLevel, Sequence)")
         }
     }
 
@@ -157,6 +159,7 @@ indirect enum Normalizer {
             if left { while lo < hi, CharacterClass.isWhitespace(s[lo]) { lo += 1 } }
             if right { while hi > lo, CharacterClass.isWhitespace(s[hi - 1]) { hi -= 1 } }
             return Array(s[lo..<hi])
+        case .byteLevel: return ByteLevel.encode(s[...])
         case let .sequence(parts):
             return parts.reduce(s) { $1.apply($0) }
         }

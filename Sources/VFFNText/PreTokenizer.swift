@@ -62,6 +62,7 @@ indirect enum PreTokenizer {
     case whitespace
     case whitespaceSplit
     case punctuation(SplitBehavior)
+    case characterDelimiter(Unicode.Scalar)
     case sequence([PreTokenizer])
 
     static func parse(_ json: JSON) throws(VFFNError) -> PreTokenizer? {
@@ -91,12 +92,15 @@ indirect enum PreTokenizer {
         case "Whitespace": return .whitespace
         case "WhitespaceSplit": return .whitespaceSplit
         case "Punctuation": return .punctuation(try SplitBehavior.parse(json["behavior"], default: .isolated))
+        case "CharDelimiterSplit":
+            guard let d = json["delimiter"]?.stringValue, d.unicodeScalars.count == 1 else { throw .badInput(nil, "CharDelimiterSplit needs a one-character delimiter") }
+            return .characterDelimiter(d.unicodeScalars.first!)
         case "Sequence":
             var parts: [PreTokenizer] = []
             for p in json["pretokenizers"]?.arrayValue ?? [] { if let x = try parse(p) { parts.append(x) } }
             return .sequence(parts)
         default:
-            throw .badInput(nil, "pre-tokenizer \(type) is not supported (supported: ByteLevel, Split, Metaspace, Digits, BertPreTokenizer, Whitespace, WhitespaceSplit, Punctuation, Sequence)")
+            throw .badInput(nil, "pre-tokenizer \(type) is not supported (supported: ByteLevel, Split, Metaspace, Digits, BertPreTokenizer, Whitespace, WhitespaceSplit, Punctuation, CharDelimiterSplit, Sequence)")
         }
     }
 
@@ -185,6 +189,8 @@ indirect enum PreTokenizer {
             Self.emit(piece, SplitBehavior.removed.apply(Self.cover(piece.text, CharacterClass.isWhitespace)), into: &out)
         case let .punctuation(behavior):
             Self.emit(piece, behavior.apply(Self.cover(piece.text, CharacterClass.isBertPunctuation)), into: &out)
+        case let .characterDelimiter(d):
+            Self.emit(piece, SplitBehavior.removed.apply(Self.cover(piece.text) { $0 == d }), into: &out)
         case .sequence:
             out.append(contentsOf: apply([piece]))
         }
@@ -221,7 +227,7 @@ enum ByteLevel {
             if c.value < 0x80 {
                 out.append(byteToScalar[Int(c.value)])
             } else {
-                for b in String(Character(c)).utf8 { out.append(byteToScalar[Int(b)]) }
+                UTF8.encode(c) { out.append(byteToScalar[Int($0)]) }
             }
         }
         return out
