@@ -86,21 +86,23 @@ test-real: deps
 # libFuzzer on every binary parser: each target in Fuzz/ is compiled with the VFFNFormats sources
 # under -sanitize=fuzzer,address and run for FUZZ_SECONDS, starting from the fixtures. Corpora
 # grow in .build/fuzz/corpus-*; crashes land in .build/fuzz/artifacts/.
-FUZZ_TARGETS := json safetensors gguf torch pickle vffn
+FUZZ_TARGETS := json safetensors gguf torch pickle vffn tokenizer
 FUZZ_SECONDS ?= 60
 FUZZ_JOBS ?= 2
 
 fuzz: deps
 	@mkdir -p .build/fuzz/artifacts
 	@# Built from a snapshot of the sources, so editing them meanwhile changes nothing.
-	@rm -rf .build/fuzz/src && mkdir -p .build/fuzz/src/targets .build/fuzz/csystem && cp Sources/VFFNFormats/*.swift Fuzz/Support.swift .build/fuzz/src/ \
+	@rm -rf .build/fuzz/src && mkdir -p .build/fuzz/src/targets .build/fuzz/csystem && cp Sources/VFFNFormats/*.swift Sources/VFFNText/*.swift Fuzz/Support.swift .build/fuzz/src/ \
 	  && cp Fuzz/*.swift .build/fuzz/src/targets/ && rm .build/fuzz/src/targets/Support.swift
 	@cp Sources/CSystem/include/csystem.h .build/fuzz/csystem/ && printf 'module CSystem {\n  header "csystem.h"\n  export *\n}\n' > .build/fuzz/csystem/module.modulemap \
 	  && clang -O2 -fsanitize=address -c Sources/CSystem/csystem.c -I Sources/CSystem/include -o .build/fuzz/csystem.o
+	@mkdir -p .build/fuzz/ckernels && cp Sources/CKernels/include/ckernels.h .build/fuzz/ckernels/ && printf 'module CKernels {\n  header "ckernels.h"\n  export *\n}\n' > .build/fuzz/ckernels/module.modulemap \
+	  && clang -O2 -fsanitize=address -c Sources/CKernels/ckernels.c -I Sources/CKernels/include -o .build/fuzz/ckernels.o
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "building fuzz target $$t"; rm -f .build/fuzz/$$t; \
-	  swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name VFFNFormats -I Sources/CZlib -I Sources/CJSONC -I .build/fuzz/csystem \
-	    .build/fuzz/src/*.swift .build/fuzz/src/targets/$$t.swift .build/fuzz/csystem.o -lz -ljson-c -o .build/fuzz/$$t 2>&1 | grep -v "ld.gold: warning" || true; \
+	  swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name VFFNFormats -I Sources/CZlib -I Sources/CJSONC -I .build/fuzz/csystem -I .build/fuzz/ckernels \
+	    .build/fuzz/src/*.swift .build/fuzz/src/targets/$$t.swift .build/fuzz/csystem.o .build/fuzz/ckernels.o -lz -ljson-c -o .build/fuzz/$$t 2>&1 | grep -v "ld.gold: warning" || true; \
 	  test -x .build/fuzz/$$t || exit 1; \
 	  mkdir -p .build/fuzz/corpus-$$t; \
 	done
@@ -110,8 +112,9 @@ fuzz: deps
 	for f in fixtures/*/*.bin; do cp $$f .build/fuzz/corpus-torch/$$(echo $$f | tr / _); done; \
 	python3 -c 'import sys, zipfile; [open(".build/fuzz/corpus-pickle/" + f.replace("/", "_") + ".pkl", "wb").write(zipfile.ZipFile(f).read(next(n for n in zipfile.ZipFile(f).namelist() if n.endswith("data.pkl")))) for f in sys.argv[1:]]' fixtures/*/*.bin; \
 	cp fixtures/vffn/*.vffn .build/fuzz/corpus-vffn/; \
+	python3 -c 'import sys; [open(".build/fuzz/corpus-tokenizer/line-%d" % i, "wb").write(l) for i, l in enumerate(open(sys.argv[1], "rb").read().split(b"\n"))]' fixtures/tokenizers/corpus.txt; \
 	for t in $(FUZZ_TARGETS); do cp Fuzz/regressions/$$t-* .build/fuzz/corpus-$$t/ 2>/dev/null || true; done
-	@printf '%s\n' $(FUZZ_TARGETS) | xargs -P $(FUZZ_JOBS) -I{} sh -c \
+	@printf '%s\n' $(FUZZ_TARGETS) | LSAN_OPTIONS=suppressions=$(CURDIR)/Fuzz/lsan.supp xargs -P $(FUZZ_JOBS) -I{} sh -c \
 	  '.build/fuzz/{} .build/fuzz/corpus-{} -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -max_len=1048576 \
 	     -artifact_prefix=.build/fuzz/artifacts/{}- -print_final_stats=1 > .build/fuzz/{}.log 2>&1; \
 	   echo "fuzz {}: exit $$?, $$(grep -c . .build/fuzz/{}.log) log lines, $$(ls .build/fuzz/corpus-{} | wc -l) corpus files"'

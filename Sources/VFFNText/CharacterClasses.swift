@@ -5,7 +5,7 @@
 /// the rest asks the scalar's Unicode properties.
 ///
 /// Those libraries carry Unicode tables of their own, older than Swift's (Unicode 17): measured
-/// against `tokenizers` 0.22 (every scalar of every Unicode version tried), Oniguruma and Rust's
+/// against `tokenizers` 0.23 (every scalar of every Unicode version tried), Oniguruma and Rust's
 /// `char` know Unicode 16, `unicode-normalization-alignments` (normalization forms, combining
 /// marks) knows 9.0, `unicode_categories` (BERT's punctuation, controls and accents) 8.0. A scalar
 /// assigned later is, to them, unassigned: no letter, no punctuation, no decomposition.
@@ -99,7 +99,7 @@ enum CharacterClass {
     static func isChineseCharacter(_ c: Unicode.Scalar) -> Bool {
         switch c.value {
         case 0x4E00...0x9FFF, 0x3400...0x4DBF, 0x20000...0x2A6DF, 0x2A700...0x2B73F, 0x2B740...0x2B81F,
-             0x2B820...0x2CEAF, 0xF900...0xFAFF, 0x2F800...0x2FA1F: return true
+             0x2B920...0x2CEAF, 0xF900...0xFAFF, 0x2F800...0x2FA1F: return true
         default: return false
         }
     }

@@ -82,8 +82,7 @@ enum GGUFTokenizer {
                       let m = vocabulary[ExactString(String(parts[0]) + String(parts[1]))] else {
                     throw .badInput(path, "tokenizer.ggml.merges entry \(rank) \"\(s)\" does not join two tokens into a third")
                 }
-                let key = UInt64(a) << 32 | UInt64(b)
-                if merges[key] == nil { merges[key] = (Int32(rank), Int32(m)) }
+                merges[UInt64(a) << 32 | UInt64(b)] = (Int32(rank), Int32(m))
             }
             let bpe = try BPE(vocabulary: vocabulary, merges: merges, unknown: nil, fuseUnknown: false, byteFallback: false,
                               ignoreMerges: ignoreMerges, continuingPrefix: nil, endOfWordSuffix: nil)

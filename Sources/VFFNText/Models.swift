@@ -51,12 +51,9 @@ final class BPE {
          byteFallback: Bool, ignoreMerges: Bool, continuingPrefix: String?, endOfWordSuffix: String?) throws(VFFNError) {
         self.vocabulary = vocabulary
         self.merges = merges
-        if let unknown {
-            guard let id = vocabulary[ExactString(unknown)] else { throw .badInput(nil, "BPE unk_token \"\(unknown)\" is not in the vocabulary") }
-            self.unknown = id
-        } else {
-            self.unknown = nil
-        }
+        // An unk_token missing from the vocabulary is an error in `tokenizers` only when a word
+        // needs it; such a word's unknown scalars are left out here.
+        self.unknown = unknown.flatMap { vocabulary[ExactString($0)] }
         self.fuseUnknown = fuseUnknown
         self.byteFallback = byteFallback
         self.ignoreMerges = ignoreMerges
@@ -71,12 +68,18 @@ final class BPE {
     }
 
     /// Reads tokenizer.json's `model` object.
+    static func optionalString(_ json: JSON, _ key: String) -> String? { json[key].flatMap { $0.isNull ? nil : $0.stringValue } }
+
     static func parse(_ json: JSON, vocabulary: [ExactString: Int]) throws(VFFNError) -> BPE {
         var merges: [UInt64: (rank: Int32, id: Int32)] = [:]
         let list = json["merges"]?.arrayValue ?? []
         merges.reserveCapacity(list.count)
-        for (rank, m) in list.enumerated() {
+        let prefixBytes = Self.optionalString(json, "continuing_subword_prefix")?.utf8.count ?? 0
+        var rank = 0
+        for m in list {
             let a: String, b: String
+            // Merges files of old tokenizers begin with a "#version" line, which `tokenizers` skips.
+            if let s = m.stringValue, s.hasPrefix("#version") { continue }
             if let s = m.stringValue {
                 let parts = s.split(separator: " ", omittingEmptySubsequences: false)
                 guard parts.count == 2 else { throw .badInput(nil, "BPE merge \(rank) \"\(s)\" is not two tokens separated by one space") }
@@ -87,11 +90,14 @@ final class BPE {
                 throw .badInput(nil, "BPE merge \(rank) is neither \"a b\" nor [\"a\", \"b\"]")
             }
             guard let ia = vocabulary[ExactString(a)], let ib = vocabulary[ExactString(b)] else { throw .badInput(nil, "BPE merge \(rank) (\(a) \(b)) names a token missing from the vocabulary") }
-            guard let merged = vocabulary[ExactString(a + b)] else { throw .badInput(nil, "BPE merge \(rank) makes \(a + b), which is missing from the vocabulary") }
-            let key = UInt64(ia) << 32 | UInt64(ib)
-            if merges[key] == nil { merges[key] = (Int32(rank), Int32(merged)) }
+            // The merged token drops the continuing prefix's bytes from the second half, as there.
+            let joined = a + String(decoding: b.utf8.dropFirst(prefixBytes), as: UTF8.self)
+            guard let merged = vocabulary[ExactString(joined)] else { throw .badInput(nil, "BPE merge \(rank) makes \(joined), which is missing from the vocabulary") }
+            // A repeated merge takes its last rank, as `tokenizers`' map does.
+            merges[UInt64(ia) << 32 | UInt64(ib)] = (Int32(rank), Int32(merged))
+            rank += 1
         }
-        func optionalString(_ key: String) -> String? { json[key].flatMap { $0.isNull ? nil : $0.stringValue } }
+        func optionalString(_ key: String) -> String? { Self.optionalString(json, key) }
         if let dropout = json["dropout"]?.doubleValue, dropout > 0 {
             throw .badInput(nil, "BPE dropout \(dropout) makes tokenization random; set it to null to tokenize reproducibly")
         }
@@ -160,26 +166,27 @@ final class BPE {
 /// unknown token.
 final class WordPiece {
     let vocabulary: [ExactString: Int]
-    let unknown: Int
+    /// Nil when unk_token is missing from the vocabulary: `tokenizers` fails only on a word that
+    /// needs it, which is left out here.
+    let unknown: Int?
     let prefix: String
     let maxCharacters: Int
 
-    init(vocabulary: [ExactString: Int], unknown: String, prefix: String, maxCharacters: Int) throws(VFFNError) {
-        guard let id = vocabulary[ExactString(unknown)] else { throw .badInput(nil, "WordPiece unk_token \"\(unknown)\" is not in the vocabulary") }
+    init(vocabulary: [ExactString: Int], unknown: String, prefix: String, maxCharacters: Int) {
         self.vocabulary = vocabulary
-        self.unknown = id
+        self.unknown = vocabulary[ExactString(unknown)]
         self.prefix = prefix
         self.maxCharacters = maxCharacters
     }
 
-    static func parse(_ json: JSON, vocabulary: [ExactString: Int]) throws(VFFNError) -> WordPiece {
-        try WordPiece(vocabulary: vocabulary, unknown: json["unk_token"]?.stringValue ?? "[UNK]",
+    static func parse(_ json: JSON, vocabulary: [ExactString: Int]) -> WordPiece {
+        WordPiece(vocabulary: vocabulary, unknown: json["unk_token"]?.stringValue ?? "[UNK]",
                       prefix: json["continuing_subword_prefix"]?.stringValue ?? "##",
                       maxCharacters: json["max_input_chars_per_word"]?.intValue ?? 100)
     }
 
     func tokenize(_ word: Scalars, into ids: inout [Int]) {
-        if word.count > maxCharacters { ids.append(unknown); return }
+        if word.count > maxCharacters { if let unknown { ids.append(unknown) }; return }
         var pieces: [Int] = [], start = 0
         while start < word.count {
             var end = word.count, found: Int? = nil
@@ -189,7 +196,7 @@ final class WordPiece {
                 if let id = vocabulary[ExactString(s)] { found = id; break }
                 end -= 1
             }
-            guard let id = found else { ids.append(unknown); return }
+            guard let id = found else { if let unknown { ids.append(unknown) }; return }
             pieces.append(id)
             start = end
         }

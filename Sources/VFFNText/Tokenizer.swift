@@ -44,12 +44,15 @@ public final class Tokenizer {
             if id >= table.count { table += Array(repeating: nil, count: id + 1 - table.count) }
             table[id] = token.string
         }
+        // A normalized added token decodes to its normalized form, and is skipped as special only
+        // if that text is a special token's content (`tokenizers`' simple_id_to_token).
         for t in addedTokens where t.id >= 0 {
             if t.id >= table.count { table += Array(repeating: nil, count: t.id + 1 - table.count) }
-            table[t.id] = t.content
+            table[t.id] = t.normalized && normalizer != nil ? String(scalars: normalizer!.apply(Array(t.content.unicodeScalars))) : t.content
         }
         idToToken = table
-        specialIds = Set(addedTokens.filter(\.special).map(\.id))
+        let specialContents = Set(addedTokens.filter(\.special).map { ExactString($0.content) })
+        specialIds = Set(addedTokens.compactMap { t in table[t.id].map { specialContents.contains(ExactString($0)) } == true ? t.id : nil })
     }
 
     /// The number of ids: the largest id plus one.
@@ -120,24 +123,37 @@ public final class Tokenizer {
         } else if m["vocab"]?.arrayValue != nil {
             throw .badInput(nil, "tokenizer model \(m["type"]?.stringValue ?? "") with a list vocabulary (Unigram) is not supported (BPE and WordPiece are)")
         }
-        let type = m["type"]?.stringValue ?? (m["merges"] != nil ? "BPE" : "WordPiece")
+        // Without a type, `tokenizers` tries BPE, then WordPiece (all four of its fields), then WordLevel.
+        let wordPieceFields = ["unk_token", "continuing_subword_prefix", "max_input_chars_per_word", "vocab"].allSatisfy { m[$0] != nil }
+        let type = m["type"]?.stringValue ?? (m["merges"] != nil ? "BPE" : wordPieceFields ? "WordPiece" : "WordLevel")
         let model: TokenizerModel
         switch type {
         case "BPE": model = .bpe(try BPE.parse(m, vocabulary: vocabulary))
-        case "WordPiece": model = .wordPiece(try WordPiece.parse(m, vocabulary: vocabulary))
+        case "WordPiece": model = .wordPiece(WordPiece.parse(m, vocabulary: vocabulary))
         default: throw .badInput(nil, "tokenizer model \(type) is not supported (BPE and WordPiece are)")
         }
+        // The ids `tokenizers` gives added tokens, whatever their "id" says: a repeated content
+        // keeps its id (with the last entry's flags), a vocabulary entry's is its id there, and the
+        // others are numbered on from the vocabulary's size, in order. Empty contents are skipped.
         var added: [AddedToken] = []
-        for t in json["added_tokens"]?.arrayValue ?? [] {
-            guard let id = t["id"]?.intValue, let content = t["content"]?.stringValue, !content.isEmpty else {
-                throw .badInput(nil, "added token without an id or content")
-            }
+        var byContent: [ExactString: Int] = [:]
+        var next = vocabulary.count
+        func add(_ t: JSON) {
+            guard let content = t["content"]?.stringValue, !content.isEmpty else { return }
+            let key = ExactString(content)
+            if let i = byContent[key] { added[i] = AddedToken(t, id: added[i].id); return }
+            let id: Int
+            if let v = vocabulary[key] { id = v } else { id = next; next += 1 }
+            byContent[key] = added.count
             added.append(AddedToken(t, id: id))
         }
+        for t in json["added_tokens"]?.arrayValue ?? [] { add(t) }
         // transformers adds the tokens tokenizer_config.json declares and tokenizer.json lacks.
-        let known = Set(added.map(\.id))
+        let declared = Set(added.map(\.id))
         for (key, t) in config?["added_tokens_decoder"]?.objectMembers ?? [] {
-            guard let id = Int(key), !known.contains(id), let content = t["content"]?.stringValue, !content.isEmpty else { continue }
+            guard let id = Int(key), !declared.contains(id), let content = t["content"]?.stringValue, !content.isEmpty,
+                  byContent[ExactString(content)] == nil else { continue }
+            byContent[ExactString(content)] = added.count
             added.append(AddedToken(t, id: id))
         }
         try self.init(source: source, normalizer: json["normalizer"].map(Normalizer.parse) ?? nil,
