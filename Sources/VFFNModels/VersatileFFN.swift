@@ -101,6 +101,8 @@ public struct RoutingStats: Equatable, Sendable {
     public var depthCounts: [Int]
     /// Times each sub-expert was among a token's top-k.
     public var expertLoad: [Int]
+    /// Each token's chosen loop count, in token order.
+    public var tokenDepths: [Int] = []
 }
 
 /// How the FFN sub-layers run in a forward pass.
@@ -192,6 +194,7 @@ public struct VersatileFFNLayer: Sendable {
         // Depth path: loop l runs only on the tokens that chose at least l loops.
         let loops = (0..<T).map { Self.depth(depthLogits.row($0), limit: D) }
         for L in loops { stats.depthCounts[L - 1] += 1 }
+        stats.tokenDepths = loops
         var current = sublayer.combine(x, ffn.project(activations, neurons: 0..<ffn.intermediateSize))
         var active = Array(0..<T)
         for l in stride(from: 2, through: loops.max() ?? 1, by: 1) {

@@ -37,12 +37,16 @@ public enum Statistics {
 
     static func energyCaptured(_ layer: VersatileFFNLayer, x: Matrix) -> Double {
         let f = layer.sublayer.ffn, n = layer.numExperts, d = x.cols
-        let h = layer.sublayer.ffnInput(x)
-        let dense = f(h)
+        // The activations once: each slice's output is its columns' share of the projection,
+        // as the width path computes it (an FFN's cost, not two).
+        let a = f.activations(layer.sublayer.ffnInput(x))
+        let dense = f.project(a, neurons: 0..<f.intermediateSize)
         let bias = f.outputBias ?? [Float](repeating: 0, count: d)
+        let width = f.intermediateSize / n, rows = Array(0..<x.rows)
         // Each slice's own contribution, without the shared output bias.
         let slices = (0..<n).map { e -> Matrix in
-            var y = f.subExpert(e, of: n)(h)
+            let neurons = e * width..<(e + 1) * width
+            var y = f.project(a.gather(rows, columns: neurons), neurons: neurons)
             for t in 0..<y.rows { for c in 0..<d { y.data[t * d + c] -= bias[c] } }
             return y
         }

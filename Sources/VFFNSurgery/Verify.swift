@@ -28,6 +28,8 @@ public struct VerificationReport: Sendable {
     public let probeTokens: [Int]
     public let checks: [Check]
     public let layers: [Layer]
+    /// How far the converted model starts from the dense one on the probe tokens.
+    public let start: StartQuality
 
     public var passed: Bool { checks.allSatisfy(\.passed) && layers.allSatisfy(\.passed) }
 }
@@ -61,7 +63,10 @@ public enum Verifier {
                      detail: "\(tokens.count) calibration tokens, target \(target.map { String(format: "%.2f", $0) }.joined(separator: " ")); per layer \(histograms.joined(separator: " | ")); largest deviation \(String(format: "%.3f", worst))")
     }
 
-    public static func verify(destination: String, source: String? = nil, probeTokens: [Int]? = nil, seed: UInt64 = 0) throws(VFFNError) -> VerificationReport {
+    /// `maxKL`: fail when the mean KL(dense || VersatileFFN) of the next-token distributions on
+    /// the probe tokens exceeds it (causal LMs only).
+    public static func verify(destination: String, source: String? = nil, probeTokens: [Int]? = nil, seed: UInt64 = 0,
+                              maxKL: Double? = nil) throws(VFFNError) -> VerificationReport {
         let dst = try Checkpoint(path: destination)
         guard let settings = try VersatileFFNSettings.read(from: dst.config, path: destination + "/config.json") else {
             throw .badInput(destination + "/config.json", "has no \"versatile_ffn\" section; not a converted checkpoint")
@@ -84,7 +89,7 @@ public enum Verifier {
         }
         do throws(VFFNError) {
             return try forwardChecks(dst, settings: settings, section: section, permuted: permuted, sourceCheckpoint: sourceCheckpoint,
-                                     probeTokens: probeTokens, seed: seed, identical: identical)
+                                     probeTokens: probeTokens, seed: seed, maxKL: maxKL, identical: identical)
         } catch {
             // The comparison started first: its error is the one a sequential verify would give.
             if case let .failure(comparison)? = identical.wait() { throw comparison }
@@ -94,11 +99,14 @@ public enum Verifier {
 
     /// Everything of `verify` after the byte comparison started; it is waited for at the end.
     static func forwardChecks(_ dst: Checkpoint, settings: VersatileFFNSettings, section: JSON, permuted: Bool, sourceCheckpoint: Checkpoint?,
-                              probeTokens: [Int]?, seed: UInt64,
+                              probeTokens: [Int]?, seed: UInt64, maxKL: Double?,
                               identical: BackgroundResult<Result<VerificationReport.Check, VFFNError>>) throws(VFFNError) -> VerificationReport {
         var checks: [VerificationReport.Check] = []
         let model = try Architectures.load(dst)
         guard let versatile = model.versatileLayers else { preconditionFailure("settings read but no gates loaded") }
+        if maxKL != nil && model.outputKind != .logits {
+            throw .usage("--max-kl compares next-token distributions; \(model.modelType) returns hidden states (its start distance is a cosine, which verify prints)")
+        }
         let gatesFinite = versatile.allSatisfy { $0.expertGate.isFinite && $0.depthPredictor.isFinite }
         checks.append(.init(name: "gates finite", passed: gatesFinite,
                             detail: gatesFinite ? "every expert_gate and depth_predictor value is finite" : "a gate tensor holds NaN or Inf"))
@@ -132,6 +140,9 @@ public enum Verifier {
         checks.append(.init(name: "VersatileFFN forward finite", passed: fullFinite,
                             detail: fullFinite ? "\(model.outputKind.rawValue) finite, max |value| \(format(full.output.maxAbs))" : "VersatileFFN forward produced NaN or Inf"))
 
+        let start = StartQuality.compare(dense: dense, versatile: full, tokens: tokens, kind: model.outputKind)
+        checks.append(startCheck(start, maxKL: maxKL))
+
         var rng = Xoshiro256StarStar(seed: seed, stream: 0xFFFF)
         var layers: [VerificationReport.Layer] = []
         for (i, sub) in model.ffnSublayers.enumerated() {
@@ -146,7 +157,21 @@ public enum Verifier {
         }
         if let result = identical.wait() { checks.insert(try result.get(), at: 0) }
         let bias = model.ffnSublayers.first?.ffn.outputBias != nil
-        return VerificationReport(settings: settings, hasOutputBias: bias, probeTokens: tokens, checks: checks, layers: layers)
+        return VerificationReport(settings: settings, hasOutputBias: bias, probeTokens: tokens, checks: checks, layers: layers, start: start)
+    }
+
+    /// The logits-level distance from the dense model: information unless `maxKL` sets a bound.
+    static func startCheck(_ s: StartQuality, maxKL: Double?) -> VerificationReport.Check {
+        func f(_ x: Double) -> String { String(format: "%.4g", x) }
+        if let kl = s.kl {
+            var detail = "KL(dense || VersatileFFN) per token mean \(f(kl.mean)), median \(f(kl.median)), p99 \(f(kl.p99)) nats; top-1 agreement \(f(s.top1Agreement ?? 0))"
+            if let a = s.denseCrossEntropy, let b = s.versatileCrossEntropy { detail += "; next-token cross-entropy \(f(a)) -> \(f(b))" }
+            detail += maxKL.map { kl.mean <= $0 ? " (at most --max-kl \(f($0)))" : " (above --max-kl \(f($0)))" } ?? " (no bound: --max-kl X fails above X)"
+            return .init(name: "start distance", passed: maxKL.map { kl.mean <= $0 } ?? true, detail: detail)
+        }
+        let c = s.tokenCosine
+        return .init(name: "start distance", passed: true,
+                     detail: "cosine of last hidden states per token mean \(f(c?.mean ?? 0)), min \(f(c?.min ?? 0)); of mean-pooled \(f(s.pooledCosine ?? 0))")
     }
 
     /// The partition identity on probe inputs: returns (max abs error, relative to max |f(h)|).
@@ -270,6 +295,7 @@ extension VerificationReport {
             ("probe_tokens", .array(probeTokens.map { .int($0) })),
             ("partition_identity", .string(hasOutputBias ? "sum f_e = f + (N-1)b" : "sum f_e = f")),
             ("checks", .array(checks.map { .object([("name", .string($0.name)), ("passed", .bool($0.passed)), ("detail", .string($0.detail))]) })),
+            ("start", start.json),
             ("layers", .array(layers.map { l in
                 .object([("layer", .int(l.layer)), ("partition_max_abs", number(l.partitionMaxAbs)),
                          ("partition_relative", number(l.partitionRelative)), ("dense_equivalence_max_abs", number(l.denseEquivalenceMaxAbs)),

@@ -1,0 +1,62 @@
+import Foundation
+import Testing
+import TestSupport
+import VFFNFormats
+
+extension CLITests {
+    @Test func statsOnTextComparesInitsAndWritesTheReport() throws {
+        let llama = try llamaWithByteTokenizer(bos: 1)
+        let dir = makeTemporaryDirectory()
+        for (name, args) in [("random", [String]()), ("informed", ["--router-init", "centroid", "--depth-init", "shallow"]), ("one-loop", ["--max-depth", "1"])] {
+            let c = try run(["convert", llama, dir + "/" + name, "--experts", "4", "--top-k", "2", "--quiet"] + (name == "one-loop" ? args : ["--max-depth", "3"] + args))
+            #expect(c.status == 0, "\(c.stderr)")
+        }
+        writeFile(dir + "/text.txt", "The quick brown fox jumps over the lazy dog. It's 12:30, and the dog is still asleep.\n")
+        let s = try run(["stats", dir + "/random", "--text-file", dir + "/text.txt"])
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(s.stdout.contains("N 4 k 2 D 3, contiguous, router random, depth random; 87 tokens (text)"), "\(s.stdout)")
+        #expect(s.stdout.contains("next-token cross-entropy: dense ") && s.stdout.contains("KL(dense || VersatileFFN) per token: mean "))
+        #expect(s.stdout.contains("residual change") && s.stdout.contains("mean energy captured:"))
+
+        // At max depth 1 the converted model is the dense one, exactly.
+        let one = try JSON.parse(try run(["stats", dir + "/one-loop", "--text-file", dir + "/text.txt", "--json"]).stdout)
+        #expect(one["kl_dense_versatile"]?["max"]?.doubleValue == 0 && one["top1_agreement"]?.doubleValue == 1)
+        #expect(one["dense_cross_entropy"] == one["versatile_cross_entropy"])
+        #expect(one["layers"]?.arrayValue?.allSatisfy { $0["residual_change"]?.doubleValue == 0 } == true)
+
+        let c = try run(["stats", dir + "/random", dir + "/informed", dir + "/one-loop", "--text-file", dir + "/text.txt",
+                         "--tokens-by-depth", "--report", dir + "/report.html"])
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(c.stdout.contains("3 conversions on the same 87 tokens (text):"))
+        let rows = c.stdout.split(separator: "\n").filter { $0.contains(dir + "/") }
+        #expect(rows.count >= 3 && rows[0].contains("4 2 3") && rows[1].contains("centroid") && rows[1].contains("shallow"))
+        // Shallow init: every token one loop per layer, 2 layers, so all 87 at 2 loops summed.
+        #expect(c.stdout.contains("\(dir)/informed:\ntokens by chosen depth (summed over 2 layers):\n  2 loops (87 tokens): "), "\(c.stdout)")
+        #expect(c.stdout.contains("\"o\"x"))
+        let page = try String(contentsOfFile: dir + "/report.html", encoding: .utf8)
+        #expect(page.contains("<h2>Inits compared</h2>") && page.components(separatedBy: "<svg").count - 1 == 3 * 3 + 2)
+        let again = try run(["stats", dir + "/random", "--report", dir + "/report.html"])
+        #expect(again.status == 64 && again.stderr.contains("already exists"), "\(again.stderr)")
+        let layer = try run(["stats", dir + "/random", "--text", "abc", "--tokens-by-depth", "--depth-layer", "5"])
+        #expect(layer.status == 64 && layer.stderr.contains("--depth-layer 5: the model has 2 layers (0...1)"), "\(layer.stderr)")
+        let mixed = try run(["stats", dir + "/random", Fixtures.path("bert-tiny-vffn")])
+        #expect(mixed.status == 64 && mixed.stderr.contains("compare conversions of one source"), "\(mixed.stderr)")
+    }
+
+    @Test func verifyPrintsTheStartDistanceAndBoundsIt() throws {
+        let dir = makeTemporaryDirectory()
+        let c = try run(["convert", Fixtures.path("llama-gqa-sharded"), dir + "/dst", "--quiet"])
+        #expect(c.status == 0, "\(c.stderr)")
+        let v = try run(["verify", dir + "/dst"])
+        #expect(v.status == 0 && v.stdout.contains("[pass] start distance: KL(dense || VersatileFFN) per token mean ") && v.stdout.contains("(no bound: --max-kl X fails above X)"), "\(v.stdout)")
+        let tight = try run(["verify", dir + "/dst", "--max-kl", "0"])
+        #expect(tight.status == 1 && tight.stdout.contains("[FAIL] start distance") && tight.stdout.contains("(above --max-kl 0)"), "\(tight.stdout)")
+        #expect(try run(["verify", dir + "/dst", "--max-kl", "100"]).status == 0)
+        let json = try JSON.parse(try run(["verify", dir + "/dst", "--json"]).stdout)
+        #expect((json["start"]?["kl_dense_versatile"]?["mean"]?.doubleValue ?? 0) > 0)
+        let bert = try run(["verify", Fixtures.path("bert-tiny-vffn"), "--max-kl", "1"])
+        #expect(bert.status == 64 && bert.stderr.contains("--max-kl compares next-token distributions; bert returns hidden states"), "\(bert.stderr)")
+        let b = try run(["verify", Fixtures.path("bert-tiny-vffn")])
+        #expect(b.stdout.contains("[pass] start distance: cosine of last hidden states per token mean "), "\(b.stdout)")
+    }
+}
