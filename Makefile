@@ -4,7 +4,7 @@ APT_PACKAGES := libopenblas-dev zlib1g-dev libjson-c-dev
 DEMO_SRC := fixtures/llama-gqa-sharded
 DEMO_DST := out/demo-llama-vffn
 
-.PHONY: all deps build test interop-venv test-interop test-distributed test-asan test-real bench demo fixtures fuzz clean
+.PHONY: all deps build test interop-venv test-interop test-distributed test-report test-asan test-real bench demo fixtures fuzz clean
 
 all: build
 
@@ -54,6 +54,17 @@ test-interop: build interop-venv
 test-distributed: build interop-venv
 	HF_HOME=$(CURDIR)/.build/interop/hf HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert \
 	  $(INTEROP_VENV)/bin/python -m unittest -v interop/test_distributed.py
+
+# The stats report rendered by a real browser (Debian's chromium, installed here when missing):
+# the trained tiny Llama converted twice, compared on its held-out text, and the screenshot of the
+# page must not be blank. `make test` checks the page's structure without a browser.
+test-report: build
+	@command -v chromium >/dev/null 2>&1 || { sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium; }
+	rm -rf .build/report && mkdir -p .build/report
+	.build/release/vffn-convert convert fixtures/tiny-llama-trained .build/report/random --quiet
+	.build/release/vffn-convert convert fixtures/tiny-llama-trained .build/report/informed --router-init centroid --depth-init shallow --split cluster --quiet
+	.build/release/vffn-convert stats .build/report/random .build/report/informed --text-file fixtures/tiny-llama-trained/held-out.txt --report .build/report/report.html --quiet
+	python3 interop/report_screenshot.py .build/report/report.html .build/report/report.png
 
 # Speed and memory against named peers in the same run (bench/run.sh), then the peak memory of
 # the inputs that must be decoded (bench/memory.sh); needs PyPI once.

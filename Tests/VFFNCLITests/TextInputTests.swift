@@ -134,3 +134,22 @@ extension RealCheckpointTests {
         #expect(t.stdout == info["tokens"]!.arrayValue!.map { String($0.intValue!) }.joined(separator: ",") + "\n")
     }
 }
+
+extension CLITests {
+    /// The trained tiny Llama with its own tokenizer: text in gives transformers' logits for the
+    /// ids transformers' tokenizer gives.
+    @Test func trainedLlamaRunsTextAsTransformers() throws {
+        let model = Fixtures.path("tiny-llama-trained")
+        let info = try JSON.parse(FileManager.default.contents(atPath: Fixtures.path("goldens/tiny-llama-trained.json"))!)
+        let text = info["text"]!.stringValue!, ids = info["tokens"]!.arrayValue!.compactMap(\.intValue)
+        let t = try run(["tokenize", model, "--text", text])
+        #expect(t.stdout == ids.map(String.init).joined(separator: ",") + "\n")
+        let dir = makeTemporaryDirectory()
+        let r = try run(["run", model, "--text", text, "--out", dir + "/logits.npy"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let (logits, shape) = try NPY.decode(Array(FileManager.default.contents(atPath: dir + "/logits.npy")!))
+        let golden = try Fixtures.golden("tiny-llama-trained-dense-logits.npy")
+        #expect(shape == golden.shape)
+        #expect(relativeError(logits, golden.values) < 1e-4)
+    }
+}
