@@ -72,6 +72,7 @@ bench: build
 	bench/run.sh
 	bench/memory.sh
 	bench/tokenize.sh
+	bench/stats.sh
 
 # The whole test suite, and the executable it drives, built with AddressSanitizer.
 test-asan: deps

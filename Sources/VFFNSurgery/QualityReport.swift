@@ -145,7 +145,7 @@ public enum QualityReportPage {
     static func heatmap(title: String, rows: [[Int]], columnLabel: (Int) -> String) -> String {
         let cell = 26, left = 64, top = 40
         let cols = rows.map(\.count).max() ?? 0
-        let width = left + cols * cell + 20, height = top + rows.count * cell + 30
+        let width = max(left + cols * cell + 20, left + 7 * title.count), height = top + rows.count * cell + 30
         var svg = "<svg class=\"heatmap\" width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\" role=\"img\"><title>\(escape(title))</title>"
         svg += "<text x=\"\(left)\" y=\"16\" class=\"h\">\(escape(title))</text>"
         for c in 0..<cols { svg += "<text x=\"\(left + c * cell + cell / 2)\" y=\"\(top - 6)\" text-anchor=\"middle\">\(escape(columnLabel(c)))</text>" }
