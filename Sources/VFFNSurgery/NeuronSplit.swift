@@ -101,3 +101,65 @@ func permuteNeurons(_ bytes: UnsafeRawBufferPointer, shape: [Int], axis: Int, el
     }
     return out
 }
+
+/// How a converted config.json records a layer's neuron order, so that `strip` can undo it.
+/// A cluster split's order (sorted clusters, ordered by their smallest member) is fixed by which
+/// cluster each neuron joined: one character per neuron (`0-9a-zA-Z`, clusters numbered in that
+/// order), 14 KB a layer at Llama-3-8B's width. Any other order is written out as positions.
+public enum NeuronOrder {
+    static let digits = Array("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".unicodeScalars)
+
+    /// `order[p]` is the source neuron at position p.
+    public static func json(_ order: [Int], experts: Int) -> JSON {
+        let n = order.count, width = n / max(experts, 1)
+        var cluster = [Int](repeating: -1, count: n)
+        var canonical = experts <= digits.count && width * experts == n
+        if canonical {
+            for (p, neuron) in order.enumerated() where neuron >= 0 && neuron < n { cluster[neuron] = p / width }
+            canonical = !cluster.contains(-1) && decode(cluster, experts: experts) == order
+        }
+        if canonical { return .string(String(String.UnicodeScalarView(cluster.map { digits[$0] }))) }
+        return .array(order.map { .int($0) })
+    }
+
+    /// The order a cluster assignment gives: each cluster's members ascending, clusters by their
+    /// smallest member.
+    static func decode(_ cluster: [Int], experts: Int) -> [Int] {
+        var members = [[Int]](repeating: [], count: experts)
+        for (neuron, c) in cluster.enumerated() { members[c].append(neuron) }
+        return members.filter { !$0.isEmpty }.sorted { $0[0] < $1[0] }.flatMap { $0 }
+    }
+
+    /// A recorded order, checked to be a permutation of `neurons` neurons.
+    public static func read(_ json: JSON, neurons: Int, experts: Int, what: String) throws(VFFNError) -> [Int] {
+        var order: [Int]
+        if let s = json.stringValue {
+            var cluster: [Int] = []
+            for c in s.unicodeScalars {
+                guard let i = digits.firstIndex(of: c), i < experts else { throw .badInput(nil, "\(what): \"\(c)\" is not a sub-expert index below \(experts)") }
+                cluster.append(i)
+            }
+            guard cluster.count == neurons else { throw .badInput(nil, "\(what) assigns \(cluster.count) neurons, the FFN has \(neurons)") }
+            order = decode(cluster, experts: experts)
+        } else if let items = json.arrayValue {
+            order = items.compactMap(\.intValue)
+            guard order.count == items.count else { throw .badInput(nil, "\(what) holds a value that is not an integer") }
+        } else {
+            throw .badInput(nil, "\(what) is neither a string of sub-expert indices nor an array of neuron positions")
+        }
+        guard order.count == neurons else { throw .badInput(nil, "\(what) orders \(order.count) neurons, the FFN has \(neurons)") }
+        var seen = [Bool](repeating: false, count: neurons)
+        for i in order {
+            guard i >= 0, i < neurons, !seen[i] else { throw .badInput(nil, "\(what) is not a permutation of 0..<\(neurons) (\(i) is out of range or repeated)") }
+            seen[i] = true
+        }
+        return order
+    }
+
+    /// The inverse: position q of the result holds where source neuron q went.
+    public static func inverse(_ order: [Int]) -> [Int] {
+        var out = [Int](repeating: 0, count: order.count)
+        for (p, neuron) in order.enumerated() { out[neuron] = p }
+        return out
+    }
+}

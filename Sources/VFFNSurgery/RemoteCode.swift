@@ -19,6 +19,9 @@ public enum RemoteCode {
         let module = String(fileName.dropLast(3))
         var members = (config["auto_map"]?.objectMembers ?? []).filter { $0.0 != family.autoClass }
         members.append((family.autoClass, .string(module + "." + family.remoteCodeClass)))
-        return config.setting("auto_map", to: .object(members))
+        // What it replaced, for `strip` to put back.
+        let section = config[VersatileFFNSettings.key].map { $0.setting("source_auto_map", to: config["auto_map"] ?? .null) }
+        let withSection = section.map { config.setting(VersatileFFNSettings.key, to: $0) } ?? config
+        return withSection.setting("auto_map", to: .object(members))
     }
 }

@@ -134,7 +134,10 @@ public struct UpcyclePlan: @unchecked Sendable {
             members += [("block", .string(layout.topology.rawValue)), ("gate_init", .string(GateInitializer.description)), ("seed", .number(String(seed))),
                         ("router_init", .string(options.routerInit.rawValue)), ("depth_init", .string(options.depthInit.rawValue)),
                         ("neuron_permutation", .bool(permutations != nil))]
-            if permutations != nil { members.append(("split_method", .string(NeuronSplit.clusterMethod))) }
+            if let permutations {
+                members.append(("split_method", .string(NeuronSplit.clusterMethod)))
+                members.append(("neuron_order", .array(permutations.map { NeuronOrder.json($0, experts: numExperts) })))
+            }
             if let scale = layout.embeddingScale { members.append(("embedding_scale", .number("\(scale)"))) }
             if let c = calibration {
                 members.append(("depth_calibration", .object([
@@ -223,23 +226,25 @@ public struct UpcyclePlan: @unchecked Sendable {
                 totalParameters += r.shape.reduce(1, *)
             }
         }
-        var indexText: String?
-        if let index = source.index {
-            var metadata: [(String, JSON)] = index["metadata"]?.objectMembers ?? []
-            metadata = metadata.filter { $0.0 != "total_size" && $0.0 != "total_parameters" }
-            if index["metadata"]?["total_parameters"] != nil { metadata.append(("total_parameters", .int(totalParameters))) }
-            metadata.append(("total_size", .int(totalSize)))
-            indexText = JSON.object([
-                ("metadata", .object(metadata.sorted { $0.0 < $1.0 })),
-                ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 }.map { ($0.0, .string($0.1)) })),
-            ]).pretty
-        }
+        let indexText = source.index.map { Self.indexText($0, weightMap: weightMap, totalSize: totalSize, totalParameters: totalParameters) }
         let auxiliary = source.auxiliaryFiles().filter { !emitModeling || $0 != RemoteCode.fileName }
         let summary = ConversionSummary(layers: layers.count, gateDType: layers.first?.dtype, shards: source.shards.count,
                                         copiedTensors: copied, copiedBytes: copiedBytes, changedTensors: Self.counted(changes),
                                         gateTensors: 2 * layers.count, totalSize: totalSize, auxiliaryFiles: auxiliary,
                                         sourceNotes: source.notes + Self.skippedNote(source.otherWeightFiles()))
         return (ConvertedCheckpoint(shards: shards, config: config, indexText: indexText, auxiliary: auxiliary, emitModeling: emitModeling), summary)
+    }
+
+    /// A source index rewritten for the tensors written: its metadata kept, sizes recounted.
+    static func indexText(_ index: JSON, weightMap: [(String, String)], totalSize: Int, totalParameters: Int) -> String {
+        var metadata: [(String, JSON)] = index["metadata"]?.objectMembers ?? []
+        metadata = metadata.filter { $0.0 != "total_size" && $0.0 != "total_parameters" }
+        if index["metadata"]?["total_parameters"] != nil { metadata.append(("total_parameters", .int(totalParameters))) }
+        metadata.append(("total_size", .int(totalSize)))
+        return JSON.object([
+            ("metadata", .object(metadata.sorted { $0.0 < $1.0 })),
+            ("weight_map", .object(weightMap.sorted { $0.0 < $1.0 }.map { ($0.0, .string($0.1)) })),
+        ]).pretty
     }
 
     /// Source tensors whose written values are not their stored ones, and why: the reader

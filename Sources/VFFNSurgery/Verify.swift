@@ -156,8 +156,22 @@ public enum Verifier {
                                 passed: rel <= partitionTolerance && eqDiff == 0 && finite))
         }
         if let result = identical.wait() { checks.insert(try result.get(), at: 0) }
+        if let sourceCheckpoint { checks.insert(try inverseCheck(dst, source: sourceCheckpoint), at: 1) }
         let bias = model.ffnSublayers.first?.ffn.outputBias != nil
         return VerificationReport(settings: settings, hasOutputBias: bias, probeTokens: tokens, checks: checks, layers: layers, start: start)
+    }
+
+    /// `strip` run in memory: without the gates and the section, with the neuron order undone,
+    /// the checkpoint must be the source (the other tensors' bytes are the first check's).
+    static func inverseCheck(_ dst: Checkpoint, source: Checkpoint) throws(VFFNError) -> VerificationReport.Check {
+        let plan = try StripPlan(converted: dst)
+        let (tensors, bytes, differences) = try plan.differences(from: source, restoredOnly: true)
+        let restored = plan.restoredOrder.count
+        let detail = differences.isEmpty
+            ? "without the \(plan.gateTensors.count) gate tensors and the versatile_ffn section, \(tensors) tensors are the source's"
+                + (restored > 0 ? " (\(restored) byte-identical once their neuron order is undone, \(bytes) bytes)" : "") + " and config.json is the source's"
+            : differences.joined(separator: "; ")
+        return .init(name: "lossless inverse (strip)", passed: differences.isEmpty, detail: detail)
     }
 
     /// The logits-level distance from the dense model: information unless `maxKL` sets a bound.

@@ -31,7 +31,7 @@ struct VFFNConvert: ParsableCommand {
         Shell completion: vffn-convert --generate-completion-script bash|zsh|fish.
         """,
         version: version,
-        subcommands: [Convert.self, Verify.self, Run.self, Stats.self, Tokenize.self, Inspect.self, Pack.self, Unpack.self])
+        subcommands: [Convert.self, Verify.self, Run.self, Stats.self, Tokenize.self, Strip.self, Inspect.self, Pack.self, Unpack.self])
 
     /// One contract for every error, the argument parser's included: one line on stderr,
     /// `vffn-convert: error: ...`, and the exit code of its kind (64 for usage).

@@ -233,7 +233,7 @@ import VFFNFormats
 
     @Test func oneErrorContract() throws {
         expectError(try cli(["conver", llama, "x"]), 64, "unknown command 'conver'; did you mean 'convert'?")
-        expectError(try cli(["frobnicate"]), 64, "unknown command 'frobnicate'; the commands are convert, verify, run, stats, tokenize, inspect, pack, unpack")
+        expectError(try cli(["frobnicate"]), 64, "unknown command 'frobnicate'; the commands are convert, verify, run, stats, tokenize, strip, inspect, pack, unpack")
         expectError(try cli(["convert", llama]), 64, "missing expected argument '<destination>' (see: vffn-convert help convert)")
         expectError(try cli(["inspect", llama, "--bogus"]), 64, "unknown option '--bogus' (see: vffn-convert help inspect)")
         expectError(try cli(["convert", llama + "/config.json", "x"]), 65, "config.json: is a JSON file, not a checkpoint; pass the directory that holds it")

@@ -60,3 +60,23 @@ extension CLITests {
         #expect(b.stdout.contains("[pass] start distance: cosine of last hidden states per token mean "), "\(b.stdout)")
     }
 }
+
+extension CLITests {
+    @Test func stripGivesTheSourceBackAndVerifyChecksIt() throws {
+        let dir = makeTemporaryDirectory(), src = Fixtures.path("llama-gqa-sharded")
+        #expect(try run(["convert", src, dir + "/vffn", "--split", "cluster", "--emit-modeling", "--quiet"]).status == 0)
+        let s = try run(["strip", dir + "/vffn", dir + "/dense"])
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(s.stdout == "stripped \(dir)/vffn -> \(dir)/dense: 4 gate tensors and the versatile_ffn section removed, 21 tensors written, 6 with their neuron order undone\n")
+        let v = try run(["verify", dir + "/vffn", "--source", src])
+        #expect(v.status == 0 && v.stdout.contains("[pass] lossless inverse (strip): without the 4 gate tensors and the versatile_ffn section, 21 tensors are the source's (6 byte-identical once their neuron order is undone"), "\(v.stdout)")
+        // The stripped directory converts again like the source did, to the same gates.
+        #expect(try run(["convert", dir + "/dense", dir + "/again", "--split", "cluster", "--emit-modeling", "--quiet"]).status == 0)
+        for f in ["model-00001-of-00004.safetensors", "model-00004-of-00004.safetensors"] {
+            #expect(FileManager.default.contents(atPath: dir + "/again/" + f) == FileManager.default.contents(atPath: dir + "/vffn/" + f), "\(f)")
+        }
+        let again = try run(["strip", dir + "/dense", dir + "/x"])
+        #expect(again.status == 65 && again.stderr.contains("not a converted checkpoint, nothing to strip"), "\(again.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/x"))
+    }
+}
