@@ -42,7 +42,8 @@ func differences(_ lines: [String], _ got: [[Int]], _ want: [[Int]], limit: Int 
 
 @Suite struct TokenizerGoldenTests {
     static let configurations = ["gpt2", "llama3", "qwen2", "olmo2", "smollm", "starcoder2", "phi3", "phi4", "llama2", "mistral",
-                                 "gemma", "bert", "bert-cased", "roberta", "normalizers", "nfkd-metaspace"]
+                                 "gemma", "bert", "bert-cased", "roberta", "normalizers", "nfkd-metaspace",
+                                 "o200k", "deepseek", "clip"]
 
     @Test(arguments: configurations)
     func encodesTheCorpusAsTokenizersDoes(_ name: String) throws {
