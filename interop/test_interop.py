@@ -57,8 +57,14 @@ def load_state(directory):
 
 
 # (fixture, Auto class, extra convert options): every model_type, and the clustered split.
+PLAN = str(ROOT / "interop" / "plans" / "per-layer.json")
 REMOTE_CODE_CASES = [
     ("llama-gqa-sharded", "AutoModelForCausalLM", []),
+    # Layers left dense keep their stock MLP; per-layer N, k and D (a plan file).
+    ("llama-gqa-sharded", "AutoModelForCausalLM", ["--layers", "1"]),
+    ("gpt2-tiny", "AutoModelForCausalLM", ["--plan", PLAN]),
+    ("bert-tiny", "AutoModel", ["--layers", "0"]),
+    ("gpt-neox-tiny", "AutoModelForCausalLM", ["--plan", PLAN]),
     ("mistral-f16", "AutoModelForCausalLM", ["--split", "cluster", "--router-init", "centroid"]),
     ("qwen2-bf16-tied", "AutoModelForCausalLM", []),
     ("gpt2-tiny", "AutoModelForCausalLM", ["--top-k", "3"]),
@@ -209,8 +215,10 @@ class RemoteCodeTests(unittest.TestCase):
                         self.assertTrue(torch.isfinite(p.grad).all(), name)
                         self.assertGreater(float(p.grad.abs().max()), 0.0, name)
                         checked += 1
-                layers = len(config["versatile_ffn"]["gate_tensors"])
-                self.assertEqual(checked, layers * (2 + len(ffn_weight_names(config["model_type"]))))
+                # Every layer's FFN weights (a layer left dense trains its stock MLP), and the gates of the upcycled ones.
+                gated = len(config["versatile_ffn"]["gate_tensors"])
+                layers = config.get("num_hidden_layers", config.get("n_layer"))
+                self.assertEqual(checked, 2 * gated + layers * len(ffn_weight_names(config["model_type"])))
                 gate = next(p for n, p in model.named_parameters() if n.endswith("expert_gate.weight"))
                 before = gate.detach().clone()
                 torch.optim.AdamW(model.parameters(), lr=1e-3).step()

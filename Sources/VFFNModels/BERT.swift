@@ -64,7 +64,7 @@ public enum BERT: Architecture {
         let embeddingNorm: Norm
         let layers: [Layer]
         public let ffnSublayers: [FFNSublayer]
-        public let versatileLayers: [VersatileFFNLayer]?
+        public let versatileLayers: [VersatileFFNLayer?]?
 
         public var modelType: String { "bert" }
         public var outputKind: OutputKind { .hiddenStates }

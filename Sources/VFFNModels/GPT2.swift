@@ -63,7 +63,7 @@ public enum GPT2: Architecture {
         let positionEmbedding: Linear  // wpe [n_positions, d]
         let layers: [Layer]
         public let ffnSublayers: [FFNSublayer]
-        public let versatileLayers: [VersatileFFNLayer]?
+        public let versatileLayers: [VersatileFFNLayer?]?
         let finalNorm: Norm            // ln_f
         let lmHead: Linear             // [vocab, d], wte when tied
 

@@ -34,7 +34,7 @@ public protocol LanguageModel: Sendable {
     /// The dense FFN sub-layer of every layer.
     var ffnSublayers: [FFNSublayer] { get }
     /// The VersatileFFN block of every layer, or nil for a dense checkpoint.
-    var versatileLayers: [VersatileFFNLayer]? { get }
+    var versatileLayers: [VersatileFFNLayer?]? { get }
     func forward(_ tokens: [Int], mode: FFNMode, trace: Bool) throws(VFFNError) -> ForwardResult
 }
 
@@ -69,7 +69,12 @@ extension LanguageModel {
             guard let v = versatileLayers else {
                 throw .usage("this is a dense checkpoint (no \"versatile_ffn\" in config.json); run it with --dense")
             }
-            let (y, stats) = v[layer](x, depthLimit: limit)
+            // A layer the conversion left dense runs as the dense model's.
+            guard let block = v[layer] else {
+                routing.append(RoutingStats(depthCounts: [], expertLoad: []))
+                return ffnSublayers[layer](x)
+            }
+            let (y, stats) = block(x, depthLimit: limit)
             routing.append(stats)
             return y
         }
@@ -245,7 +250,7 @@ func checkSites(_ sites: [FFNSite], in checkpoint: Checkpoint) throws(VFFNError)
 /// than config.json records, and they are found there; likewise a text tower's gates under
 /// another of `bases.all`, its base module's spellings, than `bases.here`.
 func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenSize d: Int, intermediateSize I: Int, topology: ModelFamily.Topology,
-                         basePrefixes: [String] = [], bases: (all: [String], here: String)? = nil) throws(VFFNError) -> [VersatileFFNLayer]? {
+                         basePrefixes: [String] = [], bases: (all: [String], here: String)? = nil) throws(VFFNError) -> [VersatileFFNLayer?]? {
     let path = store.checkpoint.configPath
     guard let s = try VersatileFFNSettings.read(from: store.checkpoint.config, path: path) else { return nil }
     // The gates were made for the block recorded; a config edited since (GPT-NeoX's
@@ -253,12 +258,12 @@ func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenS
     if let recorded = store.checkpoint.config[VersatileFFNSettings.key]?["block"]?.stringValue, recorded != topology.rawValue {
         throw .badInput(path, "versatile_ffn.block is \"\(recorded)\" but this config.json makes \(topology.rawValue) blocks; the gates were made for the recorded one")
     }
-    guard I % s.numExperts == 0 else {
-        throw .badInput(path, "versatile_ffn.num_experts \(s.numExperts) does not divide the intermediate size \(I)")
-    }
     let gates = s.gateTensors.sorted { $0.layer < $1.layer }
-    guard gates.map(\.layer) == Array(sublayers.indices) else {
-        throw .badInput(path, "versatile_ffn.gate_tensors must name each of layers 0..<\(sublayers.count) once")
+    guard Set(gates.map(\.layer)).count == gates.count, gates.allSatisfy({ sublayers.indices.contains($0.layer) }) else {
+        throw .badInput(path, "versatile_ffn.gate_tensors must name layers of 0..<\(sublayers.count), each at most once")
+    }
+    for g in gates where I % s.shape(of: g).numExperts != 0 {
+        throw .badInput(path, "versatile_ffn.num_experts \(s.shape(of: g).numExperts) of layer \(g.layer) does not divide the intermediate size \(I)")
     }
     func resolve(_ name: String) -> String {
         let checkpoint = store.checkpoint
@@ -274,11 +279,14 @@ func loadVersatileLayers(_ store: WeightStore, sublayers: [FFNSublayer], hiddenS
         }
         return name // reported missing by the store
     }
-    return try gates.map { (g) throws(VFFNError) in
-        VersatileFFNLayer(
+    var layers = [VersatileFFNLayer?](repeating: nil, count: sublayers.count)
+    for g in gates {
+        let (n, k, depth) = s.shape(of: g)
+        layers[g.layer] = VersatileFFNLayer(
             sublayer: sublayers[g.layer],
-            expertGate: Linear(weight: try store.floats(resolve(g.expertGate), shape: [s.numExperts, d]), outFeatures: s.numExperts, inFeatures: d),
-            depthPredictor: Linear(weight: try store.floats(resolve(g.depthPredictor), shape: [s.maxDepth, d]), outFeatures: s.maxDepth, inFeatures: d),
-            topK: s.topK)
+            expertGate: Linear(weight: try store.floats(resolve(g.expertGate), shape: [n, d]), outFeatures: n, inFeatures: d),
+            depthPredictor: Linear(weight: try store.floats(resolve(g.depthPredictor), shape: [depth, d]), outFeatures: depth, inFeatures: d),
+            topK: k)
     }
+    return layers
 }

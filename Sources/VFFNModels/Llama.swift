@@ -786,7 +786,7 @@ public enum Llama: Architecture {
         let embedding: Linear    // [vocab, hidden]
         let layers: [Layer]
         public let ffnSublayers: [FFNSublayer]
-        public let versatileLayers: [VersatileFFNLayer]?
+        public let versatileLayers: [VersatileFFNLayer?]?
         let finalNorm: Norm
         let lmHead: Linear       // [vocab, hidden]
 

@@ -3,16 +3,34 @@ import VFFNFormats
 
 /// The `versatile_ffn` object of a converted checkpoint's config.json (SPEC section 2).
 public struct VersatileFFNSettings: Equatable, Sendable {
+    /// One upcycled layer: its gate tensors and, where they differ from the section's defaults,
+    /// its own N, k and D. A layer without an entry stays dense.
     public struct GateTensors: Equatable, Sendable {
         public let layer: Int
         public let expertGate: String
         public let depthPredictor: String
+        public let numExperts: Int?
+        public let topK: Int?
+        public let maxDepth: Int?
 
-        public init(layer: Int, expertGate: String, depthPredictor: String) {
+        public init(layer: Int, expertGate: String, depthPredictor: String, numExperts: Int? = nil, topK: Int? = nil, maxDepth: Int? = nil) {
             self.layer = layer
             self.expertGate = expertGate
             self.depthPredictor = depthPredictor
+            self.numExperts = numExperts
+            self.topK = topK
+            self.maxDepth = maxDepth
         }
+    }
+
+    /// Layer `g`'s N, k and D.
+    public func shape(of g: GateTensors) -> (numExperts: Int, topK: Int, maxDepth: Int) {
+        (g.numExperts ?? numExperts, g.topK ?? topK, g.maxDepth ?? maxDepth)
+    }
+
+    /// Whether some layer is dense or has settings of its own (OLMo's config cannot say so).
+    public func isUniform(layers: Int) -> Bool {
+        gateTensors.count == layers && gateTensors.allSatisfy { shape(of: $0) == (numExperts, topK, maxDepth) }
     }
 
     public static let key = "versatile_ffn"
@@ -79,7 +97,17 @@ public struct VersatileFFNSettings: Equatable, Sendable {
             guard let layer = e["layer"]?.intValue, let g = e["expert_gate"]?.stringValue, let p = e["depth_predictor"]?.stringValue else {
                 throw .badInput(path, "\(key).gate_tensors entry \(e.compact) needs layer, expert_gate and depth_predictor")
             }
-            gates.append(GateTensors(layer: layer, expertGate: g, depthPredictor: p))
+            func own(_ k: String) throws(VFFNError) -> Int? {
+                guard let v = e[k], !v.isNull else { return nil }
+                guard let i = v.intValue else { throw .badInput(path, "\(key).gate_tensors entry for layer \(layer): \(k) is not an integer") }
+                return i
+            }
+            let entry = GateTensors(layer: layer, expertGate: g, depthPredictor: p, numExperts: try own("num_experts"), topK: try own("top_k"), maxDepth: try own("max_depth"))
+            let (ln, lk, ld) = (entry.numExperts ?? n, entry.topK ?? k, entry.maxDepth ?? d)
+            guard ln >= 1, lk >= 1, lk <= ln, ld >= 1, ld <= maxDepthLimit else {
+                throw .badInput(path, "\(key).gate_tensors entry for layer \(layer) has num_experts \(ln), top_k \(lk), max_depth \(ld); need 1 <= top_k <= num_experts and 1 <= max_depth <= \(maxDepthLimit)")
+            }
+            gates.append(entry)
         }
         return VersatileFFNSettings(numExperts: n, topK: k, maxDepth: d, expertSlicing: slicing, gateTensors: gates)
     }
@@ -88,8 +116,13 @@ public struct VersatileFFNSettings: Equatable, Sendable {
         .object([
             ("num_experts", .int(numExperts)), ("top_k", .int(topK)), ("max_depth", .int(maxDepth)),
             ("expert_slicing", .string(expertSlicing)),
-            ("gate_tensors", .array(gateTensors.map {
-                .object([("layer", .int($0.layer)), ("expert_gate", .string($0.expertGate)), ("depth_predictor", .string($0.depthPredictor))])
+            ("gate_tensors", .array(gateTensors.map { g in
+                var m: [(String, JSON)] = [("layer", .int(g.layer)), ("expert_gate", .string(g.expertGate)), ("depth_predictor", .string(g.depthPredictor))]
+                let (n, k, d) = shape(of: g)
+                if n != numExperts { m.append(("num_experts", .int(n))) }
+                if k != topK { m.append(("top_k", .int(k))) }
+                if d != maxDepth { m.append(("max_depth", .int(d))) }
+                return .object(m)
             })),
         ])
     }

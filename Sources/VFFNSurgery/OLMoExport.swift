@@ -21,6 +21,9 @@ import VFFNModels
 extension UpcyclePlan {
     func writeOLMo(to destination: String, force: Bool, dryRun: Bool,
                    progress: @escaping @Sendable (ConversionProgress) -> Void) throws(VFFNError) -> ConversionSummary {
+        guard isUniform else {
+            throw .usage("--output-format olmo cannot express this plan: OLMo's config holds one num_experts, top_k and max_depth for every block, and every block has gates")
+        }
         let olmo = try olmoLayout()
         let output = try AtomicOutput(destination: destination, kind: .directory, force: force, inputs: [source.path], dryRun: dryRun)
         let totalSize = olmo.tensors.reduce(0) { $0 + $1.parts.reduce(0) { $0 + $1.count } }

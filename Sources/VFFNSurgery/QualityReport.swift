@@ -48,10 +48,11 @@ extension StartQuality {
             out += "  cosine of last hidden states per token: mean \(fixed(tokenCosine.mean, 4)), median \(fixed(tokenCosine.median, 4)), min \(fixed(tokenCosine.min, 4))\n"
         }
         if let pooledCosine { out += "  cosine of mean-pooled embeddings: \(fixed(pooledCosine, 4))\n" }
-        let depth = layers.first.map { "depth histogram L=1..\($0.depthCounts.count)" } ?? "depth histogram"
+        let depth = layers.first(where: { !$0.dense }).map { "depth histogram L=1..\($0.depthCounts.count)" } ?? "depth histogram"
         out += "\n" + textTable(["layer", "residual change", depth, "sub-expert load", "energy captured"], layers.map { l in
-            [String(l.layer), fixed(l.residualChange, 4), l.depthCounts.map(String.init).joined(separator: " "),
-             l.expertLoad.map(String.init).joined(separator: " "), fixed(l.energyCaptured)]
+            l.dense ? [String(l.layer), fixed(l.residualChange, 4), "dense layer", "-", "-"]
+                : [String(l.layer), fixed(l.residualChange, 4), l.depthCounts.map(String.init).joined(separator: " "),
+                   l.expertLoad.map(String.init).joined(separator: " "), fixed(l.energyCaptured)]
         })
         return out + "  mean energy captured: " + fixed(meanEnergyCaptured) + "\n"
     }
@@ -219,7 +220,7 @@ public enum QualityReportPage {
         }
         for m in conversions {
             let q = m.quality
-            let maxDepth = q.layers.first?.depthCounts.count ?? 0
+            let maxDepth = q.layers.map(\.depthCounts.count).max() ?? 0
             body += "<section><h2>\(escape(m.path))</h2><p>\(escape(m.settingsDescription)); \(q.tokens.count) tokens</p><pre>\(escape(q.table))</pre>"
             body += "<div class=\"row\">"
             body += heatmap(title: "chosen loop count, tokens per layer", rows: q.layers.map(\.depthCounts)) { "L=\($0 + 1)" }
@@ -229,7 +230,8 @@ public enum QualityReportPage {
                                                        ("residual change", q.layers.map(\.residualChange), "rgb(200,60,40)")])
             let total = q.totalDepths
             if !total.isEmpty {
-                let low = q.layers.count, high = q.layers.count * maxDepth
+                let low = q.layers.filter { !$0.dense }.count, high = q.layers.reduce(0) { $0 + $1.depthCounts.count }
+                _ = maxDepth
                 body += "<h3>The text, each token shaded by its loops summed over the layers (\(low) light ... \(high) dark)</h3><p class=\"text\">"
                 for (t, d) in total.enumerated() {
                     let piece = t < pieces.count ? pieces[t] : "[\(q.tokens[t])]"

@@ -37,6 +37,8 @@ public struct StartQuality: Sendable {
         public let energyCaptured: Double
         /// Each token's chosen loop count.
         public let tokenDepths: [Int]
+        /// A layer the conversion left dense: no gates, no routing.
+        public var dense: Bool { depthCounts.isEmpty }
     }
 
     public let outputKind: OutputKind
@@ -63,7 +65,7 @@ public struct StartQuality: Sendable {
         }
         let dense = try model.forward(tokens, mode: .dense, trace: true)
         let versatile = try model.forward(tokens, mode: .versatile(), trace: true)
-        let energy = versatileLayers.indices.map { Statistics.energyCaptured(versatileLayers[$0], x: versatile.ffnInputs[$0]) }
+        let energy = versatileLayers.indices.map { i in versatileLayers[i].map { Statistics.energyCaptured($0, x: versatile.ffnInputs[i]) } ?? .nan }
         return compare(dense: dense, versatile: versatile, tokens: tokens, kind: model.outputKind, energy: energy)
     }
 
@@ -161,9 +163,10 @@ public struct StartQuality: Sendable {
         return e.isEmpty ? .nan : e.reduce(0, +) / Double(e.count)
     }
 
-    /// Each token's chosen loop count summed over the layers.
+    /// Each token's chosen loop count summed over the upcycled layers.
     public var totalDepths: [Int] {
-        guard let first = layers.first else { return [] }
-        return (0..<first.tokenDepths.count).map { t in layers.reduce(0) { $0 + $1.tokenDepths[t] } }
+        let upcycled = layers.filter { !$0.dense }
+        guard let first = upcycled.first else { return [] }
+        return (0..<first.tokenDepths.count).map { t in upcycled.reduce(0) { $0 + $1.tokenDepths[t] } }
     }
 }

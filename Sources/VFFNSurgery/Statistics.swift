@@ -29,9 +29,11 @@ public enum Statistics {
             throw .badInput(configPath, "has no \"versatile_ffn\" section; not a converted checkpoint")
         }
         let result = try model.forward(tokens, mode: .versatile(), trace: true)
-        return layers.enumerated().map { i, layer in
-            LayerStatistics(layer: i, depthCounts: result.routing[i].depthCounts, expertLoad: result.routing[i].expertLoad,
-                            energyCaptured: energyCaptured(layer, x: result.ffnInputs[i]))
+        return layers.enumerated().compactMap { i, block in
+            block.map { layer in
+                LayerStatistics(layer: i, depthCounts: result.routing[i].depthCounts, expertLoad: result.routing[i].expertLoad,
+                                energyCaptured: energyCaptured(layer, x: result.ffnInputs[i]))
+            }
         }
     }
 

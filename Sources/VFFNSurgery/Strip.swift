@@ -23,8 +23,11 @@ public struct StripPlan {
         guard let section = converted.config[VersatileFFNSettings.key] else {
             throw .badInput(configPath, "has no \"versatile_ffn\" section; not a converted checkpoint, nothing to strip")
         }
-        let experts = section["num_experts"]?.intValue ?? 0
         let layout = try Architectures.lookup(converted).ffnLayout(converted)
+        // Each layer's sub-expert count, which its recorded order is written in.
+        let settings = try VersatileFFNSettings.read(from: converted.config, path: configPath)
+        var experts = [Int](repeating: settings?.numExperts ?? 1, count: layout.sites.count)
+        for g in settings?.gateTensors ?? [] where g.layer < experts.count { experts[g.layer] = settings!.shape(of: g).numExperts }
         var gates: [String] = []
         for site in layout.sites {
             for name in [site.prefix + ".expert_gate.weight", site.prefix + ".depth_predictor.weight"] where converted.contains(name) { gates.append(name) }
@@ -39,7 +42,7 @@ public struct StripPlan {
             }
             for (l, site) in layout.sites.enumerated() {
                 let order: [Int]
-                do { order = try NeuronOrder.read(orders[l], neurons: layout.intermediateSize, experts: experts, what: "versatile_ffn.neuron_order[\(l)]") } catch {
+                do { order = try NeuronOrder.read(orders[l], neurons: layout.intermediateSize, experts: experts[l], what: "versatile_ffn.neuron_order[\(l)]") } catch {
                     throw .badInput(configPath, error.message)
                 }
                 let inverse = NeuronOrder.inverse(order)

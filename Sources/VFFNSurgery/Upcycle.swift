@@ -2,6 +2,33 @@ import Foundation
 import VFFNFormats
 import VFFNModels
 
+/// How one layer is upcycled: N sub-experts, top-k, maximum depth D, the neuron split and the
+/// gate inits (a plan file's entry, `convert --plan`).
+public struct LayerPlan: Sendable, Equatable {
+    public var numExperts: Int
+    public var topK: Int
+    public var maxDepth: Int
+    public var split: NeuronSplit
+    public var routerInit: RouterInit
+    public var depthInit: DepthInit
+
+    public init(numExperts: Int, topK: Int, maxDepth: Int, split: NeuronSplit = .contiguous, routerInit: RouterInit = .random, depthInit: DepthInit = .random) {
+        self.numExperts = numExperts
+        self.topK = topK
+        self.maxDepth = maxDepth
+        self.split = split
+        self.routerInit = routerInit
+        self.depthInit = depthInit
+    }
+
+    var needsModel: Bool { split == .cluster || routerInit == .centroid || depthInit == .calibrated }
+
+    func json(layer: Int) -> JSON {
+        .object([("layer", .int(layer)), ("num_experts", .int(numExperts)), ("top_k", .int(topK)), ("max_depth", .int(maxDepth)),
+                 ("split", .string(split.rawValue)), ("router_init", .string(routerInit.rawValue)), ("depth_init", .string(depthInit.rawValue))])
+    }
+}
+
 /// The gates one layer gets: f32 values, stored in `dtype` when written.
 public struct LayerGates: Sendable {
     public let site: FFNSite
@@ -29,6 +56,11 @@ public struct UpcyclePlan: @unchecked Sendable {
     public let maxDepth: Int
     public let seed: UInt64
     public let options: GateOptions
+    /// Per layer of the model: its settings, or nil for a layer left dense.
+    public let layerPlans: [LayerPlan?]
+    /// Whether config.json records the plan (it does for plans given layer by layer).
+    public let recordPlan: Bool
+    /// The gates of the upcycled layers, in layer order.
     public var layers: [LayerGates]
     /// Per layer, the neuron order of the written FFN (position p holds source neuron
     /// `permutations[l][p]`); nil when neurons keep their order.
@@ -36,16 +68,35 @@ public struct UpcyclePlan: @unchecked Sendable {
     /// The calibration tokens and, per layer, the depth histogram reached on them (`calibrated`).
     public let calibration: (tokens: [Int], target: [Double], layers: [DepthCalibration])?
 
-    public static let toolVersion = "vffn-convert 0.2.0"
+    public static let toolVersion = "vffn-convert 0.3.0"
 
+    /// Every layer upcycled alike: N sub-experts, top-k, depth D, and `options`' split and inits.
     public init(source: Checkpoint, experts: Int, topK: Int, maxDepth: Int, seed: UInt64 = 0,
                 options: GateOptions = GateOptions()) throws(VFFNError) {
+        let layout = try Architectures.lookup(source).ffnLayout(source)
+        try VersatileFFNSettings.validate(experts: experts, topK: topK, maxDepth: maxDepth, intermediateSize: layout.intermediateSize)
+        let plan = LayerPlan(numExperts: experts, topK: topK, maxDepth: maxDepth, split: options.split, routerInit: options.routerInit, depthInit: options.depthInit)
+        try self.init(source: source, layers: Array(repeating: plan, count: layout.sites.count), seed: seed, options: options, recordPlan: false)
+    }
+
+    /// Layer by layer: `layers[l]` is layer l's settings, nil to leave it dense (no gates; it runs
+    /// as the dense model's everywhere). `options` gives the calibration tokens and target; its
+    /// split and inits are the per-layer ones'. `recordPlan` writes the plan into config.json.
+    public init(source: Checkpoint, layers plans: [LayerPlan?], seed: UInt64 = 0, options: GateOptions = GateOptions(),
+                recordPlan: Bool = true) throws(VFFNError) {
         let configPath = source.configPath
         if source.config[VersatileFFNSettings.key] != nil {
             throw .badInput(configPath, "is already a VersatileFFN checkpoint (config.json has \"versatile_ffn\")")
         }
         let layout = try Architectures.lookup(source).ffnLayout(source)
-        try VersatileFFNSettings.validate(experts: experts, topK: topK, maxDepth: maxDepth, intermediateSize: layout.intermediateSize)
+        guard plans.count == layout.sites.count else { throw .usage("the plan covers \(plans.count) layers, the model has \(layout.sites.count)") }
+        guard let first = plans.compactMap({ $0 }).first else { throw .usage("the plan upcycles no layer; every layer would stay dense") }
+        for (l, p) in plans.enumerated() {
+            guard let p else { continue }
+            do { try VersatileFFNSettings.validate(experts: p.numExperts, topK: p.topK, maxDepth: p.maxDepth, intermediateSize: layout.intermediateSize) } catch {
+                throw .usage("layer \(l): " + error.message.replacingOccurrences(of: "--experts", with: "num_experts").replacingOccurrences(of: "--top-k", with: "top_k").replacingOccurrences(of: "--max-depth", with: "max_depth"))
+            }
+        }
         for site in layout.sites {
             for name in [site.prefix + ".expert_gate.weight", site.prefix + ".depth_predictor.weight"] where source.contains(name) {
                 throw .badInput(source.path, "already holds a tensor named \"\(name)\"")
@@ -55,55 +106,71 @@ public struct UpcyclePlan: @unchecked Sendable {
         let d = layout.hiddenSize
         self.source = source
         self.layout = layout
-        self.numExperts = experts
-        self.topK = topK
-        self.maxDepth = maxDepth
+        self.numExperts = first.numExperts
+        self.topK = first.topK
+        self.maxDepth = first.maxDepth
         self.seed = seed
         self.options = options
-        var layers = layout.sites.map { site in
-            LayerGates(site: site, dtype: source.info(site.tensors[0].name)!.dtype,
-                       expertGate: initializer.values(layer: site.layer, tensor: .expertGate, count: experts * d),
-                       depthPredictor: initializer.values(layer: site.layer, tensor: .depthPredictor, count: maxDepth * d))
+        self.layerPlans = plans
+        self.recordPlan = recordPlan
+        // Gates for the upcycled layers, in layer order; `index[l]` is layer l's place among them.
+        var layers: [LayerGates] = []
+        var index = [Int?](repeating: nil, count: plans.count)
+        for (l, site) in layout.sites.enumerated() {
+            guard let p = plans[l] else { continue }
+            index[l] = layers.count
+            layers.append(LayerGates(site: site, dtype: source.info(site.tensors[0].name)!.dtype,
+                                     expertGate: initializer.values(layer: site.layer, tensor: .expertGate, count: p.numExperts * d),
+                                     depthPredictor: p.depthInit == .shallow ? [Float](repeating: 0, count: p.maxDepth * d)
+                                         : initializer.values(layer: site.layer, tensor: .depthPredictor, count: p.maxDepth * d)))
         }
         var permutations: [[Int]]?
         var calibration: (tokens: [Int], target: [Double], layers: [DepthCalibration])?
-        if options.depthInit == .shallow {
-            for i in layers.indices { layers[i].depthPredictor = [Float](repeating: 0, count: maxDepth * d) }
-        }
-        if options.needsModel {
+        let upcycled = plans.compactMap { $0 }
+        if upcycled.contains(where: \.needsModel) {
             let model = try Architectures.load(source)
-            if options.split == .cluster || options.routerInit == .centroid {
+            if upcycled.contains(where: { $0.split == .cluster || $0.routerInit == .centroid }) {
                 // One layer's neuron keys at a time ([I, d] floats each): both inits read them.
                 var orders: [[Int]] = []
-                for (i, sub) in model.ffnSublayers.enumerated() {
-                    var keys = InformedInit.neuronKeys(sub)
-                    if options.split == .cluster {
-                        var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(i) << 8 | 0x10)
-                        orders.append(BalancedKMeans.clusters(keys, k: experts, rng: &rng).flatMap { $0 })
-                        keys = keys.gather(orders[i])
+                for (l, sub) in model.ffnSublayers.enumerated() {
+                    guard let p = plans[l], let g = index[l], p.split == .cluster || p.routerInit == .centroid else {
+                        orders.append(Array(0..<layout.intermediateSize)); continue
                     }
-                    if options.routerInit == .centroid {
-                        layers[i].expertGate = InformedInit.centroidRouter(keys: keys, experts: experts)
+                    var keys = InformedInit.neuronKeys(sub)
+                    if p.split == .cluster {
+                        var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(l) << 8 | 0x10)
+                        orders.append(BalancedKMeans.clusters(keys, k: p.numExperts, rng: &rng).flatMap { $0 })
+                        keys = keys.gather(orders[l])
+                    } else {
+                        orders.append(Array(0..<layout.intermediateSize))
+                    }
+                    if p.routerInit == .centroid {
+                        layers[g].expertGate = InformedInit.centroidRouter(keys: keys, experts: p.numExperts)
                     }
                 }
-                if options.split == .cluster { permutations = orders }
+                if upcycled.contains(where: { $0.split == .cluster }) { permutations = orders }
             }
-            if options.depthInit == .calibrated {
+            if upcycled.contains(where: { $0.depthInit == .calibrated }) {
                 let tokens = options.calibrationTokens ?? GateOptions.builtinCalibration(vocabSize: model.vocabSize, maxTokens: model.maxTokens, hiddenSize: model.hiddenSize)
-                let target = try Self.depthTarget(options.depthTarget, depth: maxDepth)
                 // The dense model's FFN inputs: a neuron permutation does not change them.
                 let inputs = try model.forward(tokens, mode: .dense, trace: true).ffnInputs
-                var fitted: [DepthCalibration] = []
-                for i in layers.indices {
-                    var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(i) << 8 | 0x20)
-                    let (rows, _) = InformedInit.calibratedDepth(inputs[i], target: target, rng: &rng)
+                var fitted: [DepthCalibration] = [], recordedTarget: [Double]?
+                for (l, p) in plans.enumerated() {
+                    guard let p, p.depthInit == .calibrated, let g = index[l] else { continue }
+                    let target: [Double]
+                    do { target = try Self.depthTarget(options.depthTarget, depth: p.maxDepth) } catch {
+                        throw upcycled.count == plans.count && Set(upcycled.map(\.maxDepth)).count == 1 ? error : .usage("layer \(l): " + error.message)
+                    }
+                    recordedTarget = recordedTarget ?? target
+                    var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(l) << 8 | 0x20)
+                    let (rows, _) = InformedInit.calibratedDepth(inputs[l], target: target, rng: &rng)
                     // The histogram recorded is the one the stored gates give: rounded to their
                     // dtype (bf16 moves a token near a boundary now and then), as verify reads them.
-                    let stored = FloatCodec.encode(rows, as: layers[i].dtype).withUnsafeBytes { FloatCodec.decode($0, as: layers[i].dtype) }
-                    layers[i].depthPredictor = stored
-                    fitted.append(DepthCalibration(histogram: InformedInit.depthHistogram(inputs[i], predictor: stored, depth: maxDepth)))
+                    let stored = FloatCodec.encode(rows, as: layers[g].dtype).withUnsafeBytes { FloatCodec.decode($0, as: layers[g].dtype) }
+                    layers[g].depthPredictor = stored
+                    fitted.append(DepthCalibration(histogram: InformedInit.depthHistogram(inputs[l], predictor: stored, depth: p.maxDepth)))
                 }
-                calibration = (tokens, target, fitted)
+                calibration = (tokens, recordedTarget ?? [], fitted)
             }
         }
         self.layers = layers
@@ -122,25 +189,42 @@ public struct UpcyclePlan: @unchecked Sendable {
     }
 
     public var settings: VersatileFFNSettings {
-        VersatileFFNSettings(numExperts: numExperts, topK: topK, maxDepth: maxDepth, gateTensors: layers.map {
-            .init(layer: $0.site.layer, expertGate: $0.expertGateName, depthPredictor: $0.depthPredictorName)
+        VersatileFFNSettings(numExperts: numExperts, topK: topK, maxDepth: maxDepth, gateTensors: layers.map { g in
+            let p = layerPlans[layout.sites.firstIndex { $0.layer == g.site.layer }!]!
+            return .init(layer: g.site.layer, expertGate: g.expertGateName, depthPredictor: g.depthPredictorName,
+                         numExperts: p.numExperts, topK: p.topK, maxDepth: p.maxDepth)
         })
     }
+
+    /// The rows of layer `g`'s expert_gate and depth_predictor: its N and D.
+    func gateRows(_ g: LayerGates) -> (Int, Int) {
+        let p = layerPlans[layout.sites.firstIndex { $0.layer == g.site.layer }!]!
+        return (p.numExperts, p.maxDepth)
+    }
+
+    /// Whether every layer is upcycled with the same settings (what OLMo's config can say).
+    public var isUniform: Bool { layerPlans.allSatisfy { $0 != nil && $0 == layerPlans[0] } }
 
     /// SRC's config plus the `versatile_ffn` object, and how the gates were made.
     public var convertedConfig: JSON {
         var section = settings.json
         if case var .object(members) = section {
+            if recordPlan {
+                members.append(("plan", .array(layerPlans.enumerated().compactMap { l, p in p.map { $0.json(layer: l) } })))
+            }
             members += [("block", .string(layout.topology.rawValue)), ("gate_init", .string(GateInitializer.description)), ("seed", .number(String(seed))),
                         ("router_init", .string(options.routerInit.rawValue)), ("depth_init", .string(options.depthInit.rawValue)),
                         ("neuron_permutation", .bool(permutations != nil))]
             if let permutations {
                 members.append(("split_method", .string(NeuronSplit.clusterMethod)))
-                members.append(("neuron_order", .array(permutations.map { NeuronOrder.json($0, experts: numExperts) })))
+                members.append(("neuron_order", .array(permutations.enumerated().map { l, order in
+                    NeuronOrder.json(order, experts: layerPlans[l]?.numExperts ?? numExperts)
+                })))
             }
             if let scale = layout.embeddingScale { members.append(("embedding_scale", .number("\(scale)"))) }
             if let c = calibration {
                 members.append(("depth_calibration", .object([
+                    ("layers", .array(layerPlans.enumerated().compactMap { l, p in p?.depthInit == .calibrated ? .int(l) : nil })),
                     ("target", .array(c.target.map { .number(String($0)) })),
                     ("tokens", .array(c.tokens.map { .int($0) })),
                     ("histograms", .array(c.layers.map { .array($0.histogram.map { .int($0) }) })),
@@ -170,8 +254,9 @@ public struct UpcyclePlan: @unchecked Sendable {
                       progress: @escaping @Sendable (ConversionProgress) -> Void = { _ in }) throws(VFFNError) -> ConversionSummary {
         let d = layout.hiddenSize
         for g in layers {
-            guard g.expertGate.count == numExperts * d, g.depthPredictor.count == maxDepth * d else {
-                throw .usage("layer \(g.site.layer): gate sizes \(g.expertGate.count), \(g.depthPredictor.count) do not match [\(numExperts), \(d)] and [\(maxDepth), \(d)]")
+            let (n, depth) = gateRows(g)
+            guard g.expertGate.count == n * d, g.depthPredictor.count == depth * d else {
+                throw .usage("layer \(g.site.layer): gate sizes \(g.expertGate.count), \(g.depthPredictor.count) do not match [\(n), \(d)] and [\(depth), \(d)]")
             }
         }
         let writer: any CheckpointWriter
@@ -214,8 +299,9 @@ public struct UpcyclePlan: @unchecked Sendable {
                 copiedBytes += r.bytes.count
             }
             for g in layers where source.shard(of: g.site.tensors[0].name) === shard {
-                records.append(TensorRecord(name: g.expertGateName, dtype: g.dtype, shape: [numExperts, d], bytes: .owned(FloatCodec.encode(g.expertGate, as: g.dtype))))
-                records.append(TensorRecord(name: g.depthPredictorName, dtype: g.dtype, shape: [maxDepth, d], bytes: .owned(FloatCodec.encode(g.depthPredictor, as: g.dtype))))
+                let (n, depth) = gateRows(g)
+                records.append(TensorRecord(name: g.expertGateName, dtype: g.dtype, shape: [n, d], bytes: .owned(FloatCodec.encode(g.expertGate, as: g.dtype))))
+                records.append(TensorRecord(name: g.depthPredictorName, dtype: g.dtype, shape: [depth, d], bytes: .owned(FloatCodec.encode(g.depthPredictor, as: g.dtype))))
             }
             // transformers refuses safetensors without a "format" entry, so sources that have no
             // safetensors metadata get the one torch-made files carry.

@@ -53,8 +53,12 @@ public enum Verifier {
         }
         let inputs = try model.forward(tokens, mode: .dense, trace: true).ffnInputs
         var worst = 0.0, histograms: [String] = []
-        for (i, layer) in model.versatileLayers!.enumerated() {
-            guard target.count == layer.maxDepth else { throw .badInput(path, "depth_calibration.target has \(target.count) fractions for max_depth \(layer.maxDepth)") }
+        // The layers calibrated (all upcycled ones, in checkpoints that do not say).
+        let calibrated = calibration["layers"]?.arrayValue.map { Set($0.compactMap(\.intValue)) }
+        for (i, block) in model.versatileLayers!.enumerated() {
+            guard let layer = block, calibrated?.contains(i) ?? true else { continue }
+            // A layer of another depth than the recorded target was calibrated to a uniform one.
+            let target = layer.maxDepth == target.count ? target : [Double](repeating: 1 / Double(layer.maxDepth), count: layer.maxDepth)
             let counts = InformedInit.depthHistogram(inputs[i], predictor: layer.depthPredictor.values, depth: layer.maxDepth)
             for (c, t) in zip(counts, target) { worst = max(worst, abs(Double(c) / Double(tokens.count) - t)) }
             histograms.append(counts.map(String.init).joined(separator: " "))
@@ -107,7 +111,7 @@ public enum Verifier {
         if maxKL != nil && model.outputKind != .logits {
             throw .usage("--max-kl compares next-token distributions; \(model.modelType) returns hidden states (its start distance is a cosine, which verify prints)")
         }
-        let gatesFinite = versatile.allSatisfy { $0.expertGate.isFinite && $0.depthPredictor.isFinite }
+        let gatesFinite = versatile.allSatisfy { $0.map { $0.expertGate.isFinite && $0.depthPredictor.isFinite } ?? true }
         checks.append(.init(name: "gates finite", passed: gatesFinite,
                             detail: gatesFinite ? "every expert_gate and depth_predictor value is finite" : "a gate tensor holds NaN or Inf"))
 
@@ -148,7 +152,8 @@ public enum Verifier {
         for (i, sub) in model.ffnSublayers.enumerated() {
             let h = Matrix(rows: probeRows, cols: model.hiddenSize,
                            data: (0..<probeRows * model.hiddenSize).map { _ in Float(rng.truncatedNormal(limit: 4)) })
-            let (abs, rel) = partitionError(sub.ffn, experts: settings.numExperts, probe: h)
+            // A dense layer has no partition; its D=1 row must still be exact.
+            let (abs, rel) = versatile[i].map { partitionError(sub.ffn, experts: $0.numExperts, probe: h) } ?? (0, 0)
             let eqDiff = depthOne.layerOutputs[i].maxAbsDifference(dense.layerOutputs[i])
             let finite = full.layerOutputs[i].isFinite
             layers.append(.init(layer: i, partitionMaxAbs: abs, partitionRelative: rel, denseEquivalenceMaxAbs: eqDiff,
@@ -280,13 +285,20 @@ public enum Verifier {
 extension VerificationReport {
     /// The human-readable report: whole-checkpoint checks, then one row per layer.
     public var table: String {
-        var out = "VersatileFFN: \(settings.numExperts) sub-experts, top-\(settings.topK), max depth \(settings.maxDepth); \(probeTokens.count) probe tokens\n\n"
+        let dense = layers.filter { $0.routing.depthCounts.isEmpty }.count
+        var out = "VersatileFFN: \(settings.numExperts) sub-experts, top-\(settings.topK), max depth \(settings.maxDepth)"
+            + (dense > 0 || !settings.isUniform(layers: layers.count) ? " (by default; \(layers.count - dense) layers upcycled, \(dense) dense)" : "")
+            + "; \(probeTokens.count) probe tokens\n\n"
         for c in checks { out += "  [\(c.passed ? "pass" : "FAIL")] \(c.name): \(c.detail)\n" }
         let identity = hasOutputBias ? "sum f_e = f + (N-1)b" : "sum f_e = f"
         out += "\n"
         let header = ["layer", "\(identity) abs", "rel", "D=1 vs dense", "depth histogram L=1..\(settings.maxDepth)", "sub-expert load", "status"]
         var rows: [[String]] = []
         for l in layers {
+            if l.routing.depthCounts.isEmpty {
+                rows.append([String(l.layer), "dense layer", "-", Verifier.format(l.denseEquivalenceMaxAbs), "(no gates)", "-", l.passed ? "pass" : "FAIL"])
+                continue
+            }
             rows.append([String(l.layer), Verifier.format(l.partitionMaxAbs), Verifier.format(l.partitionRelative),
                          Verifier.format(l.denseEquivalenceMaxAbs),
                          l.routing.depthCounts.map(String.init).joined(separator: " "),
@@ -315,7 +327,7 @@ extension VerificationReport {
                          ("partition_relative", number(l.partitionRelative)), ("dense_equivalence_max_abs", number(l.denseEquivalenceMaxAbs)),
                          ("depth_histogram", .array(l.routing.depthCounts.map { .int($0) })),
                          ("expert_load", .array(l.routing.expertLoad.map { .int($0) })),
-                         ("finite", .bool(l.finite)), ("passed", .bool(l.passed))])
+                         ("dense", .bool(l.routing.depthCounts.isEmpty)), ("finite", .bool(l.finite)), ("passed", .bool(l.passed))])
             })),
         ])
     }

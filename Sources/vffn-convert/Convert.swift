@@ -37,6 +37,13 @@ struct Convert: ParsableCommand {
     @Option(parsing: .unconditional, help: "Seed of the gate initialization (0...2^64-1).", transform: parseSeed)
     var seed: UInt64 = 0
 
+    @Option(help: ArgumentHelp("Upcycle only these layers, e.g. 0-11,20,22; the others stay dense (no gates).", valueName: "list"))
+    var layers: String?
+
+    @Option(help: ArgumentHelp("A plan file (JSON): per layer N, top-k, D, split and inits; layers it does not name stay dense. See the README.", valueName: "plan.json"),
+            completion: .file(extensions: ["json"]))
+    var plan: String?
+
     @Option(help: "How neurons form the sub-expert slices: contiguous (stored order) or cluster (balanced k-means; the FFN tensors are permuted, the dense function is not changed).")
     var split: NeuronSplit = .contiguous
 
@@ -81,10 +88,11 @@ struct Convert: ParsableCommand {
     func validate() throws {
         if compress && outputFormat != .vffn { throw ValidationError("--compress applies only to --output-format vffn") }
         if emitModeling && outputFormat == .olmo { throw ValidationError("--emit-modeling writes transformers code, which an OLMo checkpoint (--output-format olmo) has no use for") }
-        if (calibration != nil || calibrationText != nil || depthTarget != nil) && depthInit != .calibrated {
+        if (calibration != nil || calibrationText != nil || depthTarget != nil) && depthInit != .calibrated && plan == nil {
             throw ValidationError("--calibration, --calibration-text and --depth-target apply only to --depth-init calibrated")
         }
         if calibration != nil && calibrationText != nil { throw ValidationError("give --calibration or --calibration-text, not both") }
+        if layers != nil && plan != nil { throw ValidationError("give --layers or --plan, not both (a plan's \"layers\" chooses the layers)") }
         if outputFormat != .vffn && destination == "-" {
             throw ValidationError("- (stdout) takes one file: add --output-format vffn, or name a directory")
         }
@@ -110,8 +118,7 @@ struct Convert: ParsableCommand {
         removePartialOutputOnSignals()
         try reportingErrors {
             let started = Date()
-            let plan = try UpcyclePlan(source: Checkpoint(path: source), experts: experts, topK: topK, maxDepth: maxDepth, seed: seed,
-                                       options: gateOptions())
+            let plan = try upcyclePlan(Checkpoint(path: source))
             if !common.quiet {
                 for w in VersatileFFNSettings.warnings(experts: experts, topK: topK, maxDepth: maxDepth) { note("vffn-convert: warning: \(w)") }
             }
@@ -125,13 +132,44 @@ struct Convert: ParsableCommand {
         }
     }
 
+    /// The plan: every layer alike, or the layers of --layers, or those of --plan.
+    func upcyclePlan(_ checkpoint: Checkpoint) throws(VFFNError) -> UpcyclePlan {
+        guard layers != nil || plan != nil else {
+            return try UpcyclePlan(source: checkpoint, experts: experts, topK: topK, maxDepth: maxDepth, seed: seed, options: gateOptions())
+        }
+        let count = try Architectures.lookup(checkpoint).ffnLayout(checkpoint).sites.count
+        let base = LayerPlan(numExperts: experts, topK: topK, maxDepth: maxDepth, split: split, routerInit: routerInit, depthInit: depthInit)
+        var plans: [LayerPlan?]
+        if let layers {
+            let chosen = Set(try PlanFile.layers(layers, count: count))
+            plans = (0..<count).map { chosen.contains($0) ? base : nil }
+        } else {
+            let path = plan!
+            guard let data = FileManager.default.contents(atPath: path) else { throw .badInput(path, "cannot be read") }
+            let json: JSON
+            do { json = try JSON.parse(data) } catch { throw .badInput(path, error.description) }
+            plans = try PlanFile.read(json, path: path, layers: count, defaults: base)
+        }
+        return try UpcyclePlan(source: checkpoint, layers: plans, seed: seed, options: gateOptions())
+    }
+
     /// The summary, on stderr when the checkpoint itself went to stdout.
     func report(_ plan: UpcyclePlan, _ summary: ConversionSummary, seconds: Double) {
         var lines: [String] = []
         lines.append(dryRun ? "dry run: would convert \(source) -> \(destination); nothing written"
                             : "converted \(source) -> \(destination) in \(String(format: "%.2f", seconds)) s")
-        lines.append("  model_type \(plan.source.config["model_type"]?.stringValue ?? "?"), \(summary.layers) layers, hidden \(plan.layout.hiddenSize), intermediate \(plan.layout.intermediateSize)")
-        lines.append("  \(experts) sub-experts of \(plan.layout.intermediateSize / experts) neurons, top-\(topK), max depth \(maxDepth), seed \(seed)")
+        lines.append("  model_type \(plan.source.config["model_type"]?.stringValue ?? "?"), \(plan.layerPlans.count) layers, hidden \(plan.layout.hiddenSize), intermediate \(plan.layout.intermediateSize)")
+        if plan.isUniform {
+            lines.append("  \(plan.numExperts) sub-experts of \(plan.layout.intermediateSize / plan.numExperts) neurons, top-\(plan.topK), max depth \(plan.maxDepth), seed \(seed)")
+        } else {
+            let dense = plan.layerPlans.enumerated().filter { $0.element == nil }.map { String($0.offset) }
+            lines.append("  \(plan.layers.count) of \(plan.layerPlans.count) layers upcycled"
+                         + (dense.isEmpty ? "" : " (dense: \(dense.joined(separator: ",")))") + ", seed \(seed); per layer (N k D split router depth):")
+            for (l, p) in plan.layerPlans.enumerated() {
+                guard let p else { continue }
+                lines.append("    layer \(l): \(p.numExperts) \(p.topK) \(p.maxDepth) \(p.split.rawValue) \(p.routerInit.rawValue) \(p.depthInit.rawValue)")
+            }
+        }
         let changed = summary.changedTensors.map { "\($0.count) \($0.change)" }
         let gates = "\(summary.gateTensors) gate tensors \(dryRun ? "to add" : "added") as \(summary.gateDType?.rawValue ?? "?")"
         if outputFormat == .olmo {
@@ -143,7 +181,9 @@ struct Convert: ParsableCommand {
                          + changed.map { $0 + ", " }.joined() + gates)
             lines.append("  \(summary.shards) shard(s), \(summary.auxiliaryFiles.count) other file(s) copied, written as \(outputFormat.rawValue)\(compress ? " (deflated)" : "")")
         }
-        lines.append("  neurons \(split == .cluster ? "clustered (balanced k-means) and permuted" : "in stored order"), router \(routerInit.rawValue), depth \(depthInit.rawValue)")
+        if plan.isUniform {
+            lines.append("  neurons \(split == .cluster ? "clustered (balanced k-means) and permuted" : "in stored order"), router \(routerInit.rawValue), depth \(depthInit.rawValue)")
+        }
         if let c = plan.calibration {
             lines.append("  calibrated depth on \(c.tokens.count) tokens, target \(c.target.map { String(format: "%.2f", $0) }.joined(separator: " ")): "
                          + c.layers.map { $0.histogram.map(String.init).joined(separator: " ") }.joined(separator: " | "))

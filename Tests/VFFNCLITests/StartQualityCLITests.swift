@@ -80,3 +80,28 @@ extension CLITests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/x"))
     }
 }
+
+extension CLITests {
+    @Test func layersAndPlanFilesFromTheCommandLine() throws {
+        let dir = makeTemporaryDirectory(), src = Fixtures.path("llama-gqa-sharded")
+        let c = try run(["convert", src, dir + "/part", "--layers", "1", "--experts", "4"])
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(c.stdout.contains("model_type llama, 2 layers, hidden 32") && c.stdout.contains("1 of 2 layers upcycled (dense: 0), seed 0; per layer (N k D split router depth):\n    layer 1: 4 2 4 contiguous random random"), "\(c.stdout)")
+        let v = try run(["verify", dir + "/part", "--source", src])
+        #expect(v.status == 0 && v.stdout.contains("  0      dense layer"), "\(v.stdout)")
+        writeFile(dir + "/plan.json", #"{"layers": {"0": {"num_experts": 2, "max_depth": 2}, "1": {"depth_init": "calibrated"}}}"#)
+        let p = try run(["convert", src, dir + "/plan", "--plan", dir + "/plan.json", "--quiet"])
+        #expect(p.status == 0, "\(p.stderr)")
+        #expect(try run(["verify", dir + "/plan"]).status == 0)
+        writeFile(dir + "/bad.json", #"{"layers": {"0": {"num_experts": 3}}}"#)
+        let bad = try run(["convert", src, dir + "/bad", "--plan", dir + "/bad.json"])
+        #expect(bad.status == 64 && bad.stderr == "vffn-convert: error: layer 0: num_experts 3 does not divide the FFN intermediate size 64\n", "\(bad.stderr)")
+        let range = try run(["convert", src, dir + "/x", "--layers", "0-5"])
+        #expect(range.status == 64 && range.stderr == "vffn-convert: error: --layers: layer 5 is out of range; the model has 2 layers (0-1)\n", "\(range.stderr)")
+        let both = try run(["convert", src, dir + "/x", "--layers", "0", "--plan", dir + "/plan.json"])
+        #expect(both.status == 64 && both.stderr.contains("give --layers or --plan, not both"))
+        let olmo = try run(["convert", src, dir + "/olmo", "--layers", "1", "--output-format", "olmo"])
+        #expect(olmo.status == 64 && olmo.stderr.contains("--output-format olmo cannot express this plan"), "\(olmo.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/x") && !FileManager.default.fileExists(atPath: dir + "/olmo") && !FileManager.default.fileExists(atPath: dir + "/bad"))
+    }
+}

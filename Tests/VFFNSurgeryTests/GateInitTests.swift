@@ -104,7 +104,7 @@ import VFFNModels
         // With top-k = N every neuron is kept: the chosen slices are the whole FFN.
         let (_, dst) = try convert("mistral-f16", GateOptions())
         let model = try Architectures.load(Checkpoint(path: dst))
-        let layer = model.versatileLayers![0]
+        let layer = model.versatileLayers![0]!
         let all = VersatileFFNLayer(sublayer: layer.sublayer, expertGate: layer.expertGate, depthPredictor: layer.depthPredictor, topK: 8)
         let x = try model.forward(Fixtures.tokens, mode: .dense, trace: true).ffnInputs[0]
         #expect(abs(Statistics.energyCaptured(all, x: x) - 1) < 1e-5)

@@ -101,8 +101,8 @@ class _VersatileFFNMixin:
     projection without its bias), `_out_bias`, `_dropout`, `_sublayer(x)` (S) and
     `_width(x, chosen, weights)`."""
 
-    def _init_gates(self, config, hidden_size, intermediate_size):
-        settings = config.versatile_ffn
+    def _init_gates(self, config, hidden_size, intermediate_size, settings=None):
+        settings = settings or config.versatile_ffn
         self.num_experts = int(settings["num_experts"])
         self.top_k = int(settings["top_k"])
         self.max_depth = int(settings["max_depth"])
@@ -186,7 +186,7 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
     `depth_predictor`, and returns out(x) - x, because the layer adds the residual x back (divided
     by r for Granite, whose layer adds r times the MLP's output)."""
 
-    def __init__(self, config, dense_mlp, norm, family, post_norm=None, parallel=False):
+    def __init__(self, config, dense_mlp, norm, family, post_norm=None, parallel=False, settings=None):
         super().__init__()
         for name, child in dense_mlp.named_children():
             self.add_module(name, child)
@@ -203,7 +203,7 @@ class PreNormVersatileFFN(_VersatileFFNMixin, nn.Module):
         self.__dict__["norm"] = norm
         # A parallel layer's FFN is given N_2 h; the block reads h, which the layer's forward keeps.
         self.parallel = parallel
-        self._init_gates(config, config.hidden_size, self._intermediate_size())
+        self._init_gates(config, config.hidden_size, self._intermediate_size(), settings)
 
     # The ungated FFNs' (input, activation, output) module names; the gated ones use
     # gate_proj/up_proj/down_proj (Phi-3: gate_up_proj).
@@ -365,14 +365,36 @@ def install_versatile_ffn(model, config, family, layers=None):
     _trained_models.add(model)
 
 
+def _layer_settings(config):
+    """Per layer index, its N, k and D, for the layers `gate_tensors` lists: the others were left
+    dense by the conversion (`convert --layers`, a plan) and keep their stock MLP."""
+    settings = config.versatile_ffn
+    entries = settings.get("gate_tensors")
+    if entries is None:
+        return None  # every layer, with the section's settings
+    out = {}
+    for e in entries:
+        out[int(e["layer"])] = {k: int(e.get(k, settings[k])) for k in ("num_experts", "top_k", "max_depth")}
+    return out
+
+
 def _install_blocks(model, config, family, layers):
     if not hasattr(config, "versatile_ffn"):
         raise ValueError("config.json has no \"versatile_ffn\" section: this is not a converted checkpoint")
+    per_layer = _layer_settings(config)
+
+    def upcycled(all_layers):
+        for i, layer in enumerate(all_layers):
+            if per_layer is None:
+                yield layer, None
+            elif i in per_layer:
+                yield layer, per_layer[i]
+
     if family == "bert":
-        for layer in model.encoder.layer:
+        for layer, settings in upcycled(model.encoder.layer):
             base = type(layer)
             layer.__class__ = type("Versatile" + base.__name__, (_PostNormVersatileLayer, base), {})
-            layer._init_gates(config, config.hidden_size, layer.intermediate.dense.weight.shape[0])
+            layer._init_gates(config, config.hidden_size, layer.intermediate.dense.weight.shape[0], settings)
         return
     parallel = family in ("phi", "cohere") or family == "gpt_neox" and config.use_parallel_residual
     recorded = config.versatile_ffn.get("block")
@@ -382,18 +404,18 @@ def _install_blocks(model, config, family, layers):
     if parallel:
         # GPT-NeoX's FFN has its own norm; Phi's and Cohere's is the one before attention.
         norm_name = "post_attention_layernorm" if family == "gpt_neox" else "input_layernorm"
-        for layer in _decoder_layers(model, family):
-            layer.mlp = PreNormVersatileFFN(config, layer.mlp, getattr(layer, norm_name), family, parallel=True)
+        for layer, settings in upcycled(_decoder_layers(model, family)):
+            layer.mlp = PreNormVersatileFFN(config, layer.mlp, getattr(layer, norm_name), family, parallel=True, settings=settings)
             _make_parallel(layer)
         return
     norm_name = _ffn_norm_name(family)
-    for layer in _decoder_layers(model, family) if layers is None else layers:
+    for layer, settings in upcycled(_decoder_layers(model, family) if layers is None else layers):
         norm = getattr(layer, norm_name)
         _pass_through(norm)
         post = getattr(layer, "post_feedforward_layernorm") if family == "gemma2" else None
         if post is not None:
             _pass_through(post)
-        layer.mlp = PreNormVersatileFFN(config, layer.mlp, norm, family, post)
+        layer.mlp = PreNormVersatileFFN(config, layer.mlp, norm, family, post, settings=settings)
 
 
 def _rope_settings_for_transformers_4(config):
