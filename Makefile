@@ -23,6 +23,11 @@ build: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	@# The custom-surgery examples (Examples/), built against the library and run on the fixture.
+	$(SWIFT) build --package-path Examples
+	rm -rf .build/examples
+	Examples/.build/debug/every-other-layer fixtures/llama-gqa-sharded .build/examples/every-other-layer > /dev/null
+	Examples/.build/debug/calibrated-depth fixtures/llama-gqa-sharded .build/examples/calibrated-depth > /dev/null
 
 # Where users train: transformers loads `convert --emit-modeling` output with trust_remote_code,
 # and torch loads the OLMo export (interop/test_interop.py). torch and transformers are installed

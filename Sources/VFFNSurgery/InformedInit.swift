@@ -31,17 +31,55 @@ public struct GateOptions: Sendable {
     public var calibrationTokens: [Int]?
     /// Fractions of calibration tokens at depth 1...D for `calibrated` (default: uniform).
     public var depthTarget: [Double]?
+    /// The caller's own neuron order per layer (position p of the written FFN holds source neuron
+    /// `order[p]`), in place of `split`'s; checked to be a permutation, recorded for `strip`, and
+    /// proven function-preserving by `verify --source`.
+    public var neuronOrders: [Int: [Int]]
+    /// The caller's own gate values, asked for each upcycled layer after the built-in inits.
+    public var initializer: (any GateInitializing)?
 
     public init(split: NeuronSplit = .contiguous, routerInit: RouterInit = .random, depthInit: DepthInit = .random,
-                calibrationTokens: [Int]? = nil, depthTarget: [Double]? = nil) {
+                calibrationTokens: [Int]? = nil, depthTarget: [Double]? = nil, neuronOrders: [Int: [Int]] = [:],
+                initializer: (any GateInitializing)? = nil) {
         self.split = split
         self.routerInit = routerInit
         self.depthInit = depthInit
         self.calibrationTokens = calibrationTokens
         self.depthTarget = depthTarget
+        self.neuronOrders = neuronOrders
+        self.initializer = initializer
     }
 
     public var needsModel: Bool { split == .cluster || routerInit == .centroid || depthInit == .calibrated }
+}
+
+/// A caller's gate initialization (custom surgery): for each upcycled layer, its expert_gate
+/// `[N, d]` and depth_predictor `[D, d]` values, row-major, or nil to keep what the plan's
+/// inits made. Sizes are checked.
+public protocol GateInitializing: Sendable {
+    /// Whether `gates` reads `GateContext.ffnInputs` (the dense model runs the calibration tokens once).
+    var needsActivations: Bool { get }
+    func gates(_ context: GateContext) throws(VFFNError) -> (expertGate: [Float]?, depthPredictor: [Float]?)
+}
+
+extension GateInitializing {
+    public var needsActivations: Bool { false }
+}
+
+/// What a `GateInitializing` is told about one layer.
+public struct GateContext: Sendable {
+    public let layer: Int
+    public let plan: LayerPlan
+    public let hiddenSize: Int
+    /// The values the plan's inits made.
+    public let expertGate: [Float]
+    public let depthPredictor: [Float]
+    /// `[T, d]`: what this layer's FFN sub-layer receives in the dense model on the calibration
+    /// tokens, when `needsActivations`.
+    public let ffnInputs: Matrix?
+}
+
+extension GateOptions {
 
     /// Deterministic token ids spread over the vocabulary: 256, or fewer if the model has fewer
     /// positions or a narrower hidden size (with at most d tokens the calibration is exact).

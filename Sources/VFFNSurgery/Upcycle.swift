@@ -127,33 +127,43 @@ public struct UpcyclePlan: @unchecked Sendable {
         var permutations: [[Int]]?
         var calibration: (tokens: [Int], target: [Double], layers: [DepthCalibration])?
         let upcycled = plans.compactMap { $0 }
-        if upcycled.contains(where: \.needsModel) {
-            let model = try Architectures.load(source)
-            if upcycled.contains(where: { $0.split == .cluster || $0.routerInit == .centroid }) {
-                // One layer's neuron keys at a time ([I, d] floats each): both inits read them.
+        for (l, order) in options.neuronOrders {
+            guard plans.indices.contains(l), let p = plans[l] else { throw .usage("a neuron order is given for layer \(l), which the plan does not upcycle") }
+            do { _ = try NeuronOrder.read(.array(order.map { .int($0) }), neurons: layout.intermediateSize, experts: p.numExperts, what: "the neuron order of layer \(l)") } catch {
+                throw .usage(error.message)
+            }
+        }
+        let needsModel = upcycled.contains(where: \.needsModel) || !options.neuronOrders.isEmpty || options.initializer?.needsActivations == true
+        var model: (any LanguageModel)?
+        if needsModel {
+            let loaded = try Architectures.load(source)
+            model = loaded
+            if upcycled.contains(where: { $0.split == .cluster || $0.routerInit == .centroid }) || !options.neuronOrders.isEmpty {
+                // One layer's neuron keys at a time ([I, d] floats each): the split and the router read them.
                 var orders: [[Int]] = []
-                for (l, sub) in model.ffnSublayers.enumerated() {
-                    guard let p = plans[l], let g = index[l], p.split == .cluster || p.routerInit == .centroid else {
-                        orders.append(Array(0..<layout.intermediateSize)); continue
-                    }
+                for (l, sub) in loaded.ffnSublayers.enumerated() {
+                    let identity = Array(0..<layout.intermediateSize)
+                    guard let p = plans[l], let g = index[l] else { orders.append(identity); continue }
                     var keys = InformedInit.neuronKeys(sub)
-                    if p.split == .cluster {
+                    if let given = options.neuronOrders[l] {
+                        orders.append(given)
+                    } else if p.split == .cluster {
                         var rng = Xoshiro256StarStar(seed: seed, stream: UInt64(l) << 8 | 0x10)
                         orders.append(BalancedKMeans.clusters(keys, k: p.numExperts, rng: &rng).flatMap { $0 })
-                        keys = keys.gather(orders[l])
                     } else {
-                        orders.append(Array(0..<layout.intermediateSize))
+                        orders.append(identity)
                     }
                     if p.routerInit == .centroid {
+                        if orders[l] != identity { keys = keys.gather(orders[l]) }
                         layers[g].expertGate = InformedInit.centroidRouter(keys: keys, experts: p.numExperts)
                     }
                 }
-                if upcycled.contains(where: { $0.split == .cluster }) { permutations = orders }
+                if upcycled.contains(where: { $0.split == .cluster }) || !options.neuronOrders.isEmpty { permutations = orders }
             }
             if upcycled.contains(where: { $0.depthInit == .calibrated }) {
-                let tokens = options.calibrationTokens ?? GateOptions.builtinCalibration(vocabSize: model.vocabSize, maxTokens: model.maxTokens, hiddenSize: model.hiddenSize)
+                let tokens = options.calibrationTokens ?? GateOptions.builtinCalibration(vocabSize: loaded.vocabSize, maxTokens: loaded.maxTokens, hiddenSize: loaded.hiddenSize)
                 // The dense model's FFN inputs: a neuron permutation does not change them.
-                let inputs = try model.forward(tokens, mode: .dense, trace: true).ffnInputs
+                let inputs = try loaded.forward(tokens, mode: .dense, trace: true).ffnInputs
                 var fitted: [DepthCalibration] = [], recordedTarget: [Double]?
                 for (l, p) in plans.enumerated() {
                     guard let p, p.depthInit == .calibrated, let g = index[l] else { continue }
@@ -171,6 +181,26 @@ public struct UpcyclePlan: @unchecked Sendable {
                     fitted.append(DepthCalibration(histogram: InformedInit.depthHistogram(inputs[l], predictor: stored, depth: p.maxDepth)))
                 }
                 calibration = (tokens, recordedTarget ?? [], fitted)
+            }
+        }
+        if let custom = options.initializer {
+            var inputs: [Matrix]?
+            if custom.needsActivations, let model {
+                let tokens = options.calibrationTokens ?? GateOptions.builtinCalibration(vocabSize: model.vocabSize, maxTokens: model.maxTokens, hiddenSize: model.hiddenSize)
+                inputs = try model.forward(tokens, mode: .dense, trace: true).ffnInputs
+            }
+            for (l, p) in plans.enumerated() {
+                guard let p, let g = index[l] else { continue }
+                let (e, dp) = try custom.gates(GateContext(layer: l, plan: p, hiddenSize: d, expertGate: layers[g].expertGate,
+                                                           depthPredictor: layers[g].depthPredictor, ffnInputs: inputs?[l]))
+                if let e {
+                    guard e.count == p.numExperts * d else { throw .usage("layer \(l): the initializer's expert_gate has \(e.count) values, [\(p.numExperts), \(d)] needs \(p.numExperts * d)") }
+                    layers[g].expertGate = e
+                }
+                if let dp {
+                    guard dp.count == p.maxDepth * d else { throw .usage("layer \(l): the initializer's depth_predictor has \(dp.count) values, [\(p.maxDepth), \(d)] needs \(p.maxDepth * d)") }
+                    layers[g].depthPredictor = dp
+                }
             }
         }
         self.layers = layers
@@ -216,7 +246,7 @@ public struct UpcyclePlan: @unchecked Sendable {
                         ("router_init", .string(options.routerInit.rawValue)), ("depth_init", .string(options.depthInit.rawValue)),
                         ("neuron_permutation", .bool(permutations != nil))]
             if let permutations {
-                members.append(("split_method", .string(NeuronSplit.clusterMethod)))
+                members.append(("split_method", .string(options.neuronOrders.isEmpty ? NeuronSplit.clusterMethod : "given by the caller")))
                 members.append(("neuron_order", .array(permutations.enumerated().map { l, order in
                     NeuronOrder.json(order, experts: layerPlans[l]?.numExperts ?? numExperts)
                 })))
