@@ -4,7 +4,7 @@ APT_PACKAGES := libopenblas-dev zlib1g-dev libjson-c-dev
 DEMO_SRC := fixtures/llama-gqa-sharded
 DEMO_DST := out/demo-llama-vffn
 
-.PHONY: all deps build test interop-venv test-interop test-distributed test-report test-asan test-real bench demo fixtures fuzz clean
+.PHONY: all deps build test docs interop-venv test-interop test-distributed test-report test-asan test-real bench demo fixtures fuzz clean
 
 all: build
 
@@ -59,6 +59,13 @@ test-interop: build interop-venv
 test-distributed: build interop-venv
 	HF_HOME=$(CURDIR)/.build/interop/hf HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TQDM_DISABLE=1 VFFN_CONVERT=$(CURDIR)/.build/release/vffn-convert \
 	  $(INTEROP_VENV)/bin/python -m unittest -v interop/test_distributed.py
+
+# DocC for the library (swift-docc-plugin): one archive per module under .build/docs.
+docs: deps
+	mkdir -p .build/docs
+	for t in VFFNFormats VFFNModels VFFNSurgery VFFNText; do \
+	  $(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target $$t --output-path .build/docs/$$t || exit 1; \
+	done
 
 # The stats report rendered by a real browser (Debian's chromium, installed here when missing):
 # the trained tiny Llama converted twice, compared on its held-out text, and the screenshot of the

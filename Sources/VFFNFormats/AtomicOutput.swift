@@ -18,6 +18,7 @@ import Glibc
 ///   directory this tool wrote (its `.vffn-convert.json` marker lists every file in it);
 /// - anything else is refused before anything is created, with one line saying what is there.
 public final class AtomicOutput {
+    /// Whether the output is one file or a directory.
     public enum Kind: Sendable {
         case file
         case directory

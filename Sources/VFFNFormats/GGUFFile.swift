@@ -92,6 +92,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     /// Arrays longer than this are checked and skipped rather than kept (a vocabulary).
     static let keptArrayLength = 4096
 
+    /// A tensor as the GGUF stores it, before it is presented under its Hugging Face name.
     public struct StoredTensor: Sendable {
         public let ggufName: String
         /// ggml order, innermost first.

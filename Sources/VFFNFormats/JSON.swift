@@ -73,6 +73,7 @@ public enum JSON: Equatable, Sendable {
     }
 }
 
+/// Where a JSON text stops being JSON, and why.
 public struct JSONError: Error, CustomStringConvertible, Sendable {
     public let offset: Int
     public let reason: String

@@ -5,6 +5,7 @@ import Glibc
 import Darwin
 #endif
 
+/// Writes safetensors files: the header, then each tensor's bytes in order, streamed.
 public enum SafeTensorsWriter {
     /// Writes one safetensors file: the header (padded with spaces to a multiple of 8 so data
     /// starts aligned), then every tensor's bytes in header order. Tensors are laid out by

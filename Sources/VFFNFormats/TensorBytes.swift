@@ -99,6 +99,7 @@ public protocol PieceSource: Sendable {
     func forEachPiece(_ body: (UnsafeRawBufferPointer) throws(VFFNError) -> Void) throws(VFFNError)
 }
 
+/// One tensor a writer writes: name, dtype, shape and where its bytes come from.
 public struct TensorRecord: Sendable {
     public let name: String
     public let dtype: DType

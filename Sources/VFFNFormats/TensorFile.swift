@@ -164,6 +164,7 @@ public final class TensorData: @unchecked Sendable, RandomAccessCollection {
 /// A matrix as a file stores it (`TensorFile.storedMatrix`): its stored rows in `encoding`,
 /// `rowOrder[r]` the stored row of presented row r (nil: the same order).
 public struct StoredMatrix: Sendable {
+    /// How a tensor's bytes are stored in its file.
     public enum Encoding: Sendable, Equatable {
         case float(DType)
         /// ggml's Q8_0: per 32 values of a row, an f16 scale then 32 int8 (34 bytes).

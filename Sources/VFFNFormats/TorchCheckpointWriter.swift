@@ -14,6 +14,7 @@
 /// another into its storage: that is how fused tensors (OLMo's att_proj = [q; k; v]) are made
 /// without assembling them in memory.
 public enum TorchCheckpointWriter {
+    /// One tensor to write: its name, dtype, shape and bytes.
     public struct Tensor: Sendable {
         public let name: String
         public let dtype: DType

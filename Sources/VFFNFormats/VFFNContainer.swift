@@ -20,6 +20,7 @@ public final class VFFNContainer: SingleFileCheckpoint, @unchecked Sendable {
     /// Same cap as safetensors: a larger header is an attack or a mistake.
     static let maxHeaderSize: UInt64 = 100_000_000
 
+    /// How an entry's bytes are stored in the container: as they are, or deflated.
     public enum Encoding: String, Sendable {
         case raw
         case deflate

@@ -21,6 +21,7 @@ extension VFFNContainer {
         }
     }
 
+    /// One safetensors shard of the checkpoint being packed: its name, metadata and tensors.
     public struct ShardToWrite: Sendable {
         public let name: String
         public let metadata: [(String, String)]?

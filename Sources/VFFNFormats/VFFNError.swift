@@ -1,6 +1,7 @@
 /// The one error type every layer throws. Its description is the single line the CLI prints:
 /// the file it concerns (when there is one), then what is wrong with it.
 public struct VFFNError: Error, CustomStringConvertible, Sendable {
+    /// The kind of failure, which sets the exit code.
     public enum Kind: Sendable {
         /// A file that cannot be read as what it claims to be, or a model it cannot describe.
         case badInput

@@ -5,6 +5,7 @@ import Foundation
 /// rebuilds each file identically; every other file (config.json, the index, tokenizer files,
 /// module folders) travels as an embedded blob.
 extension VFFNContainer {
+    /// What `pack` or `unpack` wrote, for its summary.
     public struct PackSummary: Sendable {
         public let tensors: Int
         public let tensorBytes: Int

@@ -10,6 +10,7 @@ public enum BERT: Architecture {
                     notInOLMo: "an encoder's post-norm layers and bidirectional attention"),
     ]
 
+    /// The config.json keys BERT's forward pass reads, with transformers' defaults.
     public struct Config: Sendable {
         public var vocabSize: Int
         public var hiddenSize: Int
@@ -56,6 +57,7 @@ public enum BERT: Architecture {
         let attentionNorm: Norm          // attention.output.LayerNorm
     }
 
+    /// A loaded BERT encoder, dense or VersatileFFN.
     public struct Model: LanguageModel {
         public let config: Config
         let wordEmbedding: Linear        // [vocab, d]

@@ -108,6 +108,7 @@ public struct UngatedFeedForward: FeedForward {
 
 /// The FFN sub-layer `S`: the FFN with its normalization and residual connection.
 public struct FFNSublayer: Sendable {
+    /// Where the FFN sub-layer's norm sits relative to the FFN.
     public enum Placement: Sendable {
         /// `S(x) = x + r·f(norm(x))` (Llama, Mistral, Qwen2, GPT-2; r is Granite's
         /// residual_multiplier, 1 elsewhere)

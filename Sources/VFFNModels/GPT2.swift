@@ -9,6 +9,7 @@ public enum GPT2: Architecture {
                     notInOLMo: "learned positions, LayerNorm with biases and a GELU FFN"),
     ]
 
+    /// The config.json keys GPT-2's forward pass reads, with transformers' defaults.
     public struct Config: Sendable {
         public var vocabSize: Int
         public var hiddenSize: Int          // n_embd
@@ -57,6 +58,7 @@ public enum GPT2: Architecture {
         let o: Linear                // attn.c_proj [d, d]
     }
 
+    /// A loaded GPT-2, dense or VersatileFFN.
     public struct Model: LanguageModel {
         public let config: Config
         let tokenEmbedding: Linear     // wte [vocab, d]

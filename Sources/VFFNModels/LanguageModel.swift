@@ -9,6 +9,7 @@ public enum OutputKind: String, Sendable {
     case hiddenStates = "hidden states"
 }
 
+/// What a forward pass returns, and what a traced one records per layer.
 public struct ForwardResult: Sendable {
     /// `[T, vocab]` logits or `[T, hidden]` hidden states.
     public let output: Matrix
@@ -113,6 +114,7 @@ public struct FFNSite: Sendable {
     }
 }
 
+/// Where every layer's FFN tensors are and how their neurons lie: what surgery slices and permutes.
 public struct FFNLayout: Sendable {
     public let hiddenSize: Int
     public let intermediateSize: Int
@@ -133,6 +135,7 @@ public protocol Architecture: Sendable {
     static func load(_ checkpoint: Checkpoint) throws(VFFNError) -> any LanguageModel
 }
 
+/// Every architecture this tool runs, and the families they declare: the one place that lists model types.
 public enum Architectures {
     public static let all: [any Architecture.Type] = [Llama.self, GPT2.self, BERT.self]
 

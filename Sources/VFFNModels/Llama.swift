@@ -136,10 +136,12 @@ public enum Llama: Architecture {
     /// config class's defaults (a 4.x save omits values equal to them), and which pieces its
     /// layers have. The default value of every field is Llama's.
     public struct DecoderTraits: Sendable {
+        /// Whether a family's projections carry biases.
         public enum Bias: Sendable {
             case always, never
             case key(String, default: Bool)
         }
+        /// Which norm a family uses and how it scales.
         public enum NormRule: Sendable {
             /// RMSNorm with a weight, eps from `rms_norm_eps`.
             case rms(defaultEps: Double)
@@ -161,12 +163,14 @@ public enum Llama: Architecture {
                 }
             }
         }
+        /// A family's FFN: gated or not, its activation.
         public enum FFNRule: Sendable {
             case gated, fusedGateUp
             /// Gemma's gated FFN with the tanh GELU (`hidden_act` "gelu" means it, as GemmaConfig says).
             case geglu
             case ungated(defaultActivation: String)
         }
+        /// Which layers attend within a sliding window.
         public enum WindowRule: Sendable {
             /// `layer_types`, or no window at all.
             case none
@@ -232,6 +236,7 @@ public enum Llama: Architecture {
         /// The config class's values for keys a config leaves out. A wrapper's nested
         /// text_config is saved as its difference from them: Gemma 3 4B's lists six keys.
         public var configDefaults: [(key: String, value: JSON)] = []
+        /// One rotary embedding per layer type (Gemma 3, OLMo 3).
         public enum RopePerLayerType: Sendable {
             /// OLMo 3: a 4.x top-level `rope_theta` is the full layers' base only; the sliding
             /// layers keep the config class's default unless 5.x nests their own (SPEC 5, and
@@ -247,6 +252,7 @@ public enum Llama: Architecture {
         public var names = DecoderNames.causalLM
         /// SPEC 5's parallel block, `y = h + A(N_1 h) + F(N_2 h)`.
         public var parallel: ParallelRule?
+        /// Whether attention and the FFN read the same input (GPT-NeoX, Phi, Cohere), and with which norms.
         public enum ParallelRule: Sendable {
             /// Phi and Cohere: one norm (input_layernorm) before both branches.
             case sharedNorm
@@ -302,6 +308,7 @@ public enum Llama: Architecture {
         }
     }
 
+    /// A decoder's config.json as its family's traits read it.
     public struct Config: Sendable {
         public var modelType: String
         /// Where the tensors sit (a text tower's are found by `Llama.config(_:)`).
@@ -781,6 +788,7 @@ public enum Llama: Architecture {
         let slidingWindow: Int?
     }
 
+    /// A loaded decoder of the Llama shape, dense or VersatileFFN.
     public struct Model: LanguageModel {
         public let config: Config
         let embedding: Linear    // [vocab, hidden]

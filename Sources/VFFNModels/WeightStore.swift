@@ -71,6 +71,7 @@ public final class WeightStore: @unchecked Sendable {
     }
 }
 
+/// A prefix of tensor names, from which shape-checked weights are read.
 public struct WeightScope: Sendable {
     let store: WeightStore
     public let prefix: String

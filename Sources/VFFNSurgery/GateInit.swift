@@ -8,6 +8,7 @@ public struct GateInitializer: Sendable {
     public static let truncation: Double = 3
     public static let description = "trunc_normal(std=0.02, a=-3std, b=3std), xoshiro256** keyed by (seed, layer, tensor)"
 
+    /// Which gate a stream of the generator draws for.
     public enum Tensor: UInt64, Sendable {
         case expertGate = 1
         case depthPredictor = 2

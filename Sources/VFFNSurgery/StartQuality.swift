@@ -27,6 +27,7 @@ public struct StartQuality: Sendable {
         }
     }
 
+    /// One layer's share of the distance, and where its tokens went.
     public struct Layer: Sendable {
         public let layer: Int
         /// |h_VersatileFFN - h_dense| / |h_dense| of the residual stream after the layer, over all tokens.

@@ -16,6 +16,7 @@ public struct LayerStatistics: Sendable, Equatable {
     public let energyCaptured: Double
 }
 
+/// What a converted checkpoint's gates do on some tokens, per layer (the older, single-model part of `stats`).
 public enum Statistics {
     /// Runs the converted model (VersatileFFN semantics) on `tokens` and measures every layer at
     /// the inputs it really receives.

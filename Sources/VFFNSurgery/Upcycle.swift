@@ -509,6 +509,7 @@ final class FirstError: @unchecked Sendable {
     }
 }
 
+/// What a conversion wrote (or would write, on a dry run), for the summary `convert` prints.
 public struct ConversionSummary: Sendable {
     public let layers: Int
     public let gateDType: DType?

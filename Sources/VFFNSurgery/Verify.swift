@@ -4,12 +4,14 @@ import VFFNModels
 
 /// The outcome of `verify`: per-layer identities and routing, plus whole-checkpoint checks.
 public struct VerificationReport: Sendable {
+    /// One whole-checkpoint check and what it found.
     public struct Check: Sendable {
         public let name: String
         public let passed: Bool
         public let detail: String
     }
 
+    /// One layer's identities, routing and verdict.
     public struct Layer: Sendable {
         public let layer: Int
         /// max |sum_e f_e(h) - (N-1) b_out - f(h)| over the probe inputs.
@@ -34,6 +36,7 @@ public struct VerificationReport: Sendable {
     public var passed: Bool { checks.allSatisfy(\.passed) && layers.allSatisfy(\.passed) }
 }
 
+/// Proves a converted checkpoint: tensors against the source, the partition identity, dense equivalence at depth 1, the lossless inverse, finiteness, and the start distance (`vffn-convert verify`).
 public enum Verifier {
     /// Relative error allowed between the summed sub-experts and the dense FFN: f32 rounding of
     /// a reordered sum is ~1e-7 relative; anything near 1e-5 means the slices are wrong.

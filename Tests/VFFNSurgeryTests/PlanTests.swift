@@ -82,3 +82,62 @@ import VFFNFormats
         } catch { #expect(error.message == "the plan upcycles no layer; every layer would stay dense") }
     }
 }
+
+/// The caller's own slicing and gate values.
+@Suite struct CustomSurgeryTests {
+    struct Constant: GateInitializing {
+        let value: Float
+        let rows: Int?
+        func gates(_ c: GateContext) throws(VFFNError) -> (expertGate: [Float]?, depthPredictor: [Float]?) {
+            ([Float](repeating: value, count: (rows ?? c.plan.numExperts) * c.hiddenSize), nil)
+        }
+    }
+
+    struct ReadsInputs: GateInitializing {
+        var needsActivations: Bool { true }
+        func gates(_ c: GateContext) throws(VFFNError) -> (expertGate: [Float]?, depthPredictor: [Float]?) {
+            // Row 0 of the depth predictor: the mean FFN input, so its values are the layer's own.
+            let x = c.ffnInputs!
+            var rows = [Float](repeating: 0, count: c.plan.maxDepth * c.hiddenSize)
+            for t in 0..<x.rows { for j in 0..<c.hiddenSize { rows[j] += x.data[t * c.hiddenSize + j] / Float(x.rows) } }
+            return (nil, rows)
+        }
+    }
+
+    @Test func aGivenNeuronOrderIsCheckedRecordedVerifiedAndUndone() throws {
+        let source = try Checkpoint(path: Fixtures.path("llama-gqa-sharded"))
+        let reversed = Array((0..<64).reversed())
+        let dir = makeTemporaryDirectory()
+        let plan = try UpcyclePlan(source: source, experts: 4, topK: 2, maxDepth: 2, options: GateOptions(routerInit: .centroid, neuronOrders: [1: reversed]))
+        #expect(plan.permutations?[1] == reversed && plan.permutations?[0] == Array(0..<64))
+        try plan.write(to: dir + "/vffn")
+        let converted = try Checkpoint(path: dir + "/vffn")
+        #expect(converted.config["versatile_ffn"]?["split_method"]?.stringValue == "given by the caller")
+        let report = try Verifier.verify(destination: dir + "/vffn", source: source.path)
+        #expect(report.passed, "\(report.table)")
+        #expect(report.checks.contains { $0.name == "dense function unchanged by the neuron permutation" && $0.passed })
+        #expect(report.checks.contains { $0.name == "lossless inverse (strip)" && $0.passed })
+        let downName = "model.layers.1.mlp.down_proj.weight"
+        #expect(Array(try converted.bytes(downName)!) != Array(try source.bytes(downName)!))
+        for (order, message) in [([Int](repeating: 0, count: 64), "the neuron order of layer 1 is not a permutation of 0..<64 (0 is out of range or repeated)"),
+                                 (Array(0..<10), "the neuron order of layer 1 orders 10 neurons, the FFN has 64")] {
+            do { _ = try UpcyclePlan(source: source, experts: 4, topK: 2, maxDepth: 2, options: GateOptions(neuronOrders: [1: order])); Issue.record("accepted") } catch {
+                #expect(error.message == message)
+            }
+        }
+    }
+
+    @Test func aGateInitializerSetsTheValuesAndIsChecked() throws {
+        let source = try Checkpoint(path: Fixtures.path("llama-gqa-sharded"))
+        let plan = try UpcyclePlan(source: source, experts: 4, topK: 2, maxDepth: 2, options: GateOptions(initializer: Constant(value: 0.25, rows: nil)))
+        #expect(plan.layers.allSatisfy { $0.expertGate.allSatisfy { $0 == 0.25 } && $0.depthPredictor.contains { $0 != 0 } })
+        do { _ = try UpcyclePlan(source: source, experts: 4, topK: 2, maxDepth: 2, options: GateOptions(initializer: Constant(value: 1, rows: 3))); Issue.record("accepted") } catch {
+            #expect(error.message == "layer 0: the initializer's expert_gate has 96 values, [4, 32] needs 128")
+        }
+        let reads = try UpcyclePlan(source: source, experts: 4, topK: 2, maxDepth: 2, options: GateOptions(calibrationTokens: [1, 2, 3, 4], initializer: ReadsInputs()))
+        let model = try Architectures.load(source)
+        let x = try model.forward([1, 2, 3, 4], mode: .dense, trace: true).ffnInputs[1]
+        let mean = (0..<32).map { j in (0..<4).reduce(Float(0)) { $0 + x.data[$1 * 32 + j] / 4 } }
+        #expect(Array(reads.layers[1].depthPredictor.prefix(32)) == mean)
+    }
+}
