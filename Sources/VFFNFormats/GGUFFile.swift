@@ -93,13 +93,13 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     static let keptArrayLength = 4096
 
     /// A tensor as the GGUF stores it, before it is presented under its Hugging Face name.
-    public struct StoredTensor: Sendable {
-        public let ggufName: String
+    package struct StoredTensor: Sendable {
+        package let ggufName: String
         /// ggml order, innermost first.
-        public let dims: [Int]
-        public let type: GGMLType
+        package let dims: [Int]
+        package let type: GGMLType
         /// Absolute byte range in the file.
-        public let range: Range<Int>
+        package let range: Range<Int>
     }
 
     public let path: String
@@ -110,7 +110,7 @@ public final class GGUFFile: SingleFileCheckpoint, @unchecked Sendable {
     public let alignment: Int
     /// `general.architecture`.
     public let architecture: String
-    public let stored: [StoredTensor]
+    package let stored: [StoredTensor]
     public let tensors: [TensorInfo]
     private let index: [String: Int]
     /// Per Hugging Face tensor, the stored tensor it comes from.

@@ -107,7 +107,7 @@ public final class SafeTensorsFile: TensorFile, @unchecked Sendable {
 
     /// The file's first `8 + headerSize` bytes exactly as stored (length prefix, header JSON,
     /// padding): with the tensor bytes in data order, they rebuild the file byte for byte.
-    public var rawHeader: UnsafeRawBufferPointer {
+    package var rawHeader: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: base!, count: 8 + headerSize)
     }
 

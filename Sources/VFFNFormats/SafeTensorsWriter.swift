@@ -95,7 +95,7 @@ public final class OutputFile {
     /// Appends a region of another file through one bounded buffer, showing each chunk to
     /// `observe` (a checksum) on the way. Memory stays flat however large the region: reading
     /// through a mapping instead would count every page in the resident set.
-    public func copyThroughBuffer(_ region: FileRegion, observe: (UnsafeRawBufferPointer) -> Void) throws(VFFNError) {
+    package func copyThroughBuffer(_ region: FileRegion, observe: (UnsafeRawBufferPointer) -> Void) throws(VFFNError) {
         let src = open(region.path, O_RDONLY | O_CLOEXEC)
         guard src >= 0 else { throw .io(region.path, "cannot open: \(String(cString: strerror(errno)))") }
         defer { close(src) }

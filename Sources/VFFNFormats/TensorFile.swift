@@ -125,7 +125,7 @@ public let tensorPieceBytes = 4 << 20
 /// A tensor's bytes, alive as long as this object: a view of a mapped file (which the object
 /// keeps mapped) or bytes decoded for one request, freed with it.
 public final class TensorData: @unchecked Sendable, RandomAccessCollection {
-    public let raw: UnsafeRawBufferPointer
+    package let raw: UnsafeRawBufferPointer
     private let owner: AnyObject?
     private let allocation: UnsafeMutableRawBufferPointer?
 

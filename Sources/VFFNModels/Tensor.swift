@@ -131,7 +131,7 @@ public struct Linear: Sendable {
     }
 
     /// A weight read in place from mapped checkpoint bytes of `dtype` (F32, F16 or BF16).
-    public init(mapped bytes: UnsafeRawBufferPointer, dtype: DType, owner: AnyObject, outFeatures: Int, inFeatures: Int,
+    package init(mapped bytes: UnsafeRawBufferPointer, dtype: DType, owner: AnyObject, outFeatures: Int, inFeatures: Int,
                 bias: [Float]? = nil, transposed: Bool = false) {
         precondition(dtype.isComputeFloat && bytes.count == outFeatures * inFeatures * dtype.bitSize / 8)
         self.init(storage: .mapped(bytes, dtype, owner: owner), transposed: transposed, storedColumns: transposed ? outFeatures : inFeatures,
