@@ -217,7 +217,8 @@ class RemoteCodeTests(unittest.TestCase):
                         checked += 1
                 # Every layer's FFN weights (a layer left dense trains its stock MLP), and the gates of the upcycled ones.
                 gated = len(config["versatile_ffn"]["gate_tensors"])
-                layers = config.get("num_hidden_layers", config.get("n_layer"))
+                text = config.get("text_config") or {}
+                layers = config.get("num_hidden_layers") or config.get("n_layer") or text.get("num_hidden_layers")
                 self.assertEqual(checked, 2 * gated + layers * len(ffn_weight_names(config["model_type"])))
                 gate = next(p for n, p in model.named_parameters() if n.endswith("expert_gate.weight"))
                 before = gate.detach().clone()

@@ -40,7 +40,7 @@ public struct StripPlan {
             guard orders.count == layout.sites.count else {
                 throw .badInput(configPath, "versatile_ffn.neuron_order has \(orders.count) layers, the model \(layout.sites.count)")
             }
-            for (l, site) in layout.sites.enumerated() {
+            for (l, site) in layout.sites.enumerated() where !orders[l].isNull {
                 let order: [Int]
                 do { order = try NeuronOrder.read(orders[l], neurons: layout.intermediateSize, experts: experts[l], what: "versatile_ffn.neuron_order[\(l)]") } catch {
                     throw .badInput(configPath, error.message)

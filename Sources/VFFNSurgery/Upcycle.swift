@@ -248,7 +248,7 @@ public struct UpcyclePlan: @unchecked Sendable {
             if let permutations {
                 members.append(("split_method", .string(options.neuronOrders.isEmpty ? NeuronSplit.clusterMethod : "given by the caller")))
                 members.append(("neuron_order", .array(permutations.enumerated().map { l, order in
-                    NeuronOrder.json(order, experts: layerPlans[l]?.numExperts ?? numExperts)
+                    order == Array(0..<order.count) ? .null : NeuronOrder.json(order, experts: layerPlans[l]?.numExperts ?? numExperts)
                 })))
             }
             if let scale = layout.embeddingScale { members.append(("embedding_scale", .number("\(scale)"))) }
@@ -387,6 +387,8 @@ public struct UpcyclePlan: @unchecked Sendable {
         if let permutations {
             for (l, site) in layout.sites.enumerated() {
                 let order = permutations[l]
+                // A layer whose neurons keep their order (another layer is clustered) is copied as is.
+                if order == Array(0..<order.count) { continue }
                 for t in site.tensors where t.neuronAxis != nil {
                     // Fused halves (Phi-3's gate_up_proj, [gate; up]): each block moves by the same order.
                     let blocks = t.shape[t.neuronAxis!] / order.count

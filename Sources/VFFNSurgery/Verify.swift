@@ -82,7 +82,11 @@ public enum Verifier {
         let permuted = section["neuron_permutation"]?.boolValue == true
         // With a neuron permutation the FFN tensors are reordered on purpose: the dense forward
         // pass below proves the function unchanged instead of their bytes.
-        let reordered = permuted ? Set(try Architectures.lookup(dst).ffnLayout(dst).sites.flatMap { $0.tensors.filter { $0.neuronAxis != nil }.map(\.name) }) : []
+        // Only the layers whose recorded order moves neurons (all, in checkpoints that record none).
+        let orders = section["neuron_order"]?.arrayValue
+        let reordered = permuted ? Set(try Architectures.lookup(dst).ffnLayout(dst).sites.enumerated().flatMap { l, site in
+            orders.map { l < $0.count && $0[l].isNull } == true ? [] : site.tensors.filter { $0.neuronAxis != nil }.map(\.name)
+        }) : []
         let sourceCheckpoint = try source.map { (p) throws(VFFNError) in try Checkpoint(path: p) }
         // The byte comparison reads both checkpoints and waits on the page cache or the disk; it
         // runs beside the forward passes, which compute (a third of verify's time at 8B).

@@ -113,7 +113,8 @@ class _VersatileFFNMixin:
         self.depth_predictor = nn.Linear(hidden_size, self.max_depth, bias=False)
         # Set by the model's forward from its step counter (one value for a whole training step).
         self.depth_temperature = TEMPERATURE_START
-        self.aux_loss_enabled = float(settings.get("router_aux_loss_coef", 0) or 0) > 0
+        # The coefficient is the model's (the section's), whatever this layer's own N, k and D.
+        self.aux_loss_enabled = float(config.versatile_ffn.get("router_aux_loss_coef", 0) or 0) > 0
         self.aux_loss = None
 
     def _route(self, x):
