@@ -284,7 +284,12 @@ public final class Checkpoint: @unchecked Sendable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw .badInput(path, FileManager.default.fileExists(atPath: path) ? "cannot read \(what)" : "missing \(what)")
         }
-        do { return try JSON.parse(data) } catch {
+        return try parseJSON(data, path: path)
+    }
+
+    /// JSON bytes read from `path` (a file, or an entry of a container), or one line saying why not.
+    public static func parseJSON<C: Collection>(_ bytes: C, path: String) throws(VFFNError) -> JSON where C.Element == UInt8 {
+        do { return try JSON.parse(bytes) } catch {
             throw .badInput(path, "is not valid JSON: \(error.reason) at byte \(error.offset)")
         }
     }

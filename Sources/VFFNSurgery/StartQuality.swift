@@ -34,7 +34,7 @@ public struct StartQuality: Sendable {
         public let residualChange: Double
         public let depthCounts: [Int]
         public let expertLoad: [Int]
-        /// See `LayerStatistics.energyCaptured`.
+        /// The share of the dense FFN output's energy the chosen top-k slices keep (NaN: dense layer).
         public let energyCaptured: Double
         /// Each token's chosen loop count.
         public let tokenDepths: [Int]
@@ -57,6 +57,8 @@ public struct StartQuality: Sendable {
     /// Encoders: cosine similarity of the mean-pooled last hidden states.
     public let pooledCosine: Double?
     public let layers: [Layer]
+    /// The dense output's first (up to 8) rows: conversions of one source give the same.
+    public let denseOutputHead: Matrix
 
     /// Runs `model` dense and as VersatileFFN on `tokens` (two traced forward passes) and
     /// compares them; the energy captured is measured at the inputs each layer's gates really get.
@@ -80,6 +82,7 @@ public struct StartQuality: Sendable {
                                 tokenDepths: r.tokenDepths))
         }
         let d = dense.output, v = versatile.output
+        let head = Matrix(rows: min(8, d.rows), cols: d.cols, data: Array(d.data.prefix(min(8, d.rows) * d.cols)))
         switch kind {
         case .logits:
             var ceDense = 0.0, ceVersatile = 0.0, kls: [Double] = [], agree = 0
@@ -99,7 +102,7 @@ public struct StartQuality: Sendable {
                                 denseCrossEntropy: predictions > 0 ? ceDense / predictions : nil,
                                 versatileCrossEntropy: predictions > 0 ? ceVersatile / predictions : nil,
                                 kl: Spread(kls), top1Agreement: d.rows > 0 ? Double(agree) / Double(d.rows) : nil,
-                                tokenCosine: nil, pooledCosine: nil, layers: layers)
+                                tokenCosine: nil, pooledCosine: nil, layers: layers, denseOutputHead: head)
         case .hiddenStates:
             let cosines = (0..<d.rows).map { cosine(Array(d.row($0)), Array(v.row($0))) }
             var pd = [Double](repeating: 0, count: d.cols), pv = pd
@@ -107,7 +110,7 @@ public struct StartQuality: Sendable {
                 for c in 0..<d.cols { pd[c] += Double(d.data[t * d.cols + c]); pv[c] += Double(v.data[t * v.cols + c]) }
             }
             return StartQuality(outputKind: kind, tokens: tokens, denseCrossEntropy: nil, versatileCrossEntropy: nil, kl: nil,
-                                top1Agreement: nil, tokenCosine: Spread(cosines), pooledCosine: cosine(pd, pv), layers: layers)
+                                top1Agreement: nil, tokenCosine: Spread(cosines), pooledCosine: cosine(pd, pv), layers: layers, denseOutputHead: head)
         }
     }
 

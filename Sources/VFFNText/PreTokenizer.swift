@@ -50,7 +50,23 @@ enum SplitBehavior: String {
     }
 }
 
-enum PrependScheme: String { case always, first, never }
+enum PrependScheme: String {
+    case always, first, never
+
+    /// Metaspace's replacement character and scheme, as its pre-tokenizer and decoder both spell
+    /// them (`add_prefix_space: false` is the format before `prepend_scheme`).
+    static func metaspace(_ json: JSON) throws(VFFNError) -> (Unicode.Scalar, PrependScheme) {
+        let r = json["replacement"]?.stringValue ?? "\u{2581}"
+        guard r.unicodeScalars.count == 1, let replacement = r.unicodeScalars.first else {
+            throw .badInput(nil, "Metaspace replacement \"\(r)\" is not one character")
+        }
+        if let s = json["prepend_scheme"]?.stringValue {
+            guard let p = PrependScheme(rawValue: s) else { throw .badInput(nil, "Metaspace prepend_scheme \"\(s)\" is unknown") }
+            return (replacement, p)
+        }
+        return (replacement, json["add_prefix_space"]?.boolValue == false ? .never : .always)
+    }
+}
 
 /// A Hugging Face pre-tokenizer: splits each piece into the words the model sees.
 indirect enum PreTokenizer {
@@ -75,17 +91,7 @@ indirect enum PreTokenizer {
             return .split(try TextPattern.parse(json["pattern"], what: "the Split pre-tokenizer"),
                           try SplitBehavior.parse(json["behavior"], default: .isolated), invert: json["invert"]?.boolValue ?? false)
         case "Metaspace":
-            let r = json["replacement"]?.stringValue ?? "\u{2581}"
-            guard r.unicodeScalars.count == 1, let replacement = r.unicodeScalars.first else {
-                throw .badInput(nil, "Metaspace replacement \"\(r)\" is not one character")
-            }
-            var scheme = PrependScheme.always
-            if let s = json["prepend_scheme"]?.stringValue {
-                guard let p = PrependScheme(rawValue: s) else { throw .badInput(nil, "Metaspace prepend_scheme \"\(s)\" is unknown") }
-                scheme = p
-            } else if json["add_prefix_space"]?.boolValue == false {
-                scheme = .never   // the format before prepend_scheme
-            }
+            let (replacement, scheme) = try PrependScheme.metaspace(json)
             return .metaspace(replacement: replacement, prepend: scheme, split: json["split"]?.boolValue ?? true)
         case "Digits": return .digits(individual: json["individual_digits"]?.boolValue ?? false)
         case "BertPreTokenizer": return .bert

@@ -160,11 +160,8 @@ indirect enum TokenDecoder {
         switch type {
         case "ByteLevel": return .byteLevel
         case "Metaspace":
-            let r = json["replacement"]?.stringValue ?? "\u{2581}"
-            var scheme = PrependScheme.always
-            if let s = json["prepend_scheme"]?.stringValue, let p = PrependScheme(rawValue: s) { scheme = p }
-            else if json["add_prefix_space"]?.boolValue == false { scheme = .never }
-            return .metaspace(replacement: r.unicodeScalars.first ?? "\u{2581}", prepend: scheme)
+            let (replacement, scheme) = try PrependScheme.metaspace(json)
+            return .metaspace(replacement: replacement, prepend: scheme)
         case "WordPiece": return .wordPiece(prefix: json["prefix"]?.stringValue ?? "##", cleanup: json["cleanup"]?.boolValue ?? true)
         case "Replace":
             return .replace(try TextPattern.parse(json["pattern"], what: "the Replace decoder"), Array((json["content"]?.stringValue ?? "").unicodeScalars))

@@ -185,20 +185,13 @@ public final class Tokenizer {
             guard let bytes = try container.embeddedFile("tokenizer.json") else {
                 throw .badInput(path, "embeds no tokenizer.json, so text cannot be tokenized; pass --tokens, or pack the checkpoint with its tokenizer.json")
             }
-            let config = try container.embeddedFile("tokenizer_config.json").map { (b) throws(VFFNError) in try parseJSON(b, path + ":tokenizer_config.json") }
-            return try Tokenizer(tokenizerJSON: try parseJSON(bytes, path + ":tokenizer.json"), config: config, source: path + ":tokenizer.json")
+            let config = try container.embeddedFile("tokenizer_config.json").map { (b) throws(VFFNError) in try Checkpoint.parseJSON(b, path: path + ":tokenizer_config.json") }
+            return try Tokenizer(tokenizerJSON: try Checkpoint.parseJSON(bytes, path: path + ":tokenizer.json"), config: config, source: path + ":tokenizer.json")
         }
         let configFile = ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent("tokenizer_config.json")
         let config = (path as NSString).lastPathComponent == "tokenizer.json" && FileManager.default.fileExists(atPath: configFile) ? try readJSON(configFile) : nil
         return try Tokenizer(tokenizerJSON: try readJSON(path), config: config, source: path)
     }
 
-    static func readJSON(_ path: String) throws(VFFNError) -> JSON {
-        guard let data = FileManager.default.contents(atPath: path) else { throw .io(path, "cannot be read") }
-        return try parseJSON(data, path)
-    }
-
-    static func parseJSON<C: Collection>(_ bytes: C, _ path: String) throws(VFFNError) -> JSON where C.Element == UInt8 {
-        do { return try JSON.parse(bytes) } catch { throw .badInput(path, error.description) }
-    }
+    static func readJSON(_ path: String) throws(VFFNError) -> JSON { try Checkpoint.readJSON(path, what: "tokenizer file") }
 }

@@ -144,11 +144,7 @@ struct Convert: ParsableCommand {
             let chosen = Set(try PlanFile.layers(layers, count: count))
             plans = (0..<count).map { chosen.contains($0) ? base : nil }
         } else {
-            let path = plan!
-            guard let data = FileManager.default.contents(atPath: path) else { throw .badInput(path, "cannot be read") }
-            let json: JSON
-            do { json = try JSON.parse(data) } catch { throw .badInput(path, error.description) }
-            plans = try PlanFile.read(json, path: path, layers: count, defaults: base)
+            plans = try PlanFile.read(Checkpoint.readJSON(plan!, what: "plan file"), path: plan!, layers: count, defaults: base)
         }
         return try UpcyclePlan(source: checkpoint, layers: plans, seed: seed, options: gateOptions())
     }

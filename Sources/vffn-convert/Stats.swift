@@ -71,7 +71,7 @@ struct Stats: ParsableCommand {
                 let q = try StartQuality.measure(model, tokens: ids, configPath: ckpt.configPath)
                 // Conversions of one source run the same dense function (a neuron permutation
                 // reorders its sums only).
-                let dense = try model.forward(Array(ids.prefix(8)), mode: .dense, trace: false).output
+                let dense = q.denseOutputHead
                 if let firstDense {
                     let diff = dense.maxAbsDifference(firstDense), scale = max(firstDense.maxAbs, .leastNormalMagnitude)
                     if diff / scale > 1e-4 {

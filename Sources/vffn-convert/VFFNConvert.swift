@@ -222,14 +222,7 @@ enum TextInput {
 
     /// A UTF-8 file's text; anything else is refused with the offset of the first bad byte.
     static func read(_ path: String) throws(VFFNError) -> String {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw .badInput(path, "no such file") }
-        guard !isDir.boolValue else { throw .badInput(path, "is a directory; give a text file") }
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw .io(path, "cannot read") }
-        defer { try? handle.close() }
-        let data: Data
-        do { data = try handle.read(upToCount: maxBytes + 1) ?? Data() } catch { throw .io(path, "cannot read: \(error.localizedDescription)") }
-        guard data.count <= maxBytes else { throw .badInput(path, "is larger than \(maxBytes >> 20) MiB") }
+        let data = try readCapped(path, cap: maxBytes, kind: "a text file", tooLarge: "is larger than \(maxBytes >> 20) MiB")
         guard let s = String(validating: data, as: UTF8.self) else {
             var decoder = UTF8(), iterator = data.makeIterator(), offset = 0
             loop: while true {
@@ -256,6 +249,20 @@ enum TextInput {
         }
         return ids
     }
+}
+
+/// A regular file's bytes, at most `cap` of them: read with a cap, so /dev/zero or a stray
+/// multi-GB file cannot exhaust memory. `kind` names what the file should be, for a directory.
+func readCapped(_ path: String, cap: Int, kind: String, tooLarge: String) throws(VFFNError) -> Data {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw .badInput(path, "no such file") }
+    guard !isDir.boolValue else { throw .badInput(path, "is a directory; give \(kind)") }
+    guard let handle = FileHandle(forReadingAtPath: path) else { throw .io(path, "cannot read") }
+    defer { try? handle.close() }
+    let data: Data
+    do { data = try handle.read(upToCount: cap + 1) ?? Data() } catch { throw .io(path, "cannot read: \(error.localizedDescription)") }
+    guard data.count <= cap else { throw .badInput(path, tooLarge) }
+    return data
 }
 
 /// The one token syntax: non-negative integers separated by commas, spaces or newlines.
@@ -287,16 +294,9 @@ enum TokenIDs {
     }
 
     static func read(_ path: String) throws(VFFNError) -> [Int] {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw .badInput(path, "no such file") }
-        guard !isDir.boolValue else { throw .badInput(path, "is a directory; give a file of token ids") }
-        // Read with a cap, so /dev/zero or a stray multi-GB file cannot exhaust memory.
         let cap = maxCount * 24
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw .io(path, "cannot read") }
-        defer { try? handle.close() }
-        let data: Data
-        do { data = try handle.read(upToCount: cap + 1) ?? Data() } catch { throw .io(path, "cannot read: \(error.localizedDescription)") }
-        guard data.count <= cap else { throw .badInput(path, "is larger than \(cap / 1_000_000) MB; more than \(maxCount) token ids are never run at once") }
+        let data = try readCapped(path, cap: cap, kind: "a file of token ids",
+                                  tooLarge: "is larger than \(cap / 1_000_000) MB; more than \(maxCount) token ids are never run at once")
         guard let text = String(data: data, encoding: .utf8) else { throw .badInput(path, "is not text; give token ids separated by commas, spaces or newlines") }
         switch parse(text) {
         case .success(let ids): return ids

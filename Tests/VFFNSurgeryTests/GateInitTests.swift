@@ -90,8 +90,9 @@ import VFFNModels
     @Test(arguments: ["llama-gqa-sharded", "qwen2-bf16-tied", "qwen3-bf16-4x", "gpt2-tiny", "bert-tiny"])
     func centroidRoutingCapturesMoreOfTheDenseFFN(fixture: String) throws {
         func energy(_ options: GateOptions) throws -> Double {
-            let stats = try Statistics.compute(Checkpoint(path: convert(fixture, options).1), tokens: Fixtures.tokens)
-            return stats.map(\.energyCaptured).reduce(0, +) / Double(stats.count)
+            let model = try Architectures.load(Checkpoint(path: convert(fixture, options).1))
+            let layers = try StartQuality.measure(model, tokens: Fixtures.tokens, configPath: fixture).layers
+            return layers.map(\.energyCaptured).reduce(0, +) / Double(layers.count)
         }
         let random = try energy(GateOptions()), centroid = try energy(GateOptions(routerInit: .centroid))
         let clustered = try energy(GateOptions(split: .cluster, routerInit: .centroid))
@@ -112,7 +113,7 @@ import VFFNModels
 
     @Test func shallowDepthSendsEveryTokenThroughOneLoop() throws {
         let (_, dst) = try convert("gpt2-noprefix-f16", GateOptions(depthInit: .shallow))
-        for s in try Statistics.compute(Checkpoint(path: dst), tokens: Fixtures.tokens) {
+        for s in try StartQuality.measure(Architectures.load(Checkpoint(path: dst)), tokens: Fixtures.tokens, configPath: dst).layers {
             #expect(s.depthCounts == [Fixtures.tokens.count, 0, 0, 0])
         }
         #expect(try Checkpoint(path: dst).config["versatile_ffn"]?["depth_init"]?.stringValue == "shallow")

@@ -50,7 +50,7 @@ import VFFNFormats
 
     @Test func malformedTokenizerFilesGetOneClearLine() throws {
         let cases: [(String, (String) -> String, String)] = [
-            ("gpt2", { _ in "{\"model\": " }, "invalid JSON at byte 10: unexpected end of input"),
+            ("gpt2", { _ in "{\"model\": " }, "is not valid JSON: unexpected end of input at byte 10"),
             ("gpt2", { _ in "[1, 2]" }, "is not a tokenizer.json (no \"model\")"),
             ("gpt2", { $0.replacingOccurrences(of: "\"type\": \"BPE\"", with: "\"type\": \"Unigram\"") }, "tokenizer model Unigram is not supported (BPE and WordPiece are)"),
             ("gpt2", { $0.replacingOccurrences(of: "\"dropout\": null", with: "\"dropout\": 0.1") }, "BPE dropout 0.1 makes tokenization random"),
